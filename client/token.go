@@ -1,0 +1,166 @@
+package client
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Token is an access token issued by the tenant. Its String and GoString methods leave
+// the access token out, so a stray %v in a log line or a test failure cannot print it.
+type Token struct {
+	// AccessToken is the bearer token (a JWT for CyberArk Identity).
+	AccessToken string
+	// TokenType is what the tenant called it, "Bearer" when it said nothing.
+	TokenType string
+	// ExpiresIn is the lifetime in seconds the tenant granted.
+	ExpiresIn int64
+	// Scope is what the tenant says it granted; it may be empty or differ from the ask.
+	Scope string
+	// IssuedAt is when the request that obtained the token was sent. Counting the
+	// lifetime from there, not from the answer, errs on the side of an earlier expiry.
+	IssuedAt time.Time
+	// Expiry is IssuedAt plus ExpiresIn.
+	Expiry time.Time
+}
+
+func (t Token) String() string {
+	return fmt.Sprintf("Token{type=%s expires_in=%d expiry=%s scope=%q}",
+		t.TokenType, t.ExpiresIn, t.Expiry.UTC().Format(time.RFC3339), t.Scope)
+}
+
+// GoString keeps %#v from printing the access token.
+func (t Token) GoString() string { return t.String() }
+
+// tokenResponse is RFC 6749 section 5.1, made lenient where tenants are known to vary.
+type tokenResponse struct {
+	AccessToken string          `json:"access_token"`
+	TokenType   string          `json:"token_type"`
+	ExpiresIn   json.RawMessage `json:"expires_in"`
+	Scope       json.RawMessage `json:"scope"`
+}
+
+func parseToken(body []byte, sentAt time.Time) (*Token, error) {
+	var tr tokenResponse
+	if err := json.Unmarshal(body, &tr); err != nil {
+		return nil, fmt.Errorf("tenant answered 200 with a body that is not a JSON token response (%d bytes): %w", len(body), jsonErr(err))
+	}
+	if tr.AccessToken == "" {
+		return nil, errors.New("tenant answered 200 without an access_token")
+	}
+	tok := &Token{AccessToken: tr.AccessToken, TokenType: tr.TokenType, IssuedAt: sentAt}
+	if tok.TokenType == "" {
+		tok.TokenType = "Bearer"
+	}
+	scope, err := parseScope(tr.Scope)
+	if err != nil {
+		return nil, err
+	}
+	tok.Scope = scope
+
+	secs, err := parseSeconds(tr.ExpiresIn)
+	if err != nil {
+		return nil, err
+	}
+	if secs == 0 {
+		// RFC 6749 only recommends expires_in; a JWT carries its own expiry.
+		exp, ok := jwtExpiry(tr.AccessToken)
+		if !ok {
+			return nil, errors.New("tenant answered 200 without expires_in, and the access token carries no exp claim")
+		}
+		secs = int64(exp.Sub(sentAt).Seconds())
+		if secs <= 0 {
+			return nil, errors.New("tenant issued an access token that has already expired")
+		}
+	}
+	tok.ExpiresIn = secs
+	tok.Expiry = sentAt.Add(time.Duration(secs) * time.Second)
+	return tok, nil
+}
+
+// parseSeconds reads expires_in as a JSON number or a numeric string; absent is 0.
+func parseSeconds(raw json.RawMessage) (int64, error) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || string(raw) == "null" {
+		return 0, nil
+	}
+	s := string(raw)
+	if raw[0] == '"' {
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return 0, fmt.Errorf("tenant answered an unreadable expires_in: %w", err)
+		}
+		s = strings.TrimSpace(s)
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
+		return 0, fmt.Errorf("tenant answered expires_in %.40q, which is not a number of seconds", s)
+	}
+	if f <= 0 {
+		return 0, fmt.Errorf("tenant answered expires_in %s: the token is already expired", s)
+	}
+	if f > math.MaxInt32 {
+		return 0, fmt.Errorf("tenant answered expires_in %s, which is out of range", s)
+	}
+	return int64(f), nil
+}
+
+// parseScope accepts the RFC string form and, leniently, a JSON array of strings.
+func parseScope(raw json.RawMessage) (string, error) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || string(raw) == "null" {
+		return "", nil
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err == nil {
+		return s, nil
+	}
+	var list []string
+	if err := json.Unmarshal(raw, &list); err == nil {
+		return strings.Join(list, " "), nil
+	}
+	return "", errors.New("tenant answered a scope that is neither a string nor a list of strings")
+}
+
+// jwtExpiry reads the exp claim without verifying the signature: it only serves as a
+// lifetime hint when the tenant leaves out expires_in, never to trust the token.
+func jwtExpiry(token string) (time.Time, bool) {
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 {
+		return time.Time{}, false
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(parts[1], "="))
+	if err != nil {
+		return time.Time{}, false
+	}
+	var claims struct {
+		Exp json.Number `json:"exp"`
+	}
+	if err := json.Unmarshal(payload, &claims); err != nil || claims.Exp == "" {
+		return time.Time{}, false
+	}
+	f, err := claims.Exp.Float64()
+	if err != nil {
+		return time.Time{}, false
+	}
+	return time.Unix(int64(f), 0), true
+}
+
+// jsonErr keeps the position of a syntax error but not the bytes around it, which could
+// be part of a token.
+func jsonErr(err error) error {
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		return fmt.Errorf("invalid JSON at byte %d", se.Offset)
+	}
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		return fmt.Errorf("field %q has the wrong JSON type %s", te.Field, te.Value)
+	}
+	return errors.New("invalid JSON")
+}

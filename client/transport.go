@@ -1,0 +1,191 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-retryablehttp"
+)
+
+// RetryPolicy says how a call retries connection errors, 5xx and 429 answers. Other 4xx
+// answers are refusals and are never retried.
+type RetryPolicy struct {
+	// MaxRetries is how many times a failed attempt is repeated; 0 means no retries.
+	MaxRetries int
+	// WaitMin and WaitMax bound the exponential backoff between attempts; full jitter is
+	// applied below the exponential step.
+	WaitMin, WaitMax time.Duration
+	// MaxRetryAfter caps how long a Retry-After header may make a call wait.
+	MaxRetryAfter time.Duration
+	// Budget bounds one call, all attempts and waits included; 0 means only the caller's
+	// context bounds it.
+	Budget time.Duration
+}
+
+// attempts records, per call, what the tenant said on each attempt, so the final error
+// can report the tenant's last answer even when the budget ran out during a wait.
+type attempts struct {
+	mu    sync.Mutex
+	count int
+	last  error
+}
+
+func (a *attempts) record(err error) {
+	a.mu.Lock()
+	a.count++
+	a.last = err
+	a.mu.Unlock()
+}
+
+func (a *attempts) result() (int, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.count, a.last
+}
+
+type attemptsKey struct{}
+
+func (c *Client) retryClient() *retryablehttp.Client {
+	p := c.cfg.Retry
+	return &retryablehttp.Client{
+		HTTPClient:   c.cfg.HTTPClient,
+		RetryMax:     p.MaxRetries,
+		RetryWaitMin: p.WaitMin,
+		RetryWaitMax: p.WaitMax,
+		CheckRetry:   c.checkRetry,
+		Backoff:      c.backoff,
+		// We read and report the last answer ourselves.
+		ErrorHandler: retryablehttp.PassthroughErrorHandler,
+	}
+}
+
+// post sends one form to the tenant, with retries, and returns the body of a 2xx answer.
+func (c *Client) post(ctx context.Context, endpoint string, form url.Values) ([]byte, error) {
+	parent := ctx
+	if c.cfg.Retry.Budget > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.cfg.Retry.Budget)
+		defer cancel()
+	}
+	log := &attempts{}
+	ctx = context.WithValue(ctx, attemptsKey{}, log)
+
+	hreq, err := c.newRequest(ctx, endpoint, form)
+	if err != nil {
+		return nil, err
+	}
+	rreq, err := retryablehttp.FromRequest(hreq)
+	if err != nil {
+		return nil, fmt.Errorf("building request: %w", err)
+	}
+	resp, doErr := c.rc.Do(rreq)
+	if resp != nil && resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		defer resp.Body.Close()
+		return readLimited(resp.Body)
+	}
+	if resp != nil {
+		resp.Body.Close()
+	}
+	n, last := log.result()
+	if parent.Err() != nil {
+		return nil, fmt.Errorf("request to tenant abandoned: %w", parent.Err())
+	}
+	if last == nil {
+		last = doErr
+	}
+	if last == nil {
+		last = errors.New("no answer from tenant")
+	}
+	var te *Error
+	if errors.As(last, &te) {
+		te.Attempts = n
+		return nil, c.redact(te)
+	}
+	if ctx.Err() != nil && n > 0 {
+		return nil, c.redact(fmt.Errorf("gave up after %d attempts in %s: %w", n, c.cfg.Retry.Budget, last))
+	}
+	if n > 1 {
+		return nil, c.redact(fmt.Errorf("gave up after %d attempts: %w", n, last))
+	}
+	return nil, c.redact(last)
+}
+
+// checkRetry records every attempt's outcome and retries only what may pass later.
+func (c *Client) checkRetry(ctx context.Context, resp *http.Response, err error) (bool, error) {
+	log, _ := ctx.Value(attemptsKey{}).(*attempts)
+	if err != nil {
+		if log != nil {
+			log.record(transportError(err))
+		}
+		if ctx.Err() != nil {
+			return false, ctx.Err()
+		}
+		// The default policy declines to retry certificate and scheme errors, which no
+		// retry can fix.
+		return retryablehttp.DefaultRetryPolicy(ctx, resp, err)
+	}
+	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		return false, nil
+	}
+	body, readErr := readLimited(resp.Body)
+	if readErr != nil {
+		body = nil
+	}
+	te := newError(resp, body)
+	if log != nil {
+		log.record(te)
+	}
+	if ctx.Err() != nil {
+		return false, ctx.Err()
+	}
+	return te.Temporary() && resp.StatusCode != http.StatusNotImplemented, nil
+}
+
+// backoff waits what Retry-After asks, capped, or an exponential step with full jitter.
+func (c *Client) backoff(minWait, maxWait time.Duration, attempt int, resp *http.Response) time.Duration {
+	if resp != nil && (resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable) {
+		if d := parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()); d > 0 {
+			if limit := c.cfg.Retry.MaxRetryAfter; limit > 0 && d > limit {
+				d = limit
+			}
+			return d
+		}
+	}
+	if minWait <= 0 {
+		minWait = 100 * time.Millisecond
+	}
+	if maxWait < minWait {
+		maxWait = minWait
+	}
+	step := maxWait
+	if attempt < 30 {
+		if s := minWait << attempt; s > 0 && s < maxWait {
+			step = s
+		}
+	}
+	return minWait + rand.N(step-minWait+1)
+}
+
+// readLimited reads a body up to maxBodyBytes and fails beyond it.
+func readLimited(r io.Reader) ([]byte, error) {
+	body, err := io.ReadAll(io.LimitReader(r, maxBodyBytes+1))
+	if err != nil {
+		return nil, transportError(err)
+	}
+	if len(body) > maxBodyBytes {
+		return nil, fmt.Errorf("tenant response exceeds the %d byte limit", maxBodyBytes)
+	}
+	return body, nil
+}
+
+// transportError describes a failure to reach the tenant.
+func transportError(err error) error {
+	return fmt.Errorf("contacting tenant: %w", err)
+}

@@ -1,0 +1,419 @@
+package cyberark
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/idsec-labs/vault-plugin-secrets-cyberark/client"
+)
+
+const (
+	configPath = "config"
+
+	clientAuthBasic = "basic"
+	clientAuthPost  = "post"
+
+	defaultRequestTimeout = 30 * time.Second
+	maxRequestTimeout     = 5 * time.Minute
+)
+
+// cyberarkConfig is the stored engine configuration. It is seal-wrapped at rest.
+type cyberarkConfig struct {
+	TenantURL    string `json:"tenant_url"`
+	AppID        string `json:"app_id,omitempty"`
+	ClientID     string `json:"client_id"`
+	ClientSecret string `json:"client_secret"`
+	// PendingClientSecret is where root rotation will keep a new secret while it is set
+	// at the tenant, so that a crash between the tenant's change and this write cannot
+	// lose the only copy. Nothing sets it yet.
+	PendingClientSecret string        `json:"pending_client_secret,omitempty"`
+	Scopes              []string      `json:"scopes,omitempty"`
+	TokenURL            string        `json:"token_url,omitempty"`
+	ClientAuth          string        `json:"client_auth"`
+	CACert              string        `json:"ca_cert,omitempty"`
+	RequestTimeout      time.Duration `json:"request_timeout"`
+}
+
+// tokenEndpoint is where grants for appID go: token_url when set, else the tenant's
+// per-application endpoint.
+func (c *cyberarkConfig) tokenEndpoint(appID string) string {
+	if c.TokenURL != "" {
+		return c.TokenURL
+	}
+	return c.tenantEndpoint("token", appID)
+}
+
+func (c *cyberarkConfig) tenantEndpoint(kind, appID string) string {
+	return strings.TrimRight(c.TenantURL, "/") + "/oauth2/" + kind + "/" + url.PathEscape(appID)
+}
+
+func (c *cyberarkConfig) authStyle() client.AuthStyle {
+	if c.ClientAuth == clientAuthPost {
+		return client.AuthPost
+	}
+	return client.AuthBasic
+}
+
+func pathConfig(b *backend) *framework.Path {
+	return &framework.Path{
+		Pattern: configPath,
+		DisplayAttrs: &framework.DisplayAttributes{
+			OperationPrefix: operationPrefix,
+		},
+		Fields: map[string]*framework.FieldSchema{
+			"tenant_url": {
+				Type:        framework.TypeString,
+				Description: "Base URL of the CyberArk Identity tenant, e.g. https://abc1234.id.cyberark.cloud. https only; http is accepted for loopback hosts.",
+				Required:    true,
+			},
+			"app_id": {
+				Type:        framework.TypeString,
+				Description: "Application ID of the OAuth2 confidential client app. Required unless token_url is set.",
+			},
+			"client_id": {
+				Type:        framework.TypeString,
+				Description: "Login name of the service user that is the confidential client, e.g. svc-vault@abc1234.",
+				Required:    true,
+			},
+			"client_secret": {
+				Type:         framework.TypeString,
+				Description:  "Password of the service user. Required when the config is created; never returned by a read.",
+				DisplayAttrs: &framework.DisplayAttributes{Sensitive: true},
+			},
+			"scopes": {
+				Type:        framework.TypeCommaStringSlice,
+				Description: "Scopes requested by reads of token (and by roles that set none), as a list or comma-separated string.",
+			},
+			"token_url": {
+				Type:        framework.TypeString,
+				Description: "Absolute URL of the token endpoint, overriding <tenant_url>/oauth2/token/<app_id>; e.g. <tenant_url>/oauth2/platformtoken.",
+			},
+			"client_auth": {
+				Type:          framework.TypeString,
+				Description:   `How the client authenticates: "basic" (Authorization: Basic with the raw ID and secret) or "post" (client_secret_post form fields).`,
+				Default:       clientAuthBasic,
+				AllowedValues: []any{clientAuthBasic, clientAuthPost},
+			},
+			"ca_cert": {
+				Type:        framework.TypeString,
+				Description: "PEM bundle of CA certificates that the tenant's certificate must chain to, instead of the system roots.",
+			},
+			"request_timeout": {
+				Type:        framework.TypeDurationSecond,
+				Description: "Time limit for one HTTP exchange with the tenant, as seconds or a duration string.",
+				Default:     int(defaultRequestTimeout.Seconds()),
+			},
+			"verify_connection": {
+				Type:        framework.TypeBool,
+				Description: "Fetch one token with the new settings before storing them, and refuse the write if the tenant does. Not stored.",
+				Default:     true,
+			},
+		},
+		ExistenceCheck: b.pathConfigExists,
+		Operations: map[logical.Operation]framework.OperationHandler{
+			logical.CreateOperation: &framework.PathOperation{
+				Callback:     b.pathConfigWrite,
+				DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "configure"},
+			},
+			logical.UpdateOperation: &framework.PathOperation{
+				Callback:     b.pathConfigWrite,
+				DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "configure"},
+			},
+			logical.ReadOperation: &framework.PathOperation{
+				Callback:     b.pathConfigRead,
+				DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "read", OperationSuffix: "configuration"},
+			},
+			logical.DeleteOperation: &framework.PathOperation{
+				Callback:     b.pathConfigDelete,
+				DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "delete", OperationSuffix: "configuration"},
+			},
+		},
+		HelpSynopsis: "Configure the CyberArk Identity tenant and confidential client.",
+		HelpDescription: `Stores the tenant URL, the OAuth2 application ID and the confidential client's
+ID and secret. An update that leaves a field out keeps its stored value, so the secret
+alone can be rotated with "vault write <mount>/config client_secret=...". Unless
+verify_connection=false, a write first fetches a token with the new settings and is
+refused, storing nothing, if the tenant refuses.`,
+	}
+}
+
+func (b *backend) pathConfigExists(ctx context.Context, req *logical.Request, _ *framework.FieldData) (bool, error) {
+	cfg, err := readConfig(ctx, req.Storage)
+	return cfg != nil, err
+}
+
+func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	cfg, err := b.getConfig(ctx, req.Storage)
+	if err != nil || cfg == nil {
+		return nil, err
+	}
+	data := map[string]any{
+		"tenant_url":        cfg.TenantURL,
+		"app_id":            cfg.AppID,
+		"client_id":         cfg.ClientID,
+		"client_secret_set": cfg.ClientSecret != "",
+		"scopes":            nonNil(cfg.Scopes),
+		"token_url":         cfg.TokenURL,
+		"token_endpoint":    cfg.tokenEndpoint(cfg.AppID),
+		"client_auth":       cfg.ClientAuth,
+		"ca_cert":           cfg.CACert,
+		"request_timeout":   int64(cfg.RequestTimeout.Seconds()),
+	}
+	return &logical.Response{Data: data}, nil
+}
+
+func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	b.configMu.Lock()
+	defer b.configMu.Unlock()
+	if err := req.Storage.Delete(ctx, configPath); err != nil {
+		return nil, fmt.Errorf("deleting config: %w", err)
+	}
+	b.resetConfig()
+	return nil, nil
+}
+
+func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	if resp := unknownFields(req, d); resp != nil {
+		return resp, nil
+	}
+	b.configMu.Lock()
+	defer b.configMu.Unlock()
+
+	cfg, err := readConfig(ctx, req.Storage)
+	if err != nil {
+		return nil, err
+	}
+	creating := cfg == nil
+	if creating {
+		cfg = &cyberarkConfig{ClientAuth: clientAuthBasic, RequestTimeout: defaultRequestTimeout}
+	}
+	var problems fieldErrors
+	if v, ok := d.GetOk("tenant_url"); ok {
+		cfg.TenantURL = strings.TrimRight(v.(string), "/")
+	}
+	if v, ok := d.GetOk("app_id"); ok {
+		cfg.AppID = v.(string)
+	}
+	if v, ok := d.GetOk("client_id"); ok {
+		cfg.ClientID = v.(string)
+	}
+	if v, ok := d.GetOk("client_secret"); ok {
+		cfg.ClientSecret = v.(string)
+		if cfg.ClientSecret == "" {
+			problems.add("client_secret", "must not be empty")
+		}
+	}
+	if v, ok := d.GetOk("scopes"); ok {
+		cfg.Scopes = splitScopes(v.([]string))
+		if err := checkScopes(cfg.Scopes); err != nil {
+			problems.add("scopes", "%s", err)
+		}
+	}
+	if v, ok := d.GetOk("token_url"); ok {
+		cfg.TokenURL = v.(string)
+	}
+	if v, ok := d.GetOk("client_auth"); ok {
+		cfg.ClientAuth = v.(string)
+	}
+	if v, ok := d.GetOk("ca_cert"); ok {
+		cfg.CACert = v.(string)
+	}
+	if v, ok := d.GetOk("request_timeout"); ok {
+		cfg.RequestTimeout = time.Duration(v.(int)) * time.Second
+	}
+	problems = append(problems, cfg.validate(creating)...)
+	if resp := problems.response(); resp != nil {
+		return resp, nil
+	}
+
+	if d.Get("verify_connection").(bool) {
+		if resp, err := b.verifyConfig(ctx, cfg); resp != nil || err != nil {
+			return resp, err
+		}
+	}
+
+	entry, err := logical.StorageEntryJSON(configPath, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("encoding config: %w", err)
+	}
+	if err := req.Storage.Put(ctx, entry); err != nil {
+		return nil, fmt.Errorf("storing config: %w", err)
+	}
+	b.resetConfig()
+	return nil, nil
+}
+
+// validate checks the merged config: required fields and values that must agree.
+func (c *cyberarkConfig) validate(creating bool) fieldErrors {
+	var problems fieldErrors
+	if c.TenantURL == "" {
+		problems.add("tenant_url", "is required: the tenant's base URL, e.g. https://abc1234.id.cyberark.cloud")
+	} else if _, err := checkEndpointURL(c.TenantURL, false); err != nil {
+		problems.add("tenant_url", "%s", err)
+	}
+	if c.TokenURL != "" {
+		if _, err := checkEndpointURL(c.TokenURL, true); err != nil {
+			problems.add("token_url", "%s", err)
+		}
+	}
+	switch {
+	case c.AppID != "":
+		if err := checkAppID(c.AppID); err != nil {
+			problems.add("app_id", "%s", err)
+		}
+	case c.TokenURL == "":
+		problems.add("app_id", "is required unless token_url is set: the application ID of the OAuth2 client app")
+	}
+	switch {
+	case c.ClientID == "":
+		problems.add("client_id", "is required: the service user's login name")
+	case strings.ContainsFunc(c.ClientID, func(r rune) bool { return r < ' ' || r == 0x7f }):
+		problems.add("client_id", "must not contain control characters")
+	case c.ClientAuth == clientAuthBasic && strings.Contains(c.ClientID, ":"):
+		problems.add("client_id", `must not contain ":" with client_auth=basic (Basic authentication splits at the first colon); use client_auth=post`)
+	}
+	if c.ClientSecret == "" && creating {
+		problems.add("client_secret", "is required when the config is created")
+	}
+	if c.ClientAuth != clientAuthBasic && c.ClientAuth != clientAuthPost {
+		problems.add("client_auth", "must be %q or %q, got %q", clientAuthBasic, clientAuthPost, c.ClientAuth)
+	}
+	if c.CACert != "" {
+		if err := checkCABundle(c.CACert); err != nil {
+			problems.add("ca_cert", "%s", err)
+		}
+	}
+	if c.RequestTimeout < time.Second || c.RequestTimeout > maxRequestTimeout {
+		problems.add("request_timeout", "must be between 1s and %s, got %s", maxRequestTimeout, c.RequestTimeout)
+	}
+	return problems
+}
+
+// verifyConfig fetches one token with cfg before it is stored. A refusal by the tenant
+// is the writer's to fix (400); a tenant that cannot be reached is not (502).
+func (b *backend) verifyConfig(ctx context.Context, cfg *cyberarkConfig) (*logical.Response, error) {
+	hc, err := client.NewHTTPClient(cfg.CACert, cfg.RequestTimeout)
+	if err != nil {
+		return logical.ErrorResponse("ca_cert: %s", err), nil
+	}
+	defer hc.CloseIdleConnections()
+	c, err := newTenantClient(cfg, cfg.AppID, hc)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := c.Token(ctx, cfg.Scopes); err != nil {
+		b.Logger().Warn("config not stored: verification grant failed", "token_endpoint", cfg.tokenEndpoint(cfg.AppID), "error", err)
+		var te *client.Error
+		if errors.As(err, &te) && !te.Temporary() {
+			return logical.ErrorResponse("verify_connection: the tenant refused a token request with these settings, nothing was stored: %s", err), nil
+		}
+		return nil, logical.CodedError(http.StatusBadGateway,
+			fmt.Sprintf("verify_connection: could not get a token from the tenant, nothing was stored (set verify_connection=false to store anyway): %s", err))
+	}
+	return nil, nil
+}
+
+// newTenantClient builds the client for one application of cfg.
+func newTenantClient(cfg *cyberarkConfig, appID string, hc *http.Client) (*client.Client, error) {
+	return client.New(client.Config{
+		TokenURL:     cfg.tokenEndpoint(appID),
+		ClientID:     cfg.ClientID,
+		ClientSecret: cfg.ClientSecret,
+		AuthStyle:    cfg.authStyle(),
+		UserAgent:    userAgent(),
+		HTTPClient:   hc,
+	})
+}
+
+func readConfig(ctx context.Context, s logical.Storage) (*cyberarkConfig, error) {
+	entry, err := s.Get(ctx, configPath)
+	if err != nil {
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
+	if entry == nil {
+		return nil, nil
+	}
+	cfg := new(cyberarkConfig)
+	if err := entry.DecodeJSON(cfg); err != nil {
+		return nil, fmt.Errorf("decoding stored config: %w", err)
+	}
+	return cfg, nil
+}
+
+// getConfig returns the cached config, reading storage on a miss. The result is shared:
+// callers must not modify it.
+func (b *backend) getConfig(ctx context.Context, s logical.Storage) (*cyberarkConfig, error) {
+	b.mu.RLock()
+	cfg, gen := b.config, b.gen
+	b.mu.RUnlock()
+	if cfg != nil {
+		return cfg, nil
+	}
+	cfg, err := readConfig(ctx, s)
+	if err != nil || cfg == nil {
+		return nil, err
+	}
+	b.mu.Lock()
+	if b.gen == gen && b.config == nil {
+		b.config = cfg
+	}
+	b.mu.Unlock()
+	return cfg, nil
+}
+
+// getClient returns the cached tenant client for appID under the current config.
+func (b *backend) getClient(ctx context.Context, s logical.Storage, appID string) (*client.Client, *cyberarkConfig, error) {
+	b.mu.RLock()
+	c, cfg := b.clients[appID], b.config
+	b.mu.RUnlock()
+	if c != nil && cfg != nil {
+		return c, cfg, nil
+	}
+	cfg, err := b.getConfig(ctx, s)
+	if err != nil || cfg == nil {
+		return nil, nil, err
+	}
+
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.config != cfg {
+		// The config changed while we read it; this request uses what it read, uncached.
+		hc, err := client.NewHTTPClient(cfg.CACert, cfg.RequestTimeout)
+		if err != nil {
+			return nil, nil, err
+		}
+		c, err := newTenantClient(cfg, appID, hc)
+		return c, cfg, err
+	}
+	if c := b.clients[appID]; c != nil {
+		return c, cfg, nil
+	}
+	if b.httpClient == nil {
+		hc, err := client.NewHTTPClient(cfg.CACert, cfg.RequestTimeout)
+		if err != nil {
+			return nil, nil, fmt.Errorf("stored ca_cert: %w", err)
+		}
+		b.httpClient = hc
+	}
+	c, err = newTenantClient(cfg, appID, b.httpClient)
+	if err != nil {
+		return nil, nil, err
+	}
+	b.clients[appID] = c
+	return c, cfg, nil
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}

@@ -1,0 +1,195 @@
+package cyberark
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/idsec-labs/vault-plugin-secrets-cyberark/client"
+)
+
+const (
+	// maxLeaseMargin and minLeaseMargin bound the safety margin between the token's
+	// expiry and the lease's end: a tenth of the token's lifetime, at least 1s and at
+	// most 60s. The lease ends first, so whoever holds the lease never holds an expired
+	// token, whatever the clock skew and network delay within the margin.
+	maxLeaseMargin = 60 * time.Second
+	minLeaseMargin = time.Second
+)
+
+func pathToken(b *backend) []*framework.Path {
+	fields := map[string]*framework.FieldSchema{
+		"scope": {
+			Type:        framework.TypeCommaStringSlice,
+			Description: "Narrow the token to these scopes (space- or comma-separated); each must be among the allowed scopes.",
+		},
+	}
+	roleFields := map[string]*framework.FieldSchema{
+		"role": {
+			Type:        framework.TypeLowerCaseString,
+			Description: "Name of the role.",
+			Required:    true,
+		},
+		"scope": fields["scope"],
+	}
+	op := func(suffix string) map[logical.Operation]framework.OperationHandler {
+		return map[logical.Operation]framework.OperationHandler{
+			logical.ReadOperation: &framework.PathOperation{
+				Callback:     b.pathTokenRead,
+				DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "generate", OperationSuffix: suffix},
+			},
+		}
+	}
+	return []*framework.Path{
+		{
+			Pattern:      "token$",
+			DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix},
+			Fields:       fields,
+			Operations:   op("token"),
+			HelpSynopsis: "Get an access token with the config's default scopes.",
+			HelpDescription: `Performs the OAuth2 client-credentials grant against the tenant and returns the
+access token as a lease. The lease TTL is the token's remaining lifetime less a safety
+margin (a tenth of expires_in, between 1s and 60s). Leases are not renewable: read
+again for a new token.`,
+		},
+		{
+			Pattern:      "token/" + framework.GenericNameRegex("role"),
+			DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix},
+			Fields:       roleFields,
+			Operations:   op("role-token"),
+			HelpSynopsis: "Get an access token for a role.",
+			HelpDescription: `Performs the OAuth2 client-credentials grant with the role's scopes and
+application and returns the access token as a lease. The lease TTL is the token's
+remaining lifetime less a safety margin, further bounded by the role's ttl.`,
+		},
+	}
+}
+
+func (b *backend) pathTokenRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	if resp := unknownFields(req, d); resp != nil {
+		return resp, nil
+	}
+	cfg, err := b.getConfig(ctx, req.Storage)
+	if err != nil {
+		return nil, err
+	}
+	if cfg == nil {
+		return logical.ErrorResponse("the engine is not configured: write %sconfig first", req.MountPoint), nil
+	}
+
+	roleName := ""
+	if v, ok := d.Raw["role"]; ok && v != nil {
+		roleName = d.Get("role").(string)
+	}
+	appID := cfg.AppID
+	scopes, allowed := cfg.Scopes, cfg.Scopes
+	var role *roleEntry
+	if roleName != "" {
+		role, err = b.getRole(ctx, req.Storage, roleName)
+		if err != nil {
+			return nil, err
+		}
+		if role == nil {
+			return logical.ErrorResponse("role: %q does not exist", roleName), nil
+		}
+		if role.AppID != "" {
+			if cfg.TokenURL != "" {
+				return nil, fmt.Errorf("role %q sets app_id, but the config's token_url replaces per-application endpoints; remove one of them", roleName)
+			}
+			appID = role.AppID
+		}
+		if len(role.Scopes) > 0 || role.AllowedScopes != nil {
+			scopes, allowed = role.Scopes, role.allowedScopes()
+		}
+	}
+
+	if v, ok := d.GetOk("scope"); ok {
+		asked := splitScopes(v.([]string))
+		if len(asked) > 0 {
+			for _, s := range asked {
+				if !slices.Contains(allowed, s) {
+					return logical.ErrorResponse("scope: %q is not allowed here; allowed scopes: [%s]", s, strings.Join(allowed, " ")), nil
+				}
+			}
+			scopes = asked
+		}
+	}
+
+	c, _, err := b.getClient(ctx, req.Storage, appID)
+	if err != nil {
+		return nil, err
+	}
+	tok, err := c.Token(ctx, scopes)
+	if err != nil {
+		b.Logger().Error("token request failed", "role", roleName, "app_id", appID, "error", err)
+		return nil, tenantFailure("getting a token", err)
+	}
+	b.Logger().Debug("token issued", "role", roleName, "app_id", appID, "expires_in", tok.ExpiresIn)
+
+	ttl, warning, err := leaseTTL(tok, time.Now(), role)
+	if err != nil {
+		return nil, err
+	}
+	resp := b.Secret(secretAccessTokenType).Response(map[string]any{
+		"access_token": tok.AccessToken,
+		"token_type":   tok.TokenType,
+		"expires_in":   tok.ExpiresIn,
+		"expires_at":   tok.Expiry.UTC().Format(time.RFC3339),
+		"scope":        tok.Scope,
+	}, map[string]any{
+		"role":         roleName,
+		"app_id":       appID,
+		"client_id":    cfg.ClientID,
+		"expires_at":   tok.Expiry.Unix(),
+		"access_token": tok.AccessToken,
+	})
+	resp.Secret.TTL = ttl
+	resp.Secret.MaxTTL = ttl
+	resp.Secret.Renewable = false
+	if warning != "" {
+		resp.AddWarning(warning)
+	}
+	return resp, nil
+}
+
+// leaseMargin is how long before the token's expiry its lease ends.
+func leaseMargin(lifetime time.Duration) time.Duration {
+	return min(max(lifetime/10, minLeaseMargin), maxLeaseMargin)
+}
+
+// leaseTTL is the token's remaining life less the margin, in whole seconds and at least
+// 1s, bounded by the role's ttl. It is never longer than the token lives.
+func leaseTTL(tok *client.Token, now time.Time, role *roleEntry) (time.Duration, string, error) {
+	remaining := tok.Expiry.Sub(now)
+	if remaining < time.Second {
+		return 0, "", fmt.Errorf("the tenant issued a token that expires in under a second (expires_in %d)", tok.ExpiresIn)
+	}
+	ttl := (remaining - leaseMargin(time.Duration(tok.ExpiresIn)*time.Second)).Truncate(time.Second)
+	if ttl < time.Second {
+		// Too short a token for a margin: the lease lasts a second, still within its life.
+		ttl = time.Second
+	}
+	if role != nil && role.TTL > 0 && role.TTL < ttl {
+		warning := fmt.Sprintf("lease TTL capped at %s by the role's ttl; the token itself stays valid at the tenant until %s",
+			role.TTL, tok.Expiry.UTC().Format(time.RFC3339))
+		return role.TTL, warning, nil
+	}
+	return ttl, "", nil
+}
+
+// tenantFailure turns a failed tenant call into a Vault error. It is not the reader's
+// fault, so it is a 502 (Bad Gateway), with the tenant's own words and no secret.
+func tenantFailure(what string, err error) error {
+	var te *client.Error
+	if errors.As(err, &te) && te.StatusCode == http.StatusTooManyRequests {
+		return logical.CodedError(http.StatusTooManyRequests, fmt.Sprintf("%s from CyberArk Identity: %s", what, err))
+	}
+	return logical.CodedError(http.StatusBadGateway, fmt.Sprintf("%s from CyberArk Identity: %s", what, err))
+}
