@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The project's test command (README): fetches Go modules, builds or reuses the pinned
+# Vault, then runs every test with the race detector. End-to-end tests start their own
+# Vault servers, Vault Agents and tenant emulators and stop them when they finish.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+go mod download
+if [[ -z "${VAULT_BIN:-}" ]]; then
+  VAULT_BIN="$(scripts/vault-build.sh)"
+fi
+export VAULT_BIN
+echo "test: using $("$VAULT_BIN" version) at $VAULT_BIN"
+
+# E2E_REQUIRED turns a missing Vault into a failure instead of a skip.
+export E2E_REQUIRED=1
+go vet ./...
+go test -race -count=1 -timeout 30m "$@" ./...
