@@ -1,0 +1,254 @@
+package cyberark
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/idsec-labs/vault-plugin-secrets-cyberark/emulator"
+)
+
+// The client ID has the "@" and the secret the ":" and "%" that URL-encoding clients
+// mangle; every test runs with them so the raw Basic header is exercised throughout.
+const (
+	testAppID        = "VaultApp"
+	testClientID     = "svc-vault@tenant.example"
+	testClientSecret = "S3cr:et%41-vault%"
+)
+
+// testEnv is a backend on in-memory storage, wired to an emulated tenant over TLS.
+type testEnv struct {
+	b       *backend
+	storage logical.Storage
+	emu     *emulator.Emulator
+	url     string
+	caPEM   string
+	logs    *syncBuffer
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func newTestEnv(tb testing.TB) *testEnv {
+	tb.Helper()
+	emu, err := emulator.New(emulator.Config{
+		ExpiresIn: 3600,
+		Apps: []emulator.App{
+			{ID: testAppID, Scopes: []string{"read", "write", "admin"}, Clients: []emulator.Client{{ID: testClientID, Secret: testClientSecret}}},
+			{ID: "OtherApp", Scopes: []string{"other"}, Clients: []emulator.Client{{ID: testClientID, Secret: testClientSecret}}},
+		},
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ca, err := emulator.NewCA()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(emu)
+	srv.TLS = ca.ServerTLSConfig()
+	srv.StartTLS()
+	tb.Cleanup(srv.Close)
+
+	logs := &syncBuffer{}
+	conf := logical.TestBackendConfig()
+	conf.StorageView = &logical.InmemStorage{}
+	conf.Logger = hclog.New(&hclog.LoggerOptions{Output: logs, Level: hclog.Trace})
+	b, err := Factory(context.Background(), conf)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	env := &testEnv{b: b.(*backend), storage: conf.StorageView, emu: emu, url: srv.URL, caPEM: string(ca.CertPEM()), logs: logs}
+	tb.Cleanup(func() { env.assertNoSecretsLogged(tb) })
+	return env
+}
+
+// assertNoSecretsLogged fails if the client secret or any token the tenant issued
+// reached the backend's log. Failure messages name what leaked, never the value.
+func (e *testEnv) assertNoSecretsLogged(tb testing.TB) {
+	tb.Helper()
+	logs := e.logs.String()
+	if strings.Contains(logs, testClientSecret) {
+		tb.Error("the client secret appears in the backend's log")
+	}
+	for i, tok := range e.emu.Issued() {
+		if strings.Contains(logs, tok) {
+			tb.Errorf("issued access token #%d appears in the backend's log", i)
+		}
+	}
+}
+
+// configData is a valid config for the emulated tenant.
+func (e *testEnv) configData() map[string]any {
+	return map[string]any{
+		"tenant_url":    e.url,
+		"app_id":        testAppID,
+		"client_id":     testClientID,
+		"client_secret": testClientSecret,
+		"ca_cert":       e.caPEM,
+	}
+}
+
+func (e *testEnv) request(tb testing.TB, op logical.Operation, path string, data map[string]any) (*logical.Response, error) {
+	tb.Helper()
+	return e.b.HandleRequest(context.Background(), &logical.Request{
+		Operation:  op,
+		Path:       path,
+		Data:       data,
+		Storage:    e.storage,
+		MountPoint: "cyberark/",
+	})
+}
+
+// mustRequest fails the test on an error or an error response.
+func (e *testEnv) mustRequest(tb testing.TB, op logical.Operation, path string, data map[string]any) *logical.Response {
+	tb.Helper()
+	resp, err := e.request(tb, op, path, data)
+	if err != nil {
+		tb.Fatalf("%s %s: %v", op, path, err)
+	}
+	if resp != nil && resp.IsError() {
+		tb.Fatalf("%s %s: error response: %v", op, path, resp.Error())
+	}
+	return resp
+}
+
+func (e *testEnv) configure(tb testing.TB) {
+	tb.Helper()
+	e.mustRequest(tb, logical.CreateOperation, "config", e.configData())
+}
+
+// assertBadRequest checks for a 400-style error response that names field.
+func assertBadRequest(tb testing.TB, resp *logical.Response, err error, field string) {
+	tb.Helper()
+	if err != nil {
+		tb.Fatalf("got error %v, want a 400 error response naming %q", err, field)
+	}
+	if resp == nil || !resp.IsError() {
+		tb.Fatalf("got %v, want a 400 error response naming %q", resp, field)
+	}
+	if msg := resp.Error().Error(); !strings.Contains(msg, field) {
+		tb.Fatalf("error %q does not name %q", msg, field)
+	}
+	if code, _ := logical.RespondErrorCommon(&logical.Request{Operation: logical.UpdateOperation}, resp, nil); code != 400 {
+		tb.Fatalf("status %d, want 400", code)
+	}
+}
+
+func storedJSON(tb testing.TB, s logical.Storage, key string) string {
+	tb.Helper()
+	entry, err := s.Get(context.Background(), key)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if entry == nil {
+		return ""
+	}
+	var v any
+	if err := json.Unmarshal(entry.Value, &v); err != nil {
+		tb.Fatal(err)
+	}
+	out, _ := json.Marshal(v)
+	return string(out)
+}
+
+func TestFactoryReportsVersionAndSealWrapsConfig(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	if got := e.b.PluginVersion().Version; got != Version {
+		t.Errorf("PluginVersion = %q, want %q", got, Version)
+	}
+	if got := e.b.SpecialPaths().SealWrapStorage; len(got) != 1 || got[0] != "config" {
+		t.Errorf("SealWrapStorage = %v, want [config]", got)
+	}
+}
+
+func TestInvalidateDropsCachedConfigAndRoles(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	e.configure(t)
+	e.mustRequest(t, logical.UpdateOperation, "roles/r", map[string]any{"scopes": "read"})
+	e.mustRequest(t, logical.ReadOperation, "token/r", nil) // fills every cache
+
+	// Another node rewrites both keys behind this node's back.
+	cfg, _ := readConfig(context.Background(), e.storage)
+	cfg.Scopes = []string{"write"}
+	entry, _ := logical.StorageEntryJSON("config", cfg)
+	e.storage.Put(context.Background(), entry)
+	roleEntryJSON, _ := logical.StorageEntryJSON("roles/r", &roleEntry{Scopes: []string{"admin"}})
+	e.storage.Put(context.Background(), roleEntryJSON)
+
+	if got := e.mustRequest(t, logical.ReadOperation, "token/r", nil).Data["scope"]; got != "read" {
+		t.Fatalf("before Invalidate the cached role should still serve scope read, got %v", got)
+	}
+	e.b.Invalidate(context.Background(), "roles/r")
+	if got := e.mustRequest(t, logical.ReadOperation, "token/r", nil).Data["scope"]; got != "admin" {
+		t.Errorf("after Invalidate(roles/r): scope %v, want admin", got)
+	}
+	e.b.Invalidate(context.Background(), "config")
+	if got := e.mustRequest(t, logical.ReadOperation, "config", nil).Data["scopes"]; len(got.([]string)) != 1 || got.([]string)[0] != "write" {
+		t.Errorf("after Invalidate(config): scopes %v, want [write]", got)
+	}
+}
+
+func TestTokenReadsUseNoStorage(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	e.configure(t)
+	e.mustRequest(t, logical.UpdateOperation, "roles/r", map[string]any{"scopes": "read"})
+	e.mustRequest(t, logical.ReadOperation, "token/r", nil)
+
+	// With the caches warm, a storage that fails every call must not matter.
+	failing := &failingStorage{}
+	resp, err := e.b.HandleRequest(context.Background(), &logical.Request{
+		Operation: logical.ReadOperation, Path: "token/r", Storage: failing, MountPoint: "cyberark/",
+	})
+	if err != nil || resp.IsError() {
+		t.Fatalf("warm token read touched storage: %v %v", err, resp.Error())
+	}
+	if failing.calls != 0 {
+		t.Errorf("warm token read made %d storage calls", failing.calls)
+	}
+}
+
+type failingStorage struct {
+	logical.InmemStorage
+	calls int
+}
+
+func (f *failingStorage) Get(context.Context, string) (*logical.StorageEntry, error) {
+	f.calls++
+	return nil, errStorage
+}
+
+func (f *failingStorage) Put(context.Context, *logical.StorageEntry) error {
+	f.calls++
+	return errStorage
+}
+
+var errStorage = &storageError{}
+
+type storageError struct{}
+
+func (*storageError) Error() string { return "storage unavailable" }

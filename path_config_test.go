@@ -1,0 +1,281 @@
+package cyberark
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/idsec-labs/vault-plugin-secrets-cyberark/emulator"
+)
+
+func TestConfigCreateReadNeverReturnsSecret(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	data := e.configData()
+	data["scopes"] = "read,write"
+	e.mustRequest(t, logical.CreateOperation, "config", data)
+
+	resp := e.mustRequest(t, logical.ReadOperation, "config", nil)
+	raw, _ := json.Marshal(resp)
+	if strings.Contains(string(raw), testClientSecret) {
+		t.Fatal("config read response contains the client secret")
+	}
+	if _, ok := resp.Data["client_secret"]; ok {
+		t.Error("config read has a client_secret key")
+	}
+	want := map[string]any{
+		"tenant_url":        e.url,
+		"app_id":            testAppID,
+		"client_id":         testClientID,
+		"client_secret_set": true,
+		"client_auth":       "basic",
+		"token_endpoint":    e.url + "/oauth2/token/" + testAppID,
+		"request_timeout":   int64(30),
+	}
+	for k, v := range want {
+		if resp.Data[k] != v {
+			t.Errorf("%s = %v, want %v", k, resp.Data[k], v)
+		}
+	}
+	if s := resp.Data["scopes"].([]string); strings.Join(s, " ") != "read write" {
+		t.Errorf("scopes = %v", s)
+	}
+	// verify_connection fetched exactly one token before storing.
+	if got := e.emu.Stats().Grants; got != 1 {
+		t.Errorf("verification grants = %d, want 1", got)
+	}
+}
+
+func TestConfigTrailingSlashTolerated(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	data := e.configData()
+	data["tenant_url"] = e.url + "/"
+	e.mustRequest(t, logical.CreateOperation, "config", data)
+	if got := e.mustRequest(t, logical.ReadOperation, "config", nil).Data["token_endpoint"]; got != e.url+"/oauth2/token/"+testAppID {
+		t.Errorf("token_endpoint = %v", got)
+	}
+}
+
+func TestConfigPartialUpdateKeepsSecret(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	e.configure(t)
+	e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"scopes": "write", "request_timeout": "10s"})
+
+	cfg, _ := readConfig(t.Context(), e.storage)
+	if cfg.ClientSecret != testClientSecret {
+		t.Fatal("a partial update lost the stored client secret")
+	}
+	if cfg.RequestTimeout.Seconds() != 10 || cfg.TenantURL != e.url || len(cfg.Scopes) != 1 {
+		t.Errorf("partial update merged wrongly: timeout=%s tenant=%s scopes=%v", cfg.RequestTimeout, cfg.TenantURL, cfg.Scopes)
+	}
+	// The secret still works: the update's own verification and a token read pass.
+	e.mustRequest(t, logical.ReadOperation, "token", nil)
+}
+
+func TestConfigRotateOnlySecret(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	e.configure(t)
+	const newSecret = "N3w:secret%99"
+	if err := e.emu.SetClientSecret(testAppID, testClientID, newSecret); err != nil {
+		t.Fatal(err)
+	}
+	// The cached client holds the old secret until the config is written.
+	if _, err := e.request(t, logical.ReadOperation, "token", nil); err == nil {
+		t.Fatal("the old secret still worked after the tenant changed it")
+	}
+	e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"client_secret": newSecret})
+	e.mustRequest(t, logical.ReadOperation, "token", nil)
+	if strings.Contains(e.logs.String(), newSecret) {
+		t.Error("the new secret appears in the log")
+	}
+}
+
+func TestConfigVerifyConnectionRefusesBadCredentials(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name   string
+		mutate map[string]any
+		tenant string
+	}{
+		{"wrong secret", map[string]any{"client_secret": "wrong"}, "access_denied: invalid client creds or client not allowed"},
+		{"wrong client", map[string]any{"client_id": "nobody@tenant.example"}, "invalid_client: wrong clientid"},
+		{"unknown app", map[string]any{"app_id": "NoSuchApp"}, "unknown app NoSuchApp"},
+		{"unknown scope", map[string]any{"scopes": "nope"}, "unknown scope requested"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newTestEnv(t)
+			data := e.configData()
+			for k, v := range tc.mutate {
+				data[k] = v
+			}
+			resp, err := e.request(t, logical.CreateOperation, "config", data)
+			assertBadRequest(t, resp, err, "verify_connection")
+			if msg := resp.Error().Error(); !strings.Contains(msg, tc.tenant) {
+				t.Errorf("error %q does not quote the tenant's %q", msg, tc.tenant)
+			}
+			if strings.Contains(resp.Error().Error(), testClientSecret) {
+				t.Error("error carries the secret")
+			}
+			if got := storedJSON(t, e.storage, "config"); got != "" {
+				t.Error("a refused config was stored")
+			}
+		})
+	}
+}
+
+func TestConfigVerifyFailureKeepsOldConfig(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	e.configure(t)
+	before := storedJSON(t, e.storage, "config")
+	resp, err := e.request(t, logical.UpdateOperation, "config", map[string]any{"client_secret": "wrong"})
+	assertBadRequest(t, resp, err, "verify_connection")
+	if after := storedJSON(t, e.storage, "config"); after != before {
+		t.Error("a refused update changed the stored config")
+	}
+	e.mustRequest(t, logical.ReadOperation, "token", nil)
+}
+
+func TestConfigWithoutVerification(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	data := e.configData()
+	data["client_secret"] = "wrong"
+	data["verify_connection"] = false
+	e.mustRequest(t, logical.CreateOperation, "config", data)
+	if e.emu.Stats().TokenRequests != 0 {
+		t.Error("verify_connection=false still called the tenant")
+	}
+	if _, ok := storedConfigField(t, e, "verify_connection"); ok {
+		t.Error("verify_connection was stored; it is a per-write option")
+	}
+}
+
+func storedConfigField(t *testing.T, e *testEnv, key string) (any, bool) {
+	t.Helper()
+	var m map[string]any
+	json.Unmarshal([]byte(storedJSON(t, e.storage, "config")), &m)
+	v, ok := m[key]
+	return v, ok
+}
+
+func TestConfigUnreachableTenantIsNotABadRequest(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	e.emu.AddFaults(emulator.Fault{Endpoint: "token", Status: 503})
+	_, err := e.request(t, logical.CreateOperation, "config", e.configData())
+	var coded logical.HTTPCodedError
+	if !errors.As(err, &coded) || coded.Code() != http.StatusBadGateway {
+		t.Fatalf("err = %v, want a 502 coded error", err)
+	}
+	if !strings.Contains(err.Error(), "HTTP 503") || !strings.Contains(err.Error(), "verify_connection=false") {
+		t.Errorf("error %q should say what the tenant answered and how to skip verification", err)
+	}
+	if storedJSON(t, e.storage, "config") != "" {
+		t.Error("config stored although verification failed")
+	}
+}
+
+func TestConfigInvalidInput(t *testing.T) {
+	t.Parallel()
+	pemKey := "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+	cases := []struct {
+		name  string
+		set   map[string]any
+		drop  []string
+		field string
+	}{
+		{"missing tenant_url", nil, []string{"tenant_url"}, "tenant_url"},
+		{"http non-loopback", map[string]any{"tenant_url": "http://abc.id.cyberark.cloud"}, nil, "tenant_url"},
+		{"ftp scheme", map[string]any{"tenant_url": "ftp://127.0.0.1"}, nil, "tenant_url"},
+		{"relative url", map[string]any{"tenant_url": "abc.id.cyberark.cloud"}, nil, "tenant_url"},
+		{"userinfo", map[string]any{"tenant_url": "https://u:p@abc.id.cyberark.cloud"}, nil, "tenant_url"},
+		{"query", map[string]any{"tenant_url": "https://abc.id.cyberark.cloud?x=1"}, nil, "tenant_url"},
+		{"fragment", map[string]any{"tenant_url": "https://abc.id.cyberark.cloud#frag"}, nil, "tenant_url"},
+		{"spaces", map[string]any{"tenant_url": " https://abc.id.cyberark.cloud"}, nil, "tenant_url"},
+		{"missing app_id", nil, []string{"app_id"}, "app_id"},
+		{"app_id with slash", map[string]any{"app_id": "a/b"}, nil, "app_id"},
+		{"app_id with space", map[string]any{"app_id": "a b"}, nil, "app_id"},
+		{"missing client_id", nil, []string{"client_id"}, "client_id"},
+		{"client_id with colon", map[string]any{"client_id": "a:b"}, nil, "client_id"},
+		{"client_id control char", map[string]any{"client_id": "a\nb"}, nil, "client_id"},
+		{"missing client_secret", nil, []string{"client_secret"}, "client_secret"},
+		{"empty client_secret", map[string]any{"client_secret": ""}, nil, "client_secret"},
+		{"bad scope", map[string]any{"scopes": `read,wr"ite`}, nil, "scopes"},
+		{"token_url http", map[string]any{"token_url": "http://example.com/token"}, nil, "token_url"},
+		{"token_url fragment", map[string]any{"token_url": "https://example.com/token#x"}, nil, "token_url"},
+		{"client_auth", map[string]any{"client_auth": "jwt"}, nil, "client_auth"},
+		{"ca_cert garbage", map[string]any{"ca_cert": "hello"}, nil, "ca_cert"},
+		{"ca_cert key", map[string]any{"ca_cert": pemKey}, nil, "ca_cert"},
+		{"timeout zero", map[string]any{"request_timeout": 0}, nil, "request_timeout"},
+		{"timeout huge", map[string]any{"request_timeout": "1h"}, nil, "request_timeout"},
+		{"timeout garbage", map[string]any{"request_timeout": "soon"}, nil, "request_timeout"},
+		{"unknown field", map[string]any{"client_secert": "typo"}, nil, "client_secert"},
+		{"verify not bool", map[string]any{"verify_connection": "maybe"}, nil, "verify_connection"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newTestEnv(t)
+			data := e.configData()
+			for k, v := range tc.set {
+				data[k] = v
+			}
+			for _, k := range tc.drop {
+				delete(data, k)
+			}
+			resp, err := e.request(t, logical.CreateOperation, "config", data)
+			assertBadRequest(t, resp, err, tc.field)
+			if storedJSON(t, e.storage, "config") != "" {
+				t.Error("an invalid config was stored")
+			}
+			if n := e.emu.Stats().TokenRequests; n != 0 {
+				t.Errorf("invalid input reached the tenant (%d requests)", n)
+			}
+		})
+	}
+}
+
+func TestConfigTokenURLAndPostAuth(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	data := e.configData()
+	delete(data, "app_id")
+	data["token_url"] = e.url + "/OAuth2/Token/" + testAppID
+	data["client_auth"] = "post"
+	e.mustRequest(t, logical.CreateOperation, "config", data)
+	e.mustRequest(t, logical.ReadOperation, "token", nil)
+	reqs := e.emu.Requests()
+	last := reqs[len(reqs)-1]
+	if last.Path != "/OAuth2/Token/"+testAppID {
+		t.Errorf("path = %s, want token_url's", last.Path)
+	}
+	if last.Header.Get("Authorization") != "" || last.Form.Get("client_id") != testClientID || last.Form.Get("client_secret") != testClientSecret {
+		t.Error("post mode did not send the credentials as form fields only")
+	}
+}
+
+func TestConfigDelete(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	e.configure(t)
+	e.mustRequest(t, logical.ReadOperation, "token", nil)
+	e.mustRequest(t, logical.DeleteOperation, "config", nil)
+	if storedJSON(t, e.storage, "config") != "" {
+		t.Fatal("config still stored")
+	}
+	resp, err := e.request(t, logical.ReadOperation, "token", nil)
+	assertBadRequest(t, resp, err, "not configured")
+	if resp := e.mustRequest(t, logical.ReadOperation, "config", nil); resp != nil {
+		t.Errorf("read after delete = %v, want nothing", resp.Data)
+	}
+}
