@@ -8,9 +8,12 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 
+	"github.com/hashicorp/go-metrics"
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/idsec-labs/vault-plugin-secrets-cyberark/client"
 )
@@ -31,10 +34,10 @@ func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend,
 	return b, nil
 }
 
-// backend caches what each token read needs (the config, roles and HTTP clients), so a
-// read costs no storage access and no TLS or CA parsing. Every cache is emptied by a
-// write through this node and by Invalidate, which is how standbys and performance
-// secondaries learn of writes made elsewhere.
+// backend caches what each token read needs (the config, roles, HTTP clients and, for
+// roles that opt in, tokens), so a read costs no storage access and no TLS or CA
+// parsing. Every cache is emptied by a write through this node and by Invalidate, which
+// is how standbys and performance secondaries learn of writes made elsewhere.
 type backend struct {
 	*framework.Backend
 
@@ -52,12 +55,25 @@ type backend struct {
 	// httpClient is shared by all clients of one config, so they share its connection
 	// pool and the CA bundle is parsed once.
 	httpClient *http.Client
+	// tokens holds tokens of roles with token_reuse, in memory only: never in storage.
+	tokens map[string]*client.Token
+	// grants lets concurrent misses for one token share one grant.
+	grants singleflight.Group
+
+	revokeFailures *failureCounter
+
+	metrics *metrics.Metrics
+	now     func() time.Time
 }
 
 func newBackend() *backend {
 	b := &backend{
-		roles:   make(map[string]*roleEntry),
-		clients: make(map[string]*client.Client),
+		roles:          make(map[string]*roleEntry),
+		clients:        make(map[string]*client.Client),
+		tokens:         make(map[string]*client.Token),
+		revokeFailures: newFailureCounter(),
+		metrics:        metrics.Default(),
+		now:            time.Now,
 	}
 	b.Backend = &framework.Backend{
 		Help:        strings.TrimSpace(backendHelp),
@@ -103,15 +119,20 @@ func (b *backend) resetConfig() {
 	b.gen++
 	b.config = nil
 	b.clients = make(map[string]*client.Client)
+	b.tokens = make(map[string]*client.Token)
 	if b.httpClient != nil {
 		b.httpClient.CloseIdleConnections()
 		b.httpClient = nil
 	}
 }
 
+// resetRole drops a role and all reused tokens. Tokens are keyed by what they were
+// granted for, not by role, and a role write is rare: dropping them all is simpler than
+// tracking which roles share a token, and costs at most one grant per key.
 func (b *backend) resetRole(name string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.gen++
 	delete(b.roles, name)
+	b.tokens = make(map[string]*client.Token)
 }

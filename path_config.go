@@ -23,6 +23,17 @@ const (
 
 	defaultRequestTimeout = 30 * time.Second
 	maxRequestTimeout     = 5 * time.Minute
+
+	// Vault cancels a request after max_request_duration, 90s unless raised; a token read
+	// with all its retries must end before that so the reader gets our error, not Vault's.
+	defaultTotalTimeout = 60 * time.Second
+	maxTotalTimeout     = 85 * time.Second
+	defaultMaxRetries   = 3
+	maxMaxRetries       = 10
+
+	retryWaitMin  = 250 * time.Millisecond
+	retryWaitMax  = 4 * time.Second
+	maxRetryAfter = 10 * time.Second
 )
 
 // cyberarkConfig is the stored engine configuration. It is seal-wrapped at rest.
@@ -40,6 +51,43 @@ type cyberarkConfig struct {
 	ClientAuth          string        `json:"client_auth"`
 	CACert              string        `json:"ca_cert,omitempty"`
 	RequestTimeout      time.Duration `json:"request_timeout"`
+	TotalTimeout        time.Duration `json:"total_timeout"`
+	MaxRetries          int           `json:"max_retries"`
+	RevokeURL           string        `json:"revoke_url,omitempty"`
+	// RevokeTokens is nil until set, so the default can follow token_url and revoke_url.
+	RevokeTokens *bool `json:"revoke_tokens,omitempty"`
+}
+
+// revokeEndpoint is where revocations for appID go, or "" when there is none: revoke_url
+// when set, else the tenant's per-application endpoint unless token_url points elsewhere.
+func (c *cyberarkConfig) revokeEndpoint(appID string) string {
+	switch {
+	case c.RevokeURL != "":
+		return c.RevokeURL
+	case c.TokenURL == "":
+		return c.tenantEndpoint("revoke", appID)
+	default:
+		return ""
+	}
+}
+
+// revokes says whether leases end with a revocation at the tenant: on by default where
+// a revocation endpoint is known.
+func (c *cyberarkConfig) revokes() bool {
+	if c.RevokeTokens != nil {
+		return *c.RevokeTokens
+	}
+	return c.TokenURL == "" || c.RevokeURL != ""
+}
+
+func (c *cyberarkConfig) retryPolicy() client.RetryPolicy {
+	return client.RetryPolicy{
+		MaxRetries:    c.MaxRetries,
+		WaitMin:       retryWaitMin,
+		WaitMax:       retryWaitMax,
+		MaxRetryAfter: maxRetryAfter,
+		Budget:        c.TotalTimeout,
+	}
 }
 
 // tokenEndpoint is where grants for appID go: token_url when set, else the tenant's
@@ -111,6 +159,24 @@ func pathConfig(b *backend) *framework.Path {
 				Description: "Time limit for one HTTP exchange with the tenant, as seconds or a duration string.",
 				Default:     int(defaultRequestTimeout.Seconds()),
 			},
+			"total_timeout": {
+				Type:        framework.TypeDurationSecond,
+				Description: "Time limit for a whole token read or revocation, all retries and waits included; at most 85s so it ends within Vault's request timeout.",
+				Default:     int(defaultTotalTimeout.Seconds()),
+			},
+			"max_retries": {
+				Type:        framework.TypeInt,
+				Description: "How often a call is retried after a connection error, a 5xx or a 429 (with backoff and jitter, honouring Retry-After up to 10s). Other 4xx answers are never retried. 0 to 10.",
+				Default:     defaultMaxRetries,
+			},
+			"revoke_tokens": {
+				Type:        framework.TypeBool,
+				Description: "Revoke a token at the tenant when its lease ends. Default: true when tokens come from the tenant's own endpoint or revoke_url is set, false when token_url points elsewhere.",
+			},
+			"revoke_url": {
+				Type:        framework.TypeString,
+				Description: "Absolute URL of an RFC 7009 revocation endpoint, overriding <tenant_url>/oauth2/revoke/<app_id>.",
+			},
 			"verify_connection": {
 				Type:        framework.TypeBool,
 				Description: "Fetch one token with the new settings before storing them, and refuse the write if the tenant does. Not stored.",
@@ -166,6 +232,11 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 		"client_auth":       cfg.ClientAuth,
 		"ca_cert":           cfg.CACert,
 		"request_timeout":   int64(cfg.RequestTimeout.Seconds()),
+		"total_timeout":     int64(cfg.TotalTimeout.Seconds()),
+		"max_retries":       cfg.MaxRetries,
+		"revoke_tokens":     cfg.revokes(),
+		"revoke_url":        cfg.RevokeURL,
+		"revoke_endpoint":   cfg.revokeEndpoint(cfg.AppID),
 	}
 	return &logical.Response{Data: data}, nil
 }
@@ -193,7 +264,12 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	}
 	creating := cfg == nil
 	if creating {
-		cfg = &cyberarkConfig{ClientAuth: clientAuthBasic, RequestTimeout: defaultRequestTimeout}
+		cfg = &cyberarkConfig{
+			ClientAuth:     clientAuthBasic,
+			RequestTimeout: defaultRequestTimeout,
+			TotalTimeout:   defaultTotalTimeout,
+			MaxRetries:     defaultMaxRetries,
+		}
 	}
 	var problems fieldErrors
 	if v, ok := d.GetOk("tenant_url"); ok {
@@ -228,6 +304,19 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	}
 	if v, ok := d.GetOk("request_timeout"); ok {
 		cfg.RequestTimeout = time.Duration(v.(int)) * time.Second
+	}
+	if v, ok := d.GetOk("total_timeout"); ok {
+		cfg.TotalTimeout = time.Duration(v.(int)) * time.Second
+	}
+	if v, ok := d.GetOk("max_retries"); ok {
+		cfg.MaxRetries = v.(int)
+	}
+	if v, ok := d.GetOk("revoke_url"); ok {
+		cfg.RevokeURL = v.(string)
+	}
+	if v, ok := d.GetOk("revoke_tokens"); ok {
+		revoke := v.(bool)
+		cfg.RevokeTokens = &revoke
 	}
 	problems = append(problems, cfg.validate(creating)...)
 	if resp := problems.response(); resp != nil {
@@ -294,6 +383,20 @@ func (c *cyberarkConfig) validate(creating bool) fieldErrors {
 	if c.RequestTimeout < time.Second || c.RequestTimeout > maxRequestTimeout {
 		problems.add("request_timeout", "must be between 1s and %s, got %s", maxRequestTimeout, c.RequestTimeout)
 	}
+	if c.TotalTimeout < time.Second || c.TotalTimeout > maxTotalTimeout {
+		problems.add("total_timeout", "must be between 1s and %s, got %s", maxTotalTimeout, c.TotalTimeout)
+	}
+	if c.MaxRetries < 0 || c.MaxRetries > maxMaxRetries {
+		problems.add("max_retries", "must be between 0 and %d, got %d", maxMaxRetries, c.MaxRetries)
+	}
+	if c.RevokeURL != "" {
+		if _, err := checkEndpointURL(c.RevokeURL, true); err != nil {
+			problems.add("revoke_url", "%s", err)
+		}
+	}
+	if c.RevokeTokens != nil && *c.RevokeTokens && c.revokeEndpoint(c.AppID) == "" {
+		problems.add("revoke_tokens", "needs revoke_url when token_url is set: there is no known revocation endpoint")
+	}
 	return problems
 }
 
@@ -305,7 +408,7 @@ func (b *backend) verifyConfig(ctx context.Context, cfg *cyberarkConfig) (*logic
 		return logical.ErrorResponse("ca_cert: %s", err), nil
 	}
 	defer hc.CloseIdleConnections()
-	c, err := newTenantClient(cfg, cfg.AppID, hc)
+	c, err := b.newTenantClient(cfg, cfg.AppID, hc)
 	if err != nil {
 		return nil, err
 	}
@@ -322,14 +425,17 @@ func (b *backend) verifyConfig(ctx context.Context, cfg *cyberarkConfig) (*logic
 }
 
 // newTenantClient builds the client for one application of cfg.
-func newTenantClient(cfg *cyberarkConfig, appID string, hc *http.Client) (*client.Client, error) {
+func (b *backend) newTenantClient(cfg *cyberarkConfig, appID string, hc *http.Client) (*client.Client, error) {
 	return client.New(client.Config{
 		TokenURL:     cfg.tokenEndpoint(appID),
+		RevokeURL:    cfg.revokeEndpoint(appID),
 		ClientID:     cfg.ClientID,
 		ClientSecret: cfg.ClientSecret,
 		AuthStyle:    cfg.authStyle(),
 		UserAgent:    userAgent(),
 		HTTPClient:   hc,
+		Retry:        cfg.retryPolicy(),
+		Now:          b.now,
 	})
 }
 
@@ -390,7 +496,7 @@ func (b *backend) getClient(ctx context.Context, s logical.Storage, appID string
 		if err != nil {
 			return nil, nil, err
 		}
-		c, err := newTenantClient(cfg, appID, hc)
+		c, err := b.newTenantClient(cfg, appID, hc)
 		return c, cfg, err
 	}
 	if c := b.clients[appID]; c != nil {
@@ -403,7 +509,7 @@ func (b *backend) getClient(ctx context.Context, s logical.Storage, appID string
 		}
 		b.httpClient = hc
 	}
-	c, err = newTenantClient(cfg, appID, b.httpClient)
+	c, err = b.newTenantClient(cfg, appID, b.httpClient)
 	if err != nil {
 		return nil, nil, err
 	}

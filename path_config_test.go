@@ -172,7 +172,9 @@ func TestConfigUnreachableTenantIsNotABadRequest(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t)
 	e.emu.AddFaults(emulator.Fault{Endpoint: "token", Status: 503})
-	_, err := e.request(t, logical.CreateOperation, "config", e.configData())
+	data := e.configData()
+	data["max_retries"] = 0
+	_, err := e.request(t, logical.CreateOperation, "config", data)
 	var coded logical.HTTPCodedError
 	if !errors.As(err, &coded) || coded.Code() != http.StatusBadGateway {
 		t.Fatalf("err = %v, want a 502 coded error", err)
@@ -219,6 +221,11 @@ func TestConfigInvalidInput(t *testing.T) {
 		{"timeout zero", map[string]any{"request_timeout": 0}, nil, "request_timeout"},
 		{"timeout huge", map[string]any{"request_timeout": "1h"}, nil, "request_timeout"},
 		{"timeout garbage", map[string]any{"request_timeout": "soon"}, nil, "request_timeout"},
+		{"total_timeout too long", map[string]any{"total_timeout": "90s"}, nil, "total_timeout"},
+		{"max_retries negative", map[string]any{"max_retries": -1}, nil, "max_retries"},
+		{"max_retries too many", map[string]any{"max_retries": 11}, nil, "max_retries"},
+		{"revoke_url http", map[string]any{"revoke_url": "http://example.com/revoke"}, nil, "revoke_url"},
+		{"revoke without endpoint", map[string]any{"token_url": "https://example.com/token", "revoke_tokens": true}, nil, "revoke_tokens"},
 		{"unknown field", map[string]any{"client_secert": "typo"}, nil, "client_secert"},
 		{"verify not bool", map[string]any{"verify_connection": "maybe"}, nil, "verify_connection"},
 	}

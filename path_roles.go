@@ -13,6 +13,13 @@ import (
 const (
 	rolePrefix      = "roles/"
 	operationPrefix = "cyberark"
+
+	// A reused token is handed out only while it has at least
+	// max(reuse_min_remaining, reuse_min_fraction x its lifetime) to live. With these
+	// defaults a 5-hour token serves for 4.5 hours (about 1.1 grants per lifetime) and
+	// every lease on it lasts at least 29 minutes.
+	defaultReuseMinRemaining = 5 * time.Minute
+	defaultReuseMinFraction  = 0.1
 )
 
 // roleEntry is a stored role: which token a read of token/<name> asks for.
@@ -23,6 +30,16 @@ type roleEntry struct {
 	AllowedScopes []string      `json:"allowed_scopes,omitempty"`
 	AppID         string        `json:"app_id,omitempty"`
 	TTL           time.Duration `json:"ttl,omitempty"`
+	// RevokeTokens overrides the config's revoke_tokens; nil inherits it.
+	RevokeTokens      *bool         `json:"revoke_tokens,omitempty"`
+	TokenReuse        bool          `json:"token_reuse,omitempty"`
+	ReuseMinRemaining time.Duration `json:"reuse_min_remaining"`
+	ReuseMinFraction  float64       `json:"reuse_min_fraction"`
+}
+
+// reuseThreshold is how much life a cached token must have left to be handed out.
+func (r *roleEntry) reuseThreshold(lifetime time.Duration) time.Duration {
+	return max(r.ReuseMinRemaining, time.Duration(r.ReuseMinFraction*float64(lifetime)))
 }
 
 func (r *roleEntry) allowedScopes() []string {
@@ -77,6 +94,25 @@ func pathRoles(b *backend) []*framework.Path {
 					Type:        framework.TypeDurationSecond,
 					Description: "Upper bound on the lease TTL; the lease never outlives the token either way. 0: no bound but the token's.",
 				},
+				"revoke_tokens": {
+					Type:        framework.TypeBool,
+					Description: "Override the config's revoke_tokens for this role's leases. Tokens shared by token_reuse are never revoked.",
+				},
+				"token_reuse": {
+					Type:        framework.TypeBool,
+					Description: "Hand the same token to concurrent and later readers while it has enough life left, instead of a grant per read. Tokens are held in memory only.",
+					Default:     false,
+				},
+				"reuse_min_remaining": {
+					Type:        framework.TypeDurationSecond,
+					Description: "With token_reuse: a cached token is handed out only while it has at least this long to live (and reuse_min_fraction of its lifetime).",
+					Default:     int(defaultReuseMinRemaining.Seconds()),
+				},
+				"reuse_min_fraction": {
+					Type:        framework.TypeFloat,
+					Description: "With token_reuse: a cached token is handed out only while at least this fraction of its lifetime is left (and reuse_min_remaining). 0 to 0.9.",
+					Default:     defaultReuseMinFraction,
+				},
 			},
 			ExistenceCheck: b.pathRoleExists,
 			Operations: map[logical.Operation]framework.OperationHandler{
@@ -124,11 +160,19 @@ func (b *backend) pathRoleRead(ctx context.Context, req *logical.Request, d *fra
 	if err != nil || r == nil {
 		return nil, err
 	}
+	var revoke any // null: inherited from the config
+	if r.RevokeTokens != nil {
+		revoke = *r.RevokeTokens
+	}
 	return &logical.Response{Data: map[string]any{
-		"scopes":         nonNil(r.Scopes),
-		"allowed_scopes": nonNil(r.allowedScopes()),
-		"app_id":         r.AppID,
-		"ttl":            int64(r.TTL.Seconds()),
+		"scopes":              nonNil(r.Scopes),
+		"allowed_scopes":      nonNil(r.allowedScopes()),
+		"app_id":              r.AppID,
+		"ttl":                 int64(r.TTL.Seconds()),
+		"revoke_tokens":       revoke,
+		"token_reuse":         r.TokenReuse,
+		"reuse_min_remaining": int64(r.ReuseMinRemaining.Seconds()),
+		"reuse_min_fraction":  r.ReuseMinFraction,
 	}}, nil
 }
 
@@ -155,7 +199,7 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 		return nil, err
 	}
 	if r == nil {
-		r = &roleEntry{}
+		r = &roleEntry{ReuseMinRemaining: defaultReuseMinRemaining, ReuseMinFraction: defaultReuseMinFraction}
 	}
 	var problems fieldErrors
 	if v, ok := d.GetOk("scopes"); ok {
@@ -182,6 +226,25 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 		r.TTL = time.Duration(v.(int)) * time.Second
 		if r.TTL < 0 {
 			problems.add("ttl", "must not be negative")
+		}
+	}
+	if v, ok := d.GetOk("revoke_tokens"); ok {
+		revoke := v.(bool)
+		r.RevokeTokens = &revoke
+	}
+	if v, ok := d.GetOk("token_reuse"); ok {
+		r.TokenReuse = v.(bool)
+	}
+	if v, ok := d.GetOk("reuse_min_remaining"); ok {
+		r.ReuseMinRemaining = time.Duration(v.(int)) * time.Second
+		if r.ReuseMinRemaining < 0 {
+			problems.add("reuse_min_remaining", "must not be negative")
+		}
+	}
+	if v, ok := d.GetOk("reuse_min_fraction"); ok {
+		r.ReuseMinFraction = v.(float64)
+		if !(r.ReuseMinFraction >= 0 && r.ReuseMinFraction <= 0.9) {
+			problems.add("reuse_min_fraction", "must be between 0 and 0.9, got %v", v)
 		}
 	}
 	if r.AllowedScopes != nil {

@@ -17,7 +17,10 @@ func TestRoleCRUD(t *testing.T) {
 	})
 
 	got := e.mustRequest(t, logical.ReadOperation, "roles/reader", nil).Data
-	want := map[string]any{"scopes": []string{"read"}, "allowed_scopes": []string{"read"}, "app_id": "", "ttl": int64(600)}
+	want := map[string]any{
+		"scopes": []string{"read"}, "allowed_scopes": []string{"read"}, "app_id": "", "ttl": int64(600),
+		"revoke_tokens": nil, "token_reuse": false, "reuse_min_remaining": int64(300), "reuse_min_fraction": 0.1,
+	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("reader = %v, want %v (allowed_scopes defaults to scopes)", got, want)
 	}
@@ -57,6 +60,10 @@ func TestRoleInvalidInput(t *testing.T) {
 		{"bad app_id", map[string]any{"app_id": "x?y"}, "app_id"},
 		{"negative ttl", map[string]any{"ttl": -5}, "ttl"},
 		{"garbage ttl", map[string]any{"ttl": "forever"}, "ttl"},
+		{"negative reuse_min_remaining", map[string]any{"reuse_min_remaining": -1}, "reuse_min_remaining"},
+		{"reuse_min_fraction too big", map[string]any{"reuse_min_fraction": 0.95}, "reuse_min_fraction"},
+		{"reuse_min_fraction negative", map[string]any{"reuse_min_fraction": -0.1}, "reuse_min_fraction"},
+		{"token_reuse not bool", map[string]any{"token_reuse": "often"}, "token_reuse"},
 		{"unknown field", map[string]any{"scope": "read"}, "scope"},
 	}
 	for _, tc := range cases {

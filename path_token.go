@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -126,14 +127,23 @@ func (b *backend) pathTokenRead(ctx context.Context, req *logical.Request, d *fr
 	if err != nil {
 		return nil, err
 	}
-	tok, err := c.Token(ctx, scopes)
+	revoke := cfg.revokes()
+	if role != nil && role.RevokeTokens != nil {
+		revoke = *role.RevokeTokens
+	}
+	shared := role != nil && role.TokenReuse
+	var tok *client.Token
+	if shared {
+		tok, err = b.reusedToken(ctx, c, reuseKey(appID, cfg.ClientID, scopes), scopes, role)
+	} else {
+		tok, err = b.grant(ctx, c, scopes)
+	}
 	if err != nil {
 		b.Logger().Error("token request failed", "role", roleName, "app_id", appID, "error", err)
 		return nil, tenantFailure("getting a token", err)
 	}
-	b.Logger().Debug("token issued", "role", roleName, "app_id", appID, "expires_in", tok.ExpiresIn)
 
-	ttl, warning, err := leaseTTL(tok, time.Now(), role)
+	ttl, warning, err := leaseTTL(tok, b.now(), role)
 	if err != nil {
 		return nil, err
 	}
@@ -144,11 +154,15 @@ func (b *backend) pathTokenRead(ctx context.Context, req *logical.Request, d *fr
 		"expires_at":   tok.Expiry.UTC().Format(time.RFC3339),
 		"scope":        tok.Scope,
 	}, map[string]any{
+		// Enough to revoke at the tenant when the lease ends. Vault keeps lease data
+		// encrypted in its storage, as it keeps the response data itself.
 		"role":         roleName,
 		"app_id":       appID,
 		"client_id":    cfg.ClientID,
 		"expires_at":   tok.Expiry.Unix(),
 		"access_token": tok.AccessToken,
+		"revoke":       revoke && !shared,
+		"shared":       shared,
 	})
 	resp.Secret.TTL = ttl
 	resp.Secret.MaxTTL = ttl
@@ -157,6 +171,81 @@ func (b *backend) pathTokenRead(ctx context.Context, req *logical.Request, d *fr
 		resp.AddWarning(warning)
 	}
 	return resp, nil
+}
+
+// grant performs one client-credentials grant and records its outcome.
+func (b *backend) grant(ctx context.Context, c *client.Client, scopes []string) (*client.Token, error) {
+	start := time.Now()
+	tok, err := c.Token(ctx, scopes)
+	result := outcome(err)
+	b.count(metricGrant, "outcome", result)
+	b.measure(metricGrantDuration, start, result)
+	if err == nil {
+		b.Logger().Debug("token granted", "expires_in", tok.ExpiresIn, "scope", tok.Scope)
+	}
+	return tok, err
+}
+
+// reuseKey identifies what a token was granted for: the same app, client and scope set
+// get the same token.
+func reuseKey(appID, clientID string, scopes []string) string {
+	set := slices.Clone(scopes)
+	slices.Sort(set)
+	return appID + "\n" + clientID + "\n" + strings.Join(slices.Compact(set), " ")
+}
+
+// reusedToken hands out the cached token for key while it has enough life left, and
+// otherwise gets a new one; concurrent misses share one grant. The grant runs detached
+// from the first reader's cancellation, since other readers may be waiting on it, and is
+// bounded by the client's own time budget instead.
+func (b *backend) reusedToken(ctx context.Context, c *client.Client, key string, scopes []string, role *roleEntry) (*client.Token, error) {
+	b.mu.RLock()
+	tok, gen := b.tokens[key], b.gen
+	b.mu.RUnlock()
+	if b.reusable(tok, role) {
+		b.count(metricReuse, "result", "hit")
+		return tok, nil
+	}
+	b.count(metricReuse, "result", "miss")
+
+	// The generation is part of the flight's key, so a reader that arrives after a
+	// config or role write never joins a grant made with the old settings.
+	flight := strconv.FormatUint(gen, 10) + "\n" + key
+	ch := b.grants.DoChan(flight, func() (any, error) {
+		b.mu.RLock()
+		cached := b.tokens[key]
+		b.mu.RUnlock()
+		if b.reusable(cached, role) {
+			return cached, nil // another flight finished between our look and this one
+		}
+		tok, err := b.grant(context.WithoutCancel(ctx), c, scopes)
+		if err != nil {
+			return nil, err
+		}
+		b.mu.Lock()
+		if b.gen == gen {
+			b.tokens[key] = tok
+		}
+		b.mu.Unlock()
+		return tok, nil
+	})
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return nil, res.Err
+		}
+		return res.Val.(*client.Token), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (b *backend) reusable(tok *client.Token, role *roleEntry) bool {
+	if tok == nil {
+		return false
+	}
+	lifetime := time.Duration(tok.ExpiresIn) * time.Second
+	return tok.Expiry.Sub(b.now()) >= role.reuseThreshold(lifetime)
 }
 
 // leaseMargin is how long before the token's expiry its lease ends.

@@ -182,6 +182,7 @@ func TestTokenTenantFailures(t *testing.T) {
 			t.Parallel()
 			e := newTestEnv(t)
 			e.configure(t)
+			e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"max_retries": 0})
 			tc.fault.Endpoint = "token"
 			e.emu.AddFaults(tc.fault)
 			_, err := e.request(t, logical.ReadOperation, "token", nil)
@@ -201,6 +202,7 @@ func TestTokenSlowTenantHitsRequestTimeout(t *testing.T) {
 	e := newTestEnv(t)
 	data := e.configData()
 	data["request_timeout"] = 1
+	data["max_retries"] = 0
 	e.mustRequest(t, logical.CreateOperation, "config", data)
 	e.emu.AddFaults(emulator.Fault{Endpoint: "token", Delay: 10 * time.Second})
 

@@ -2,13 +2,26 @@ package cyberark
 
 import (
 	"context"
+	"crypto/sha256"
+	"errors"
 	"fmt"
+	"sync"
+	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/idsec-labs/vault-plugin-secrets-cyberark/client"
 )
 
-const secretAccessTokenType = "cyberark_access_token"
+const (
+	secretAccessTokenType = "cyberark_access_token"
+
+	// Vault's expiration manager tries a revocation 6 times (10s, 20s, 40s... apart) and
+	// then keeps the lease as irrevocable. We give up one attempt earlier, so a tenant
+	// that stays down can never leave a lease stuck.
+	maxRevokeAttempts = 5
+)
 
 // secretAccessToken is the lease type of a token read. Tokens from a client-credentials
 // grant cannot be extended, so the lease is not renewable; its end is the token's.
@@ -38,7 +51,124 @@ func (b *backend) accessTokenRenew(_ context.Context, req *logical.Request, _ *f
 	return nil, fmt.Errorf("CyberArk Identity access tokens cannot be renewed: read %s%s again for a new token", req.MountPoint, path)
 }
 
-// accessTokenRevoke ends the lease. The token stays valid at the tenant until it expires.
-func (b *backend) accessTokenRevoke(_ context.Context, _ *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
-	return nil, nil
+// accessTokenRevoke revokes the token at the tenant when the lease was issued with
+// revocation on. A token shared between leases (token_reuse) is left alone: other
+// leases still hold it. Transient failures go back to Vault, which retries; refusals
+// and repeated failures are logged and the lease ends anyway, since the token expires
+// by itself.
+func (b *backend) accessTokenRevoke(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	data := req.Secret.InternalData
+	if shared, _ := data["shared"].(bool); shared {
+		b.count(metricRevoke, "outcome", "skipped_shared")
+		return nil, nil
+	}
+	if revoke, _ := data["revoke"].(bool); !revoke {
+		b.count(metricRevoke, "outcome", "disabled")
+		return nil, nil
+	}
+	token, _ := data["access_token"].(string)
+	appID, _ := data["app_id"].(string)
+	clientID, _ := data["client_id"].(string)
+	expiresAt := time.Unix(int64Of(data["expires_at"]), 0)
+	if token == "" || !b.now().Before(expiresAt) {
+		b.count(metricRevoke, "outcome", "expired")
+		return nil, nil
+	}
+	logger := b.Logger().With("lease_id", req.Secret.LeaseID, "app_id", appID)
+
+	c, cfg, err := b.getClient(ctx, req.Storage, appID)
+	if err != nil {
+		return nil, err
+	}
+	if cfg == nil || cfg.ClientID != clientID {
+		// The token belongs to a client this engine no longer holds credentials for.
+		logger.Warn("cannot revoke token at the tenant: the config was deleted or now holds another client; the token stays valid until it expires", "expires_at", expiresAt.UTC())
+		b.count(metricRevoke, "outcome", "no_client")
+		return nil, nil
+	}
+
+	start := time.Now()
+	err = c.Revoke(ctx, token)
+	b.measure(metricRevokeLatency, start, outcome(err))
+	fingerprint := sha256.Sum256([]byte(token))
+	var te *client.Error
+	switch {
+	case err == nil:
+		b.revokeFailures.forget(fingerprint)
+		b.count(metricRevoke, "outcome", "success")
+		logger.Debug("token revoked at the tenant")
+		return nil, nil
+	case errors.Is(err, client.ErrRevokeUnsupported):
+		b.count(metricRevoke, "outcome", "disabled")
+		return nil, nil
+	case errors.As(err, &te) && !te.Temporary():
+		b.revokeFailures.forget(fingerprint)
+		b.count(metricRevoke, "outcome", "refused")
+		logger.Warn("tenant refused to revoke the token; ending the lease anyway, the token stays valid until it expires", "expires_at", expiresAt.UTC(), "error", err)
+		return nil, nil
+	}
+	attempt := b.revokeFailures.add(fingerprint, expiresAt, b.now())
+	if attempt >= maxRevokeAttempts {
+		b.revokeFailures.forget(fingerprint)
+		b.count(metricRevoke, "outcome", "gave_up")
+		logger.Error("giving up revoking the token at the tenant; ending the lease anyway, the token stays valid until it expires", "attempts", attempt, "expires_at", expiresAt.UTC(), "error", err)
+		return nil, nil
+	}
+	b.count(metricRevoke, "outcome", "retry")
+	logger.Warn("revoking the token at the tenant failed; Vault will retry", "attempt", attempt, "error", err)
+	return nil, fmt.Errorf("revoking the token at CyberArk Identity (attempt %d of %d): %w", attempt, maxRevokeAttempts, err)
+}
+
+// int64Of reads a number from lease internal data, which JSON round trips turn into
+// json.Number or float64.
+func int64Of(v any) int64 {
+	switch n := v.(type) {
+	case int64:
+		return n
+	case int:
+		return int64(n)
+	case float64:
+		return int64(n)
+	case interface{ Int64() (int64, error) }:
+		i, _ := n.Int64()
+		return i
+	}
+	return 0
+}
+
+// failureCounter counts failed revocations per token, in memory, keyed by a hash so the
+// token itself is not kept. Entries go when the revocation ends or the token expires.
+type failureCounter struct {
+	mu      sync.Mutex
+	entries map[[sha256.Size]byte]failureEntry
+}
+
+type failureEntry struct {
+	count     int
+	expiresAt time.Time
+}
+
+func newFailureCounter() *failureCounter {
+	return &failureCounter{entries: make(map[[sha256.Size]byte]failureEntry)}
+}
+
+func (f *failureCounter) add(key [sha256.Size]byte, expiresAt, now time.Time) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for k, e := range f.entries {
+		if now.After(e.expiresAt) {
+			delete(f.entries, k)
+		}
+	}
+	e := f.entries[key]
+	e.count++
+	e.expiresAt = expiresAt
+	f.entries[key] = e
+	return e.count
+}
+
+func (f *failureCounter) forget(key [sha256.Size]byte) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.entries, key)
 }
