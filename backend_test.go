@@ -8,8 +8,10 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-metrics"
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/idsec-labs/vault-plugin-secrets-cyberark/emulator"
@@ -252,3 +254,63 @@ var errStorage = &storageError{}
 type storageError struct{}
 
 func (*storageError) Error() string { return "storage unavailable" }
+
+// fakeClock stands in for time.Now in the backend (b.now), so tests can move through a
+// token's lifetime without waiting. Install it before the first request.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newFakeClock(e *testEnv) *fakeClock {
+	c := &fakeClock{t: time.Now()}
+	e.b.now = c.Now
+	return c
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Set(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = t
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// withInmemMetrics points the backend's metrics at an in-memory sink.
+func withInmemMetrics(tb testing.TB, e *testEnv) *metrics.InmemSink {
+	tb.Helper()
+	sink := metrics.NewInmemSink(time.Hour, time.Hour)
+	conf := metrics.DefaultConfig("test")
+	conf.EnableHostname = false
+	conf.EnableRuntimeMetrics = false
+	m, err := metrics.New(conf, sink)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	e.b.metrics = m
+	return sink
+}
+
+// counter sums a counter over the sink's intervals; name is the flattened key with
+// labels, e.g. "test.cyberark.grant;outcome=success".
+func counter(sink *metrics.InmemSink, name string) int {
+	total := 0
+	for _, iv := range sink.Data() {
+		iv.RLock()
+		if c, ok := iv.Counters[name]; ok {
+			total += c.Count
+		}
+		iv.RUnlock()
+	}
+	return total
+}

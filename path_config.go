@@ -412,7 +412,7 @@ func (b *backend) verifyConfig(ctx context.Context, cfg *cyberarkConfig) (*logic
 	if err != nil {
 		return nil, err
 	}
-	if _, err := c.Token(ctx, cfg.Scopes); err != nil {
+	if _, err := b.grant(ctx, c, cfg.Scopes); err != nil {
 		b.Logger().Warn("config not stored: verification grant failed", "token_endpoint", cfg.tokenEndpoint(cfg.AppID), "error", err)
 		var te *client.Error
 		if errors.As(err, &te) && !te.Temporary() {

@@ -2,6 +2,8 @@ package cyberark
 
 import (
 	"errors"
+	"fmt"
+	"sync"
 	"net/http"
 	"strings"
 	"testing"
@@ -214,5 +216,167 @@ func TestTokenSlowTenantHitsRequestTimeout(t *testing.T) {
 	}
 	if elapsed >= 10*time.Second {
 		t.Errorf("read took %s: the 1s request_timeout did not apply", elapsed)
+	}
+}
+
+func TestTokenReuseConcurrentReadsShareOneGrant(t *testing.T) {
+	t.Parallel()
+	for _, reuse := range []bool{true, false} {
+		t.Run(fmt.Sprintf("token_reuse=%v", reuse), func(t *testing.T) {
+			t.Parallel()
+			e := newTestEnv(t)
+			e.configure(t)
+			e.mustRequest(t, logical.CreateOperation, "roles/r", map[string]any{"scopes": "read", "token_reuse": reuse})
+			e.emu.Reset()
+			// A slow tenant makes the reads overlap the first grant.
+			e.emu.AddFaults(emulator.Fault{Endpoint: "token", Times: 1, Delay: 300 * time.Millisecond})
+
+			const readers = 200
+			tokens := make([]string, readers)
+			var wg sync.WaitGroup
+			errs := make(chan error, readers)
+			for i := range readers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					resp, err := e.request(t, logical.ReadOperation, "token/r", nil)
+					if err != nil || resp.IsError() {
+						errs <- fmt.Errorf("read %d: %v %v", i, err, resp.Error())
+						return
+					}
+					tokens[i] = resp.Data["access_token"].(string)
+				}()
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Fatal(err)
+			}
+			distinct := map[string]bool{}
+			for _, tok := range tokens {
+				distinct[tok] = true
+			}
+			grants := e.emu.Stats().Grants
+			t.Logf("%d concurrent reads, token_reuse=%v: %d grants, %d distinct tokens", readers, reuse, grants, len(distinct))
+			want := int64(readers)
+			if reuse {
+				want = 1
+			}
+			if grants != want || int64(len(distinct)) != want {
+				t.Errorf("grants = %d, distinct tokens = %d; want %d of each", grants, len(distinct), want)
+			}
+		})
+	}
+}
+
+func TestTokenReuseThresholdAndLease(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	clock := newFakeClock(e)
+	sink := withInmemMetrics(t, e)
+	e.configure(t)
+	// 3600s tokens: threshold = max(5m, 0.25 x 1h) = 15m.
+	e.mustRequest(t, logical.CreateOperation, "roles/r", map[string]any{"scopes": "read", "token_reuse": true, "reuse_min_fraction": 0.25})
+	e.emu.Reset()
+
+	first := e.mustRequest(t, logical.ReadOperation, "token/r", nil)
+	if first.Secret.InternalData["shared"] != true || first.Secret.InternalData["revoke"] != false {
+		t.Errorf("a reused token's lease must be marked shared and not revoked: %v", first.Secret.InternalData)
+	}
+	clock.Advance(40 * time.Minute)
+	second := e.mustRequest(t, logical.ReadOperation, "token/r", nil)
+	if second.Data["access_token"] != first.Data["access_token"] {
+		t.Fatal("with 20m left (above the 15m threshold) the cached token was not reused")
+	}
+	// 20m left, less the 60s margin.
+	if second.Secret.TTL != 19*time.Minute {
+		t.Errorf("lease on the reused token = %s, want 19m", second.Secret.TTL)
+	}
+	clock.Advance(6 * time.Minute) // 14m left: below the threshold
+	third := e.mustRequest(t, logical.ReadOperation, "token/r", nil)
+	if third.Data["access_token"] == first.Data["access_token"] {
+		t.Fatal("a token below the reuse threshold was handed out")
+	}
+	if g := e.emu.Stats().Grants; g != 2 {
+		t.Errorf("grants = %d, want 2", g)
+	}
+	if hits, misses := counter(sink, "test.cyberark.reuse;result=hit"), counter(sink, "test.cyberark.reuse;result=miss"); hits != 1 || misses != 2 {
+		t.Errorf("reuse metrics: hits=%d misses=%d, want 1 and 2", hits, misses)
+	}
+	if n := counter(sink, "test.cyberark.grant;outcome=success"); n != 3 {
+		t.Errorf("grant success metric = %d, want 3 (the config's verification and two reads)", n)
+	}
+}
+
+func TestTokenReuseEmptiedByWrites(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	e.configure(t)
+	e.mustRequest(t, logical.CreateOperation, "roles/r", map[string]any{"scopes": "read", "token_reuse": true})
+	e.mustRequest(t, logical.CreateOperation, "roles/other", map[string]any{"scopes": "write"})
+	read := func() string {
+		return e.mustRequest(t, logical.ReadOperation, "token/r", nil).Data["access_token"].(string)
+	}
+	a := read()
+	if read() != a {
+		t.Fatal("second read did not reuse the token")
+	}
+	e.mustRequest(t, logical.UpdateOperation, "roles/r", map[string]any{"ttl": "1h"})
+	b := read()
+	if b == a {
+		t.Error("a role write did not empty the token cache")
+	}
+	e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"request_timeout": "20s"})
+	c := read()
+	if c == b {
+		t.Error("a config write did not empty the token cache")
+	}
+	e.b.Invalidate(t.Context(), "config")
+	if read() == c {
+		t.Error("Invalidate(config) did not empty the token cache")
+	}
+	e.b.Invalidate(t.Context(), "roles/other")
+	d := read()
+	e.b.Invalidate(t.Context(), "roles/other")
+	if read() == d {
+		t.Error("Invalidate(roles/...) did not empty the token cache")
+	}
+}
+
+func TestTokenMetricsByOutcome(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	sink := withInmemMetrics(t, e)
+	e.configure(t)
+	e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"max_retries": 0})
+	e.mustRequest(t, logical.ReadOperation, "token", nil)
+	e.emu.AddFaults(emulator.Fault{Endpoint: "token", Times: 1, Status: 429})
+	e.request(t, logical.ReadOperation, "token", nil)
+	e.emu.AddFaults(emulator.Fault{Endpoint: "token", Times: 1, Status: 400, Body: `{"error":"invalid_client"}`})
+	e.request(t, logical.ReadOperation, "token", nil)
+	e.emu.AddFaults(emulator.Fault{Endpoint: "token", Times: 1, Status: 503})
+	e.request(t, logical.ReadOperation, "token", nil)
+	for name, want := range map[string]int{
+		"test.cyberark.grant;outcome=success":      3, // two config writes' verifications, and one read
+		"test.cyberark.grant;outcome=rate_limited": 1,
+		"test.cyberark.grant;outcome=refused":      1,
+		"test.cyberark.grant;outcome=tenant_error": 1,
+	} {
+		if got := counter(sink, name); got != want {
+			t.Errorf("%s = %d, want %d", name, got, want)
+		}
+	}
+	var timed int
+	for _, iv := range sink.Data() {
+		iv.RLock()
+		for k, s := range iv.Samples {
+			if strings.HasPrefix(k, "test.cyberark.grant.duration;") {
+				timed += s.Count
+			}
+		}
+		iv.RUnlock()
+	}
+	if timed != 6 {
+		t.Errorf("grant duration samples = %d, want one per grant, 6", timed)
 	}
 }

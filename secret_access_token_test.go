@@ -3,11 +3,22 @@ package cyberark
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/idsec-labs/vault-plugin-secrets-cyberark/emulator"
 )
 
-func TestAccessTokenLeaseRenewAndRevoke(t *testing.T) {
+// revoke sends the revocation Vault's expiration manager sends when a lease ends.
+func (e *testEnv) revoke(t *testing.T, secret *logical.Secret) (*logical.Response, error) {
+	t.Helper()
+	return e.b.HandleRequest(t.Context(), &logical.Request{
+		Operation: logical.RevokeOperation, Secret: secret, Storage: e.storage, MountPoint: "cyberark/",
+	})
+}
+
+func TestAccessTokenRenewIsRefused(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t)
 	e.configure(t)
@@ -20,11 +31,145 @@ func TestAccessTokenLeaseRenewAndRevoke(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "cannot be renewed: read cyberark/token/r again") {
 		t.Errorf("renew error = %v, want one that says to read cyberark/token/r again", err)
 	}
+}
 
-	resp, err := e.b.HandleRequest(t.Context(), &logical.Request{
-		Operation: logical.RevokeOperation, Secret: secret, Storage: e.storage, MountPoint: "cyberark/",
-	})
-	if err != nil || (resp != nil && resp.IsError()) {
-		t.Errorf("revoke: %v %v", err, resp)
+func TestRevokeAtTenant(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name       string
+		config     map[string]any
+		role       map[string]any
+		wantRevoke bool
+	}{
+		{"default for a CyberArk tenant", nil, map[string]any{"scopes": "read"}, true},
+		{"off in the config", map[string]any{"revoke_tokens": false}, map[string]any{"scopes": "read"}, false},
+		{"off in the config, on for the role", map[string]any{"revoke_tokens": false}, map[string]any{"scopes": "read", "revoke_tokens": true}, true},
+		{"off for the role", nil, map[string]any{"scopes": "read", "revoke_tokens": false}, false},
+		{"shared token", nil, map[string]any{"scopes": "read", "token_reuse": true}, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newTestEnv(t)
+			e.configure(t)
+			if tc.config != nil {
+				e.mustRequest(t, logical.UpdateOperation, "config", tc.config)
+			}
+			e.mustRequest(t, logical.CreateOperation, "roles/r", tc.role)
+			resp := e.mustRequest(t, logical.ReadOperation, "token/r", nil)
+			token := resp.Data["access_token"].(string)
+
+			if resp, err := e.revoke(t, resp.Secret); err != nil || resp.IsError() {
+				t.Fatalf("revoke: %v %v", err, resp.Error())
+			}
+			if got := e.emu.Revoked(token); got != tc.wantRevoke {
+				t.Errorf("revoked at the tenant = %v, want %v", got, tc.wantRevoke)
+			}
+			if !tc.wantRevoke && e.emu.Stats().RevokeRequests != 0 {
+				t.Error("the tenant got a revoke request")
+			}
+			if tc.wantRevoke {
+				r := e.emu.Requests()
+				last := r[len(r)-1]
+				if last.Path != "/oauth2/revoke/"+testAppID || last.Form.Get("token") != token || last.Header.Get("Authorization") == "" {
+					t.Errorf("revoke request: path %s, token sent %v, authenticated %v", last.Path, last.Form.Get("token") == token, last.Header.Get("Authorization") != "")
+				}
+			}
+		})
+	}
+}
+
+func TestRevokeDefaultsOffForForeignTokenURL(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	data := e.configData()
+	data["token_url"] = e.url + "/oauth2/token/" + testAppID
+	e.mustRequest(t, logical.CreateOperation, "config", data)
+	if got := e.mustRequest(t, logical.ReadOperation, "config", nil).Data["revoke_tokens"]; got != false {
+		t.Errorf("revoke_tokens with token_url = %v, want false", got)
+	}
+	e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"revoke_url": e.url + "/oauth2/revoke/" + testAppID})
+	resp := e.mustRequest(t, logical.ReadOperation, "config", nil)
+	if resp.Data["revoke_tokens"] != true || resp.Data["revoke_endpoint"] != e.url+"/oauth2/revoke/"+testAppID {
+		t.Errorf("with revoke_url: revoke_tokens=%v endpoint=%v", resp.Data["revoke_tokens"], resp.Data["revoke_endpoint"])
+	}
+	tok := e.mustRequest(t, logical.ReadOperation, "token", nil)
+	if _, err := e.revoke(t, tok.Secret); err != nil {
+		t.Fatal(err)
+	}
+	if !e.emu.Revoked(tok.Data["access_token"].(string)) {
+		t.Error("token not revoked through revoke_url")
+	}
+}
+
+func TestRevokeTransientFailuresRetryThenGiveUp(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	sink := withInmemMetrics(t, e)
+	e.configure(t)
+	e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"max_retries": 0})
+	resp := e.mustRequest(t, logical.ReadOperation, "token", nil)
+	e.emu.AddFaults(emulator.Fault{Endpoint: "revoke", Status: 503})
+
+	for attempt := 1; attempt < maxRevokeAttempts; attempt++ {
+		_, err := e.revoke(t, resp.Secret)
+		if err == nil || !strings.Contains(err.Error(), "HTTP 503") {
+			t.Fatalf("attempt %d: err = %v, want the 503 back so Vault retries", attempt, err)
+		}
+	}
+	if _, err := e.revoke(t, resp.Secret); err != nil {
+		t.Fatalf("attempt %d: err = %v, want the lease released", maxRevokeAttempts, err)
+	}
+	if !strings.Contains(e.logs.String(), "giving up revoking the token") {
+		t.Error("giving up was not logged")
+	}
+	if got := counter(sink, "test.cyberark.revoke;outcome=retry"); got != maxRevokeAttempts-1 {
+		t.Errorf("retry metric = %d", got)
+	}
+	if got := counter(sink, "test.cyberark.revoke;outcome=gave_up"); got != 1 {
+		t.Errorf("gave_up metric = %d", got)
+	}
+}
+
+func TestRevokeRefusalEndsLease(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	e.configure(t)
+	resp := e.mustRequest(t, logical.ReadOperation, "token", nil)
+	e.emu.AddFaults(emulator.Fault{Endpoint: "revoke", Status: 400, Body: `{"error":"invalid_request","error_description":"missing token"}`})
+	if _, err := e.revoke(t, resp.Secret); err != nil {
+		t.Fatalf("a refusal must not keep the lease: %v", err)
+	}
+	if !strings.Contains(e.logs.String(), "missing token") {
+		t.Error("the tenant's refusal was not logged")
+	}
+}
+
+func TestRevokeExpiredTokenSkipsTenant(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	clock := newFakeClock(e)
+	e.configure(t)
+	resp := e.mustRequest(t, logical.ReadOperation, "token", nil)
+	clock.Advance(2 * time.Hour)
+	if _, err := e.revoke(t, resp.Secret); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.emu.Stats().RevokeRequests; n != 0 {
+		t.Errorf("revoke of an expired token called the tenant %d times", n)
+	}
+}
+
+func TestRevokeAfterClientChangedSkipsTenant(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	e.configure(t)
+	resp := e.mustRequest(t, logical.ReadOperation, "token", nil)
+	e.mustRequest(t, logical.DeleteOperation, "config", nil)
+	if _, err := e.revoke(t, resp.Secret); err != nil {
+		t.Fatalf("revoke without config: %v", err)
+	}
+	if n := e.emu.Stats().RevokeRequests; n != 0 {
+		t.Errorf("tenant got %d revoke requests", n)
 	}
 }

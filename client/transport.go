@@ -103,18 +103,19 @@ func (c *Client) post(ctx context.Context, endpoint string, form url.Values) ([]
 	if last == nil {
 		last = errors.New("no answer from tenant")
 	}
+	// Redact before wrapping: a wrapper's text is fixed when it is made.
+	last = c.redact(last)
 	var te *Error
 	if errors.As(last, &te) {
 		te.Attempts = n
-		return nil, c.redact(te)
 	}
-	if ctx.Err() != nil && n > 0 {
-		return nil, c.redact(fmt.Errorf("gave up after %d attempts in %s: %w", n, c.cfg.Retry.Budget, last))
+	switch {
+	case ctx.Err() != nil:
+		return nil, fmt.Errorf("gave up after %d attempt(s) in %s: %w", n, c.cfg.Retry.Budget, last)
+	case te == nil && n > 1:
+		return nil, fmt.Errorf("gave up after %d attempts: %w", n, last)
 	}
-	if n > 1 {
-		return nil, c.redact(fmt.Errorf("gave up after %d attempts: %w", n, last))
-	}
-	return nil, c.redact(last)
+	return nil, last
 }
 
 // checkRetry records every attempt's outcome and retries only what may pass later.

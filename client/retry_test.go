@@ -1,0 +1,155 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+func retrying(max int, budget time.Duration) func(*Config) {
+	return func(cfg *Config) {
+		cfg.Retry = RetryPolicy{MaxRetries: max, WaitMin: 10 * time.Millisecond, WaitMax: 50 * time.Millisecond, MaxRetryAfter: 3 * time.Second, Budget: budget}
+	}
+}
+
+// failThen answers the first n requests with status (and Retry-After), then okBody.
+func failThen(n, status int, retryAfter string) func(http.ResponseWriter, *http.Request, int) {
+	return func(w http.ResponseWriter, _ *http.Request, i int) {
+		if i <= n {
+			if retryAfter != "" {
+				w.Header().Set("Retry-After", retryAfter)
+			}
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(status)
+			io.WriteString(w, `{"error":"temporarily_unavailable","error_description":"try later"}`)
+			return
+		}
+		io.WriteString(w, okBody)
+	}
+}
+
+func TestRetriesTransientAnswers(t *testing.T) {
+	t.Parallel()
+	for _, status := range []int{500, 502, 503, 504, 429} {
+		t.Run(http.StatusText(status), func(t *testing.T) {
+			t.Parallel()
+			tn := newTenant(t, failThen(2, status, ""))
+			c := newTestClient(t, tn, retrying(3, 10*time.Second))
+			if _, err := c.Token(context.Background(), nil); err != nil {
+				t.Fatalf("after two %d answers and a success: %v", status, err)
+			}
+			reqs := tn.got()
+			if len(reqs) != 3 {
+				t.Fatalf("%d requests, want 3", len(reqs))
+			}
+			for i, r := range reqs {
+				if r.body != "grant_type=client_credentials" || r.header.Get("Authorization") == "" {
+					t.Errorf("attempt %d was not the same request: body %q", i+1, r.body)
+				}
+			}
+		})
+	}
+}
+
+func TestNoRetryOnRefusals(t *testing.T) {
+	t.Parallel()
+	for _, status := range []int{400, 401, 403, 404, 501} {
+		t.Run(http.StatusText(status), func(t *testing.T) {
+			t.Parallel()
+			tn := newTenant(t, failThen(1, status, "1"))
+			c := newTestClient(t, tn, retrying(5, 10*time.Second))
+			_, err := c.Token(context.Background(), nil)
+			var te *Error
+			if !errors.As(err, &te) || te.StatusCode != status {
+				t.Fatalf("err = %v, want the %d", err, status)
+			}
+			if n := len(tn.got()); n != 1 {
+				t.Errorf("a %d was retried: %d requests", status, n)
+			}
+		})
+	}
+}
+
+func TestRetryAfterIsHonouredAndCapped(t *testing.T) {
+	t.Parallel()
+	tn := newTenant(t, failThen(1, 429, "1"))
+	c := newTestClient(t, tn, retrying(3, 10*time.Second))
+	if _, err := c.Token(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	reqs := tn.got()
+	if gap := reqs[1].at.Sub(reqs[0].at); gap < 900*time.Millisecond {
+		t.Errorf("second attempt came %s after a 429 with Retry-After: 1", gap)
+	}
+
+	// A Retry-After beyond MaxRetryAfter (3s) waits only the cap.
+	tn2 := newTenant(t, failThen(1, 503, "3600"))
+	c2 := newTestClient(t, tn2, retrying(3, 10*time.Second))
+	if _, err := c2.Token(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	reqs = tn2.got()
+	if gap := reqs[1].at.Sub(reqs[0].at); gap < 2900*time.Millisecond || gap > 8*time.Second {
+		t.Errorf("after Retry-After: 3600 the retry came %s later, want the 3s cap", gap)
+	}
+}
+
+func TestRetryBudgetBoundsTheCall(t *testing.T) {
+	t.Parallel()
+	tn := newTenant(t, failThen(1000, 503, "2"))
+	c := newTestClient(t, tn, retrying(10, 1500*time.Millisecond))
+	start := time.Now()
+	_, err := c.Token(context.Background(), nil)
+	elapsed := time.Since(start)
+	var te *Error
+	if !errors.As(err, &te) || te.StatusCode != 503 {
+		t.Fatalf("err = %v, want the tenant's last answer (503)", err)
+	}
+	if !strings.Contains(err.Error(), "temporarily_unavailable: try later") || !strings.Contains(err.Error(), "gave up after") {
+		t.Errorf("error %q should quote the last answer and the attempts", err)
+	}
+	if elapsed > 4*time.Second {
+		t.Errorf("the call took %s with a 1.5s budget", elapsed)
+	}
+	if n := len(tn.got()); n < 1 || n > 2 {
+		t.Errorf("%d attempts within a 1.5s budget and 2s Retry-After, want 1 or 2", n)
+	}
+}
+
+func TestRetryExhaustionReportsLastAnswer(t *testing.T) {
+	t.Parallel()
+	tn := newTenant(t, failThen(1000, 502, ""))
+	c := newTestClient(t, tn, retrying(2, 10*time.Second))
+	_, err := c.Token(context.Background(), nil)
+	var te *Error
+	if !errors.As(err, &te) || te.StatusCode != 502 || te.Attempts != 3 {
+		t.Fatalf("err = %v (%+v), want the 502 after 3 attempts", err, te)
+	}
+	if n := len(tn.got()); n != 3 {
+		t.Errorf("%d requests, want 3", n)
+	}
+}
+
+func TestRetriesConnectionErrors(t *testing.T) {
+	t.Parallel()
+	tn := newTenant(t, func(w http.ResponseWriter, _ *http.Request, i int) {
+		if i == 1 {
+			hj, _ := w.(http.Hijacker)
+			conn, _, _ := hj.Hijack()
+			conn.Close()
+			return
+		}
+		io.WriteString(w, okBody)
+	})
+	c := newTestClient(t, tn, retrying(2, 10*time.Second))
+	if _, err := c.Token(context.Background(), nil); err != nil {
+		t.Fatalf("a dropped connection then a success: %v", err)
+	}
+	if n := len(tn.got()); n != 2 {
+		t.Errorf("%d requests, want 2", n)
+	}
+}
