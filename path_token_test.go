@@ -3,9 +3,9 @@ package cyberark
 import (
 	"errors"
 	"fmt"
-	"sync"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
