@@ -1,0 +1,502 @@
+//go:build unix
+
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/api"
+
+	"github.com/idsec-labs/vault-plugin-secrets-cyberark/emulator"
+)
+
+const (
+	mountPath = "cyberark"
+
+	// The emulated tenant: one app the config names, a second one a role can pick, and
+	// a client whose login name has the "@" that real service users have.
+	appID      = "vault-e2e"
+	otherAppID = "vault-e2e-other"
+	clientID   = "svc-vault@e2e.cyberark.cloud"
+
+	// How long a test may take to talk to Vault, start to end.
+	testTimeout = 3 * time.Minute
+)
+
+// env is one test's world: a tenant emulator over HTTPS, a Vault dev server with the
+// plugin registered and mounted, and a guard that checks the processes' logs for secrets
+// when the test ends.
+type env struct {
+	t      *testing.T
+	ctx    context.Context
+	guard  *logGuard
+	tenant *tenant
+	vault  *vaultServer
+	client *api.Client
+}
+
+// newEnv starts everything a test needs and registers its teardown. Teardown runs in
+// reverse: processes stop first, then the emulator, then the log checks, so the checks
+// see complete logs and every token the tenant issued.
+func newEnv(t *testing.T, expiresIn int) *env {
+	t.Helper()
+	bin := vaultBin(t)
+	// The temporary directory is created first so that it is removed last, after the
+	// log checks have read the logs in it.
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	t.Cleanup(cancel)
+	e := &env{t: t, ctx: ctx}
+	e.guard = newLogGuard(t)
+	e.tenant = startTenant(t, expiresIn)
+	e.guard.addSecrets(e.tenant.secrets)
+	b := plugin(t, versionV1)
+	e.vault = startVault(t, ctx, bin, dir, e.guard)
+	e.client = e.vault.client
+	e.vault.register(t, b)
+	e.vault.mount(t, mountPath, versionV1)
+	return e
+}
+
+// configure writes a working config for the tenant, with verification on (the default).
+func (e *env) configure() {
+	e.t.Helper()
+	if _, err := e.client.Logical().WriteWithContext(e.ctx, mountPath+"/config", e.tenant.configData()); err != nil {
+		e.t.Fatalf("writing the config: %v", err)
+	}
+}
+
+func (e *env) writeRole(name string, data map[string]any) {
+	e.t.Helper()
+	if _, err := e.client.Logical().WriteWithContext(e.ctx, mountPath+"/roles/"+name, data); err != nil {
+		e.t.Fatalf("writing role %s: %v", name, err)
+	}
+}
+
+// readToken reads path under the mount and checks that the access token it returns is
+// one the tenant issued.
+func (e *env) readToken(path string, params map[string][]string) *api.Secret {
+	e.t.Helper()
+	s, err := e.client.Logical().ReadWithDataWithContext(e.ctx, mountPath+"/"+path, params)
+	if err != nil {
+		e.t.Fatalf("reading %s: %v", path, err)
+	}
+	if s == nil {
+		e.t.Fatalf("reading %s: no secret returned", path)
+	}
+	e.tenant.mustHaveIssued(e.t, accessToken(e.t, s))
+	return s
+}
+
+// logGuard knows every log file a test's processes write and every secret the test
+// handles. When the test ends it fails the test if any log holds a secret, and dumps the
+// logs, secrets redacted, if the test failed.
+type logGuard struct {
+	mu      sync.Mutex
+	logs    []namedLog
+	secrets []func() []namedSecret
+}
+
+type namedLog struct{ name, path string }
+
+type namedSecret struct{ label, value string }
+
+func newLogGuard(t *testing.T) *logGuard {
+	g := &logGuard{}
+	t.Cleanup(func() { g.check(t) })
+	return g
+}
+
+func (g *logGuard) addLog(name, path string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.logs = append(g.logs, namedLog{name, path})
+}
+
+// addSecrets adds a source of secrets; it is called at the end of the test, so it can
+// name tokens issued at any time during it.
+func (g *logGuard) addSecrets(f func() []namedSecret) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.secrets = append(g.secrets, f)
+}
+
+func (g *logGuard) check(t *testing.T) {
+	g.mu.Lock()
+	logs := append([]namedLog(nil), g.logs...)
+	var secrets []namedSecret
+	for _, f := range g.secrets {
+		secrets = append(secrets, f()...)
+	}
+	g.mu.Unlock()
+
+	contents := make([][]byte, len(logs))
+	for i, l := range logs {
+		data, err := os.ReadFile(l.path)
+		if err != nil {
+			t.Errorf("reading the %s log: %v", l.name, err)
+			continue
+		}
+		contents[i] = data
+		for _, s := range secrets {
+			if bytes.Contains(data, []byte(s.value)) {
+				// Never the secret itself: its length and a hash prefix identify it.
+				t.Errorf("the %s log contains %s (length %d, sha256 %s)", l.name, s.label, len(s.value), shortHash(s.value))
+			}
+		}
+	}
+	if !t.Failed() {
+		return
+	}
+	for i, l := range logs {
+		data := contents[i]
+		for _, s := range secrets {
+			data = bytes.ReplaceAll(data, []byte(s.value), []byte("[REDACTED "+s.label+"]"))
+		}
+		const limit = 128 << 10
+		if len(data) > limit {
+			data = append([]byte("[... earlier output cut ...]\n"), data[len(data)-limit:]...)
+		}
+		t.Logf("---- %s log (%s), secrets redacted ----\n%s\n---- end of %s log ----", l.name, l.path, data, l.name)
+	}
+}
+
+func shortHash(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:6])
+}
+
+// tenant is a tenant emulator served over HTTPS with a CA of its own.
+type tenant struct {
+	emu    *emulator.Emulator
+	url    string
+	caPEM  string
+	secret string
+}
+
+func startTenant(t *testing.T, expiresIn int) *tenant {
+	t.Helper()
+	secret := "E2e-" + randomHex(t, 16)
+	client := emulator.Client{ID: clientID, Secret: secret, AllowedScopes: []string{"read", "write"}}
+	emu, err := emulator.New(emulator.Config{
+		ExpiresIn: expiresIn,
+		Apps: []emulator.App{
+			{ID: appID, Scopes: []string{"read", "write", "admin"}, Clients: []emulator.Client{client}},
+			{ID: otherAppID, Scopes: []string{"read", "write"}, Clients: []emulator.Client{client}},
+		},
+	})
+	if err != nil {
+		t.Fatalf("emulator: %v", err)
+	}
+	ca, err := emulator.NewCA()
+	if err != nil {
+		t.Fatalf("emulator CA: %v", err)
+	}
+	srv := httptest.NewUnstartedServer(emu)
+	srv.TLS = ca.ServerTLSConfig()
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	return &tenant{emu: emu, url: srv.URL, caPEM: string(ca.CertPEM()), secret: secret}
+}
+
+// configData is a complete config for this tenant.
+func (tn *tenant) configData() map[string]any {
+	return map[string]any{
+		"tenant_url":    tn.url,
+		"app_id":        appID,
+		"client_id":     clientID,
+		"client_secret": tn.secret,
+		"ca_cert":       tn.caPEM,
+		"scopes":        "read,write",
+	}
+}
+
+// basicCredentials is the Authorization header value a correct client sends.
+func (tn *tenant) basicCredentials() string {
+	return "Basic " + base64.StdEncoding.EncodeToString([]byte(clientID+":"+tn.secret))
+}
+
+// secrets lists what must never reach a log: the client secret in the forms a careless
+// log line would carry it, and every issued access token, whole and its signature.
+func (tn *tenant) secrets() []namedSecret {
+	s := []namedSecret{
+		{"the client secret", tn.secret},
+		{"the Basic credentials", strings.TrimPrefix(tn.basicCredentials(), "Basic ")},
+	}
+	for i, tok := range tn.emu.Issued() {
+		s = append(s, namedSecret{fmt.Sprintf("access token #%d", i+1), tok})
+		if j := strings.LastIndexByte(tok, '.'); j >= 0 && len(tok)-j > 16 {
+			s = append(s, namedSecret{fmt.Sprintf("the signature of access token #%d", i+1), tok[j+1:]})
+		}
+	}
+	return s
+}
+
+func (tn *tenant) mustHaveIssued(t testing.TB, token string) {
+	t.Helper()
+	for _, tok := range tn.emu.Issued() {
+		if tok == token {
+			return
+		}
+	}
+	t.Fatalf("access token (length %d, sha256 %s) is not one the tenant issued", len(token), shortHash(token))
+}
+
+// lastTokenRequest is the last request the tenant's token endpoint received.
+func (tn *tenant) lastTokenRequest(t testing.TB) emulator.Request {
+	t.Helper()
+	reqs := tn.emu.Requests()
+	for i := len(reqs) - 1; i >= 0; i-- {
+		if strings.HasPrefix(strings.ToLower(reqs[i].Path), "/oauth2/token/") {
+			return reqs[i]
+		}
+	}
+	t.Fatal("the tenant received no token request")
+	return emulator.Request{}
+}
+
+// vaultServer is a Vault dev server on a loopback port, logging at debug level, which
+// includes the plugin's own log lines.
+type vaultServer struct {
+	addr   string
+	token  string
+	client *api.Client
+	proc   *process
+}
+
+func startVault(t *testing.T, ctx context.Context, bin, dir string, guard *logGuard) *vaultServer {
+	t.Helper()
+	home := filepath.Join(dir, "home")
+	if err := os.Mkdir(home, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	token := "e2e-root-" + randomHex(t, 8)
+	var lastErr error
+	for attempt := 1; attempt <= 3; attempt++ {
+		port, err := freePortPair()
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := fmt.Sprintf("127.0.0.1:%d", port)
+		logPath := filepath.Join(dir, fmt.Sprintf("vault-%d.log", attempt))
+		guard.addLog(fmt.Sprintf("vault server (attempt %d)", attempt), logPath)
+		p, err := startProcess("vault server", bin, dir, childEnv(home), logPath,
+			"server", "-dev",
+			"-dev-root-token-id="+token,
+			"-dev-listen-address="+addr,
+			"-dev-plugin-dir="+pluginDir,
+			// Every test registers the plugins it mounts, with their versions; the dev
+			// server would otherwise also register each file in the directory, unversioned.
+			"-dev-plugin-init=false",
+			"-dev-no-store-token",
+			"-log-level=debug",
+		)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v := &vaultServer{addr: "http://" + addr, token: token, proc: p}
+		t.Cleanup(func() { p.stop(t, 20*time.Second) })
+		v.client = newClient(t, v.addr, token)
+		if lastErr = v.waitHealthy(ctx); lastErr == nil {
+			return v
+		}
+		p.stop(t, 5*time.Second)
+		log, _ := os.ReadFile(logPath)
+		if !bytes.Contains(log, []byte("address already in use")) {
+			break
+		}
+		t.Logf("vault server: port %d was taken before Vault bound it; retrying", port)
+	}
+	t.Fatalf("vault server did not become ready: %v", lastErr)
+	return nil
+}
+
+func newClient(t testing.TB, addr, token string) *api.Client {
+	t.Helper()
+	cfg := api.DefaultConfig()
+	cfg.Address = addr
+	// No retries: a retried read would be a second grant at the tenant, and the tests
+	// count grants.
+	cfg.MaxRetries = 0
+	cfg.Timeout = time.Minute
+	c, err := api.NewClient(cfg)
+	if err != nil {
+		t.Fatalf("vault client: %v", err)
+	}
+	c.SetToken(token)
+	c.ClearNamespace()
+	return c
+}
+
+func (v *vaultServer) waitHealthy(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	var lastErr error
+	for {
+		if v.proc.exited() {
+			return fmt.Errorf("vault exited early: %v", v.proc.waitErr)
+		}
+		h, err := v.client.Sys().HealthWithContext(ctx)
+		switch {
+		case err != nil:
+			lastErr = err
+		case !h.Initialized || h.Sealed:
+			lastErr = fmt.Errorf("initialized=%t sealed=%t", h.Initialized, h.Sealed)
+		default:
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (last: %v)", ctx.Err(), lastErr)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// register adds b to the catalog by SHA-256 and version, as an operator would.
+func (v *vaultServer) register(t testing.TB, b *pluginBuild) {
+	t.Helper()
+	err := v.client.Sys().RegisterPlugin(&api.RegisterPluginInput{
+		Name:    pluginName,
+		Type:    api.PluginTypeSecrets,
+		Command: b.file,
+		SHA256:  b.sha256,
+		Version: b.version,
+	})
+	if err != nil {
+		t.Fatalf("registering %s %s: %v", pluginName, b.version, err)
+	}
+}
+
+func (v *vaultServer) mount(t testing.TB, path, version string) {
+	t.Helper()
+	err := v.client.Sys().Mount(path, &api.MountInput{
+		Type:   pluginName,
+		Config: api.MountConfigInput{PluginVersion: version},
+	})
+	if err != nil {
+		t.Fatalf("enabling %s %s at %s: %v", pluginName, version, path, err)
+	}
+}
+
+// mountInfo is the sys/mounts entry of path.
+func (v *vaultServer) mountInfo(t testing.TB, path string) *api.MountOutput {
+	t.Helper()
+	mounts, err := v.client.Sys().ListMounts()
+	if err != nil {
+		t.Fatalf("listing mounts: %v", err)
+	}
+	m, ok := mounts[strings.TrimSuffix(path, "/")+"/"]
+	if !ok {
+		t.Fatalf("sys/mounts has no %s/", path)
+	}
+	return m
+}
+
+// logText is the server's log so far.
+func (v *vaultServer) logText(t testing.TB) string {
+	t.Helper()
+	data, err := os.ReadFile(v.proc.logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
+}
+
+// responseError unwraps the error of a Vault API call into its status and messages.
+func responseError(t testing.TB, err error) *api.ResponseError {
+	t.Helper()
+	if err == nil {
+		t.Fatal("the call succeeded; want an error")
+	}
+	var re *api.ResponseError
+	if !errors.As(err, &re) {
+		t.Fatalf("error %v is not a Vault response error", err)
+	}
+	return re
+}
+
+// accessToken is the access_token field of a token read.
+func accessToken(t testing.TB, s *api.Secret) string {
+	t.Helper()
+	tok, _ := s.Data["access_token"].(string)
+	if tok == "" {
+		t.Fatalf("the response has no access_token; fields: %v", keys(s.Data))
+	}
+	return tok
+}
+
+func keys(m map[string]any) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+// jwtClaims are the claims of an access token that the tests look at.
+type jwtClaims struct {
+	Iss   string `json:"iss"`
+	Aud   string `json:"aud"`
+	Sub   string `json:"sub"`
+	Scope string `json:"scope"`
+	Iat   int64  `json:"iat"`
+	Exp   int64  `json:"exp"`
+}
+
+// parseClaims decodes a JWT's claims without checking its signature: the tests check
+// that the token is one the emulator issued instead.
+func parseClaims(t testing.TB, token string) jwtClaims {
+	t.Helper()
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 {
+		t.Fatalf("access token has %d parts, want a JWT's 3", len(parts))
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		t.Fatalf("access token payload: %v", err)
+	}
+	var c jwtClaims
+	if err := json.Unmarshal(payload, &c); err != nil {
+		t.Fatalf("access token claims: %v", err)
+	}
+	return c
+}
+
+// intField reads a JSON number field of a Vault response.
+func intField(t testing.TB, data map[string]any, name string) int64 {
+	t.Helper()
+	n, ok := data[name].(json.Number)
+	if !ok {
+		t.Fatalf("field %s = %#v, want a number", name, data[name])
+	}
+	i, err := n.Int64()
+	if err != nil {
+		t.Fatalf("field %s: %v", name, err)
+	}
+	return i
+}
+
+func randomHex(t testing.TB, n int) string {
+	t.Helper()
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(b)
+}
