@@ -1,0 +1,127 @@
+package emulator
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+)
+
+// serveControl answers the /_emulator/ endpoints that scripts use to steer a running
+// emulator. None of them returns configuration, so none can leak a secret; they are not
+// recorded in Requests, which is the tenant's traffic only.
+func (e *Emulator) serveControl(w http.ResponseWriter, r *http.Request) {
+	name := strings.ToLower(strings.Trim(r.URL.Path[len(controlPrefix):], "/"))
+	switch name {
+	case "stats":
+		if !allowMethod(w, r, http.MethodGet) {
+			return
+		}
+		writeJSON(w, http.StatusOK, e.Stats())
+	case "faults":
+		switch r.Method {
+		case http.MethodPost:
+			e.controlAddFaults(w, r)
+		case http.MethodDelete:
+			e.ClearFaults()
+			writeJSON(w, http.StatusOK, map[string]int{"queued": 0})
+		default:
+			allowMethod(w, r, http.MethodPost, http.MethodDelete)
+		}
+	case "expires_in":
+		if !allowMethod(w, r, http.MethodPost) {
+			return
+		}
+		var req struct {
+			ExpiresIn *int `json:"expires_in"`
+		}
+		if err := decodeStrict(r.Body, &req); err != nil {
+			controlError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		if req.ExpiresIn == nil || *req.ExpiresIn < 0 {
+			controlError(w, http.StatusBadRequest, `want {"expires_in": seconds}, seconds >= 0 (0 restores the default)`)
+			return
+		}
+		e.SetExpiresIn(*req.ExpiresIn)
+		writeJSON(w, http.StatusOK, map[string]int{"expires_in": orDefault(*req.ExpiresIn)})
+	case "reset":
+		if !allowMethod(w, r, http.MethodPost) {
+			return
+		}
+		e.Reset()
+		writeJSON(w, http.StatusOK, struct{}{})
+	default:
+		controlError(w, http.StatusNotFound, "unknown control endpoint")
+	}
+}
+
+// controlAddFaults takes a JSON array of faults, or a single fault object for
+// convenience in shell scripts, and queues all or none.
+func (e *Emulator) controlAddFaults(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxBodyBytes))
+	if err != nil {
+		controlError(w, http.StatusBadRequest, "read body: "+err.Error())
+		return
+	}
+	var faults []Fault
+	if trimmed := bytes.TrimSpace(body); len(trimmed) > 0 && trimmed[0] == '{' {
+		var f Fault
+		err = decodeStrict(bytes.NewReader(trimmed), &f)
+		faults = []Fault{f}
+	} else {
+		err = decodeStrict(bytes.NewReader(trimmed), &faults)
+	}
+	if err != nil {
+		controlError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if len(faults) == 0 {
+		controlError(w, http.StatusBadRequest, "no faults given")
+		return
+	}
+	for i, f := range faults {
+		if err := f.validate(); err != nil {
+			controlError(w, http.StatusBadRequest, fmt.Sprintf("fault %d: %v", i, err))
+			return
+		}
+	}
+	e.AddFaults(faults...)
+	e.mu.Lock()
+	queued := len(e.faults)
+	e.mu.Unlock()
+	writeJSON(w, http.StatusOK, map[string]int{"queued": queued})
+}
+
+func decodeStrict(r io.Reader, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r, maxBodyBytes))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		if errors.Is(err, io.EOF) {
+			return errors.New("empty body: want JSON")
+		}
+		return fmt.Errorf("invalid JSON: %w", err)
+	}
+	if dec.More() {
+		return errors.New("invalid JSON: trailing data")
+	}
+	return nil
+}
+
+func allowMethod(w http.ResponseWriter, r *http.Request, methods ...string) bool {
+	for _, m := range methods {
+		if r.Method == m {
+			return true
+		}
+	}
+	w.Header().Set("Allow", strings.Join(methods, ", "))
+	controlError(w, http.StatusMethodNotAllowed, "method not allowed")
+	return false
+}
+
+func controlError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, map[string]string{"error": msg})
+}

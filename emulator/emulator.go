@@ -1,0 +1,557 @@
+// Package emulator plays a CyberArk Identity tenant's OAuth2 endpoints for one or more
+// custom applications, so that tests, end-to-end runs and demos need no real tenant.
+//
+// It follows the tenant's documented behaviour (see /work/shared/cyberark-identity.md in
+// the project), including its error bodies, and every failure a client should survive can
+// be injected as a Fault. An *Emulator is an http.Handler; serve it with net/http or
+// httptest, over TLS with a CA from NewCA.
+package emulator
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/rsa"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"time"
+)
+
+// DefaultExpiresIn is the token lifetime, in seconds, that the tenant's documentation
+// shows (5 hours); it applies when neither Config nor App sets one.
+const DefaultExpiresIn = 18000
+
+// maxBodyBytes caps what the emulator reads from a request. Real clients send a few
+// hundred bytes; the cap only keeps a runaway client from filling memory.
+const maxBodyBytes = 1 << 20
+
+// Config describes the tenant: its OAuth2 custom applications and the response variants
+// that differ between tenants or between reports of them.
+type Config struct {
+	// Apps are the tenant's OAuth2 custom applications.
+	Apps []App `json:"apps"`
+	// ExpiresIn is the lifetime of issued tokens in seconds; 0 means DefaultExpiresIn.
+	ExpiresIn int `json:"expires_in"`
+	// ErrorStatus is the HTTP status of OAuth error responses for client-authentication
+	// failures: 400 (the default, as documented) or 401 (seen in third-party reports).
+	ErrorStatus int `json:"error_status"`
+	// ExpiresInAsString sends "expires_in":"3600" instead of 3600, as some servers do.
+	ExpiresInAsString bool `json:"expires_in_as_string"`
+	// OmitScope leaves "scope" out of token responses, which the tenant may do.
+	OmitScope bool `json:"omit_scope"`
+}
+
+// App is one OAuth2 custom application of the tenant.
+type App struct {
+	// ID is the application ID from the token URL; it is matched case-insensitively.
+	ID string `json:"id"`
+	// Scopes are the scopes the app defines; asking for another is "unknown scope requested".
+	Scopes []string `json:"scopes"`
+	// Clients are the confidential clients (service users) permitted on the app.
+	Clients []Client `json:"clients"`
+	// AuthModes lists the client authentication methods the app accepts: "basic"
+	// (client_secret_basic) and "post" (client_secret_post); empty allows both.
+	AuthModes []string `json:"auth_modes"`
+	// ExpiresIn overrides Config.ExpiresIn for this app; 0 uses the tenant-wide value.
+	ExpiresIn int `json:"expires_in"`
+}
+
+// Client is a confidential OAuth2 client: a service user whose password is the secret.
+type Client struct {
+	// ID is the service user's login name, e.g. svc-vault@example.cyberark.cloud.
+	// It is matched exactly.
+	ID string `json:"id"`
+	// Secret is the service user's password.
+	Secret string `json:"secret"`
+	// UUID is the service user's ID, sent as the "sub" claim; generated when empty.
+	UUID string `json:"uuid"`
+	// AllowedScopes limits the app's scopes for this client; empty allows all of them.
+	AllowedScopes []string `json:"allowed_scopes"`
+}
+
+// Stats counts what the emulator answered since it started or was last Reset.
+type Stats struct {
+	// TokenRequests counts every request to the token endpoint, failed and faulted ones too.
+	TokenRequests int64 `json:"token_requests"`
+	// Grants counts token responses that issued a token.
+	Grants int64 `json:"grants"`
+	// TokenErrors counts OAuth error responses from the token endpoint (not injected faults).
+	TokenErrors int64 `json:"token_errors"`
+	// Revocations counts revoke requests the emulator itself answered with 200.
+	Revocations int64 `json:"revocations"`
+	// RevokeRequests counts every request to the revoke endpoint.
+	RevokeRequests int64 `json:"revoke_requests"`
+	// Introspections counts every request to the introspect endpoint.
+	Introspections int64 `json:"introspections"`
+	// FaultsServed counts requests that a queued Fault applied to.
+	FaultsServed int64 `json:"faults_served"`
+}
+
+// Request is a copy of one request the emulator received, for tests to assert on exactly
+// what crossed the wire. It holds credentials as sent: keep it out of logs.
+type Request struct {
+	Time   time.Time
+	Method string
+	// Path is r.URL.Path as received, in its original case.
+	Path   string
+	Header http.Header
+	// Form is the parsed body of an application/x-www-form-urlencoded request, else nil.
+	Form url.Values
+	// Body is the raw body, up to 1 MiB.
+	Body []byte
+}
+
+// Emulator is a CyberArk Identity tenant in memory. All methods are safe for concurrent use.
+type Emulator struct {
+	// key signs access tokens; kid is its RFC 7638 thumbprint, published in the JWKS.
+	key *rsa.PrivateKey
+	kid string
+	// now is replaceable so tests can move time without sleeping.
+	now func() time.Time
+
+	// Everything the tenant's configuration and history hold sits behind one mutex:
+	// requests are small and the lock is never held across I/O or signing.
+	mu                sync.Mutex
+	apps              map[string]*app // by lower-cased app ID
+	expiresIn         int             // tenant-wide, changed by SetExpiresIn
+	errorStatus       int
+	expiresInAsString bool
+	omitScope         bool
+	faults            []*queuedFault
+	stats             Stats
+	requests          []Request
+	revoked           map[string]struct{}
+	issued            []string
+	tokens            map[string]tokenInfo
+}
+
+type app struct {
+	id        string // as configured, used in "iss"
+	scopes    []string
+	scopeSet  map[string]bool
+	clients   map[string]*client // by exact client ID
+	basic     bool
+	post      bool
+	expiresIn int
+}
+
+type client struct {
+	id      string
+	secret  string // guarded by Emulator.mu: SetClientSecret changes it
+	uuid    string
+	allowed map[string]bool // nil = all of the app's scopes
+	// defaultScopes is what a request without "scope" gets.
+	defaultScopes []string
+}
+
+// tokenInfo is what the tenant remembers about an issued token, for introspection.
+type tokenInfo struct {
+	appKey   string
+	clientID string
+	sub      string
+	scope    string
+	iss      string
+	iat      int64
+	exp      int64
+}
+
+// New validates cfg and returns an emulator with a fresh RSA-2048 signing key.
+// The emulator keeps its own copy of cfg.
+func New(cfg Config) (*Emulator, error) {
+	apps, err := buildApps(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.ExpiresIn < 0 {
+		return nil, fmt.Errorf("expires_in %d is negative", cfg.ExpiresIn)
+	}
+	errorStatus := cfg.ErrorStatus
+	switch errorStatus {
+	case 0:
+		errorStatus = http.StatusBadRequest
+	case http.StatusBadRequest, http.StatusUnauthorized:
+	default:
+		return nil, fmt.Errorf("error_status %d: must be 400 or 401", cfg.ErrorStatus)
+	}
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return nil, fmt.Errorf("generate signing key: %w", err)
+	}
+	e := &Emulator{
+		key:               key,
+		kid:               keyID(&key.PublicKey),
+		now:               time.Now,
+		apps:              apps,
+		expiresIn:         orDefault(cfg.ExpiresIn),
+		errorStatus:       errorStatus,
+		expiresInAsString: cfg.ExpiresInAsString,
+		omitScope:         cfg.OmitScope,
+		revoked:           make(map[string]struct{}),
+		tokens:            make(map[string]tokenInfo),
+	}
+	return e, nil
+}
+
+func orDefault(seconds int) int {
+	if seconds <= 0 {
+		return DefaultExpiresIn
+	}
+	return seconds
+}
+
+// buildApps checks cfg and turns it into lookup tables. Error messages name apps and
+// clients but never a secret.
+func buildApps(cfg Config) (map[string]*app, error) {
+	if len(cfg.Apps) == 0 {
+		return nil, errors.New("config has no apps")
+	}
+	apps := make(map[string]*app, len(cfg.Apps))
+	for i, ac := range cfg.Apps {
+		if strings.TrimSpace(ac.ID) == "" || strings.ContainsAny(ac.ID, "/ ") {
+			return nil, fmt.Errorf("app %d: id %q must be non-empty without slashes or spaces", i, ac.ID)
+		}
+		key := strings.ToLower(ac.ID)
+		if _, dup := apps[key]; dup {
+			return nil, fmt.Errorf("app %q: defined twice (app IDs are case-insensitive)", ac.ID)
+		}
+		if ac.ExpiresIn < 0 {
+			return nil, fmt.Errorf("app %q: expires_in %d is negative", ac.ID, ac.ExpiresIn)
+		}
+		a := &app{
+			id:        ac.ID,
+			scopes:    append([]string{}, ac.Scopes...),
+			scopeSet:  make(map[string]bool, len(ac.Scopes)),
+			clients:   make(map[string]*client, len(ac.Clients)),
+			expiresIn: ac.ExpiresIn,
+		}
+		for _, s := range ac.Scopes {
+			if s == "" || strings.ContainsAny(s, " \t\r\n") {
+				return nil, fmt.Errorf("app %q: scope %q must be non-empty without whitespace", ac.ID, s)
+			}
+			a.scopeSet[s] = true
+		}
+		if len(ac.AuthModes) == 0 {
+			a.basic, a.post = true, true
+		}
+		for _, m := range ac.AuthModes {
+			switch strings.ToLower(m) {
+			case "basic":
+				a.basic = true
+			case "post":
+				a.post = true
+			default:
+				return nil, fmt.Errorf("app %q: auth mode %q: must be basic or post", ac.ID, m)
+			}
+		}
+		if len(ac.Clients) == 0 {
+			return nil, fmt.Errorf("app %q: no clients", ac.ID)
+		}
+		for j, cc := range ac.Clients {
+			c, err := buildClient(a, cc)
+			if err != nil {
+				return nil, fmt.Errorf("app %q: client %d: %w", ac.ID, j, err)
+			}
+			if _, dup := a.clients[c.id]; dup {
+				return nil, fmt.Errorf("app %q: client %q defined twice", ac.ID, c.id)
+			}
+			a.clients[c.id] = c
+		}
+		apps[key] = a
+	}
+	return apps, nil
+}
+
+func buildClient(a *app, cc Client) (*client, error) {
+	if cc.ID == "" {
+		return nil, errors.New("id is empty")
+	}
+	if cc.Secret == "" {
+		return nil, fmt.Errorf("client %q: secret is empty", cc.ID)
+	}
+	c := &client{id: cc.ID, secret: cc.Secret, uuid: cc.UUID, defaultScopes: a.scopes}
+	if c.uuid == "" {
+		c.uuid = newUUID()
+	}
+	if len(cc.AllowedScopes) > 0 {
+		c.allowed = make(map[string]bool, len(cc.AllowedScopes))
+		for _, s := range cc.AllowedScopes {
+			if !a.scopeSet[s] {
+				return nil, fmt.Errorf("client %q: allowed scope %q is not defined by the app", cc.ID, s)
+			}
+			c.allowed[s] = true
+		}
+		c.defaultScopes = append([]string(nil), cc.AllowedScopes...)
+	}
+	return c, nil
+}
+
+// LoadConfig reads a JSON Config from path. Unknown fields are an error, so that a typo
+// in a test fixture does not silently fall back to a default.
+func LoadConfig(path string) (Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("read emulator config: %w", err)
+	}
+	var cfg Config
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&cfg); err != nil {
+		return Config{}, fmt.Errorf("parse emulator config %s: %w", path, err)
+	}
+	if dec.More() {
+		return Config{}, fmt.Errorf("parse emulator config %s: trailing data after the JSON object", path)
+	}
+	return cfg, nil
+}
+
+// SetExpiresIn changes the lifetime of tokens issued from now on by every app without its
+// own expires_in. Zero or less restores DefaultExpiresIn.
+func (e *Emulator) SetExpiresIn(seconds int) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.expiresIn = orDefault(seconds)
+}
+
+// SetClientSecret changes a client's secret, as a password change at the tenant would.
+// Tokens issued before stay valid until they expire: the tenant's behaviour here is
+// unknown, and a client must not count on either.
+func (e *Emulator) SetClientSecret(appID, clientID, secret string) error {
+	if secret == "" {
+		return errors.New("secret is empty")
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	a, ok := e.apps[strings.ToLower(appID)]
+	if !ok {
+		return fmt.Errorf("unknown app %q", appID)
+	}
+	c, ok := a.clients[clientID]
+	if !ok {
+		return fmt.Errorf("app %q: unknown client %q", appID, clientID)
+	}
+	c.secret = secret
+	return nil
+}
+
+// Stats returns the counters.
+func (e *Emulator) Stats() Stats {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.stats
+}
+
+// Requests returns copies of the requests received, in order of arrival. Requests to the
+// /_emulator/ control endpoints are not part of the tenant and are left out.
+func (e *Emulator) Requests() []Request {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make([]Request, len(e.requests))
+	for i, r := range e.requests {
+		out[i] = copyRequest(r)
+	}
+	return out
+}
+
+func copyRequest(r Request) Request {
+	r.Header = r.Header.Clone()
+	if r.Form != nil {
+		f := make(url.Values, len(r.Form))
+		for k, v := range r.Form {
+			f[k] = append([]string(nil), v...)
+		}
+		r.Form = f
+	}
+	r.Body = bytes.Clone(r.Body)
+	return r
+}
+
+// Reset clears the recorded requests, the counters, the fault queue, the revoked set and
+// the list that Issued returns, so one emulator can serve several scenarios. The
+// configuration, SetExpiresIn and SetClientSecret changes and the signing key stay, and
+// tokens issued before stay valid for introspection, as they would at a tenant.
+func (e *Emulator) Reset() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.requests = nil
+	e.stats = Stats{}
+	e.faults = nil
+	e.revoked = make(map[string]struct{})
+	e.issued = nil
+}
+
+// Revoked reports whether token was sent to the revoke endpoint by an authenticated
+// client since the last Reset.
+func (e *Emulator) Revoked(token string) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	_, ok := e.revoked[token]
+	return ok
+}
+
+// Issued returns the access tokens issued since the last Reset, in order.
+func (e *Emulator) Issued() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]string(nil), e.issued...)
+}
+
+// endpoint names, as used in Fault.Endpoint.
+const (
+	epToken      = "token"
+	epRevoke     = "revoke"
+	epIntrospect = "introspect"
+	epKeys       = "keys"
+	epDiscovery  = "discovery"
+)
+
+const controlPrefix = "/_emulator/"
+
+// ServeHTTP answers as the tenant would, after applying the first queued fault that
+// matches the endpoint.
+func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if hasPrefixFold(r.URL.Path, controlPrefix) {
+		e.serveControl(w, r)
+		return
+	}
+	body, tooLarge := readBody(r)
+	rec := Request{
+		Time:   e.now(),
+		Method: r.Method,
+		Path:   r.URL.Path,
+		Header: r.Header.Clone(),
+		Body:   body,
+	}
+	form, formErr := parseForm(r, body)
+	rec.Form = form
+
+	ep, appID, found := route(r.URL.Path)
+
+	e.mu.Lock()
+	e.requests = append(e.requests, rec)
+	switch ep {
+	case epToken:
+		e.stats.TokenRequests++
+	case epRevoke:
+		e.stats.RevokeRequests++
+	case epIntrospect:
+		e.stats.Introspections++
+	}
+	var fault *Fault
+	if found {
+		fault = e.takeFault(ep)
+		if fault != nil {
+			e.stats.FaultsServed++
+		}
+	}
+	e.mu.Unlock()
+
+	if !found {
+		http.NotFound(w, r)
+		return
+	}
+	if fault != nil {
+		if handled := e.applyFault(w, r, *fault); handled {
+			return
+		}
+	}
+
+	req := &call{w: w, r: r, ep: ep, appID: appID, form: form}
+	if tooLarge {
+		e.oauthError(req, http.StatusRequestEntityTooLarge, "invalid_request", "request body too large")
+		return
+	}
+	if formErr != nil {
+		e.oauthError(req, http.StatusBadRequest, "invalid_request", "malformed form body")
+		return
+	}
+	switch ep {
+	case epToken:
+		e.serveToken(req)
+	case epRevoke:
+		e.serveRevoke(req)
+	case epIntrospect:
+		e.serveIntrospect(req)
+	case epKeys:
+		e.serveKeys(req)
+	case epDiscovery:
+		e.serveDiscovery(req)
+	}
+}
+
+// readBody keeps at most maxBodyBytes; the flag tells the handler to refuse the request
+// rather than act on a truncated form.
+func readBody(r *http.Request) (body []byte, tooLarge bool) {
+	if r.Body == nil {
+		return nil, false
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxBodyBytes+1))
+	if err != nil {
+		return body, false
+	}
+	if len(body) > maxBodyBytes {
+		return body[:maxBodyBytes], true
+	}
+	return body, false
+}
+
+// parseForm reads the body as a form only when the client says it is one: the tenant
+// documents form bodies, and a client that forgets the Content-Type should see the
+// failure here rather than first in production.
+func parseForm(r *http.Request, body []byte) (url.Values, error) {
+	ct := r.Header.Get("Content-Type")
+	if ct == "" {
+		return nil, nil
+	}
+	mediaType, _, _ := strings.Cut(ct, ";")
+	if !strings.EqualFold(strings.TrimSpace(mediaType), "application/x-www-form-urlencoded") {
+		return nil, nil
+	}
+	return url.ParseQuery(string(body))
+}
+
+var endpointPrefixes = []struct{ prefix, ep string }{
+	{"/oauth2/token/", epToken},
+	{"/oauth2/revoke/", epRevoke},
+	{"/oauth2/introspect/", epIntrospect},
+	{"/oauth2/keys/", epKeys},
+}
+
+// route maps a tenant path to an endpoint name and the app ID as sent. Matching is
+// case-insensitive because the tenant's is.
+func route(path string) (ep, appID string, ok bool) {
+	for _, p := range endpointPrefixes {
+		if hasPrefixFold(path, p.prefix) {
+			id := strings.TrimSuffix(path[len(p.prefix):], "/")
+			if id == "" || strings.Contains(id, "/") {
+				return "", "", false
+			}
+			return p.ep, id, true
+		}
+	}
+	const wellKnown = "/.well-known/openid-configuration"
+	if len(path) > len(wellKnown)+1 && strings.EqualFold(path[len(path)-len(wellKnown):], wellKnown) {
+		id := path[1 : len(path)-len(wellKnown)]
+		if !strings.Contains(id, "/") {
+			return epDiscovery, id, true
+		}
+	}
+	return "", "", false
+}
+
+func hasPrefixFold(s, prefix string) bool {
+	return len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix)
+}
+
+func newUUID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never returns an error since Go 1.24
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}
