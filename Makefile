@@ -25,6 +25,14 @@ test:
 unit:
 	go test -race -count=1 ./...
 
+# End-to-end tests only: real Vault servers and Vault Agents.
+e2e:
+	VAULT_BIN="$$(scripts/vault-build.sh)" E2E_REQUIRED=1 go test -race -count=1 ./e2e/...
+
+# Benchmarks print their own figures (ns/op, allocations).
+bench:
+	go test -run '^$$' -bench . -benchtime 2s ./...
+
 fmt:
 	gofmt -w .
 
