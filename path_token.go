@@ -253,14 +253,16 @@ func leaseMargin(lifetime time.Duration) time.Duration {
 	return min(max(lifetime/10, minLeaseMargin), maxLeaseMargin)
 }
 
-// leaseTTL is the token's remaining life less the margin, in whole seconds and at least
-// 1s, bounded by the role's ttl. It is never longer than the token lives.
+// leaseTTL is the token's remaining life less the margin, rounded to whole seconds and
+// at least 1s, bounded by the role's ttl. It is never longer than the token lives.
 func leaseTTL(tok *client.Token, now time.Time, role *roleEntry) (time.Duration, string, error) {
 	remaining := tok.Expiry.Sub(now)
 	if remaining < time.Second {
 		return 0, "", fmt.Errorf("the tenant issued a token that expires in under a second (expires_in %d)", tok.ExpiresIn)
 	}
-	ttl := (remaining - leaseMargin(time.Duration(tok.ExpiresIn)*time.Second)).Truncate(time.Second)
+	// Rounding to whole seconds (Vault reports leases in seconds) moves the end by at
+	// most half a second, which the margin of at least 1s absorbs.
+	ttl := (remaining - leaseMargin(time.Duration(tok.ExpiresIn)*time.Second)).Round(time.Second)
 	if ttl < time.Second {
 		// Too short a token for a margin: the lease lasts a second, still within its life.
 		ttl = time.Second

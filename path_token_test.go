@@ -40,9 +40,9 @@ func TestTokenReadIsALeaseFromExpiresIn(t *testing.T) {
 	if s == nil || s.Renewable {
 		t.Fatalf("secret = %+v, want a non-renewable lease", s)
 	}
-	// 3600s token: margin 60s, and the lease is cut to whole seconds.
+	// 3600s token: margin 60s, and the lease is rounded to whole seconds.
 	if s.TTL < 3538*time.Second || s.TTL > 3540*time.Second || s.TTL%time.Second != 0 {
-		t.Errorf("lease TTL = %s, want 3540s less any elapsed whole second", s.TTL)
+		t.Errorf("lease TTL = %s, want 3540s less the time the read took", s.TTL)
 	}
 	if s.InternalData["secret_type"] != secretAccessTokenType || s.InternalData["access_token"] != resp.Data["access_token"] {
 		t.Error("lease internal data lacks what revocation needs")
@@ -67,7 +67,8 @@ func TestLeaseTTLRule(t *testing.T) {
 		{"5h token: 60s margin", tok(18000, 0), nil, 17940 * time.Second, false, false},
 		{"5 min token: 30s margin", tok(300, 0), nil, 270 * time.Second, false, false},
 		{"6s token: 1s margin", tok(6, 0), nil, 5 * time.Second, false, false},
-		{"elapsed time counts", tok(300, 1500*time.Millisecond), nil, 268 * time.Second, false, false},
+		{"elapsed time counts", tok(300, 1600*time.Millisecond), nil, 268 * time.Second, false, false},
+		{"rounded to the nearest second", tok(300, 400*time.Millisecond), nil, 270 * time.Second, false, false},
 		{"2s token: floor of 1s", tok(2, 0), nil, time.Second, false, false},
 		{"1s token: 1s lease", tok(1, 0), nil, time.Second, false, false},
 		{"expired on arrival", tok(1, 1500*time.Millisecond), nil, 0, false, true},

@@ -10,7 +10,7 @@ set -euo pipefail
 VAULT_VERSION="${VAULT_VERSION:-1.19.5}"
 VAULT_SDK_VERSION="${VAULT_SDK_VERSION:-v0.17.0}"
 VAULT_API_VERSION="${VAULT_API_VERSION:-v1.16.0}"
-cache_root="${VAULT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/vault-plugin-secrets-cyberark}"
+cache_root="${VAULT_CACHE_DIR:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/vault-plugin-secrets-cyberark}"
 dest="$cache_root/vault-$VAULT_VERSION/vault"
 
 log() { printf 'vault-build: %s\n' "$*" >&2; }
