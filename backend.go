@@ -62,7 +62,7 @@ type backend struct {
 
 	revokeFailures *failureCounter
 
-	metrics *metrics.Metrics
+	metrics *metrics.Metrics // nil: go-metrics' global sink
 	now     func() time.Time
 }
 
@@ -72,7 +72,6 @@ func newBackend() *backend {
 		clients:        make(map[string]*client.Client),
 		tokens:         make(map[string]*client.Token),
 		revokeFailures: newFailureCounter(),
-		metrics:        metrics.Default(),
 		now:            time.Now,
 	}
 	b.Backend = &framework.Backend{

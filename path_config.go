@@ -217,7 +217,7 @@ func (b *backend) pathConfigExists(ctx context.Context, req *logical.Request, _ 
 }
 
 func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
-	cfg, err := b.getConfig(ctx, req.Storage)
+	cfg, _, err := b.getConfig(ctx, req.Storage)
 	if err != nil || cfg == nil {
 		return nil, err
 	}
@@ -283,8 +283,14 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	}
 	if v, ok := d.GetOk("client_secret"); ok {
 		cfg.ClientSecret = v.(string)
-		if cfg.ClientSecret == "" {
+		switch {
+		case cfg.ClientSecret == "":
 			problems.add("client_secret", "must not be empty")
+		case strings.TrimSpace(cfg.ClientSecret) != cfg.ClientSecret:
+			// Almost always a newline from "echo" or a file; the tenant would refuse it.
+			problems.add("client_secret", "must not begin or end with white space or a newline (write it with printf '%%s', not echo)")
+		case strings.ContainsFunc(cfg.ClientSecret, func(r rune) bool { return r < ' ' || r == 0x7f }):
+			problems.add("client_secret", "must not contain control characters")
 		}
 	}
 	if v, ok := d.GetOk("scopes"); ok {
@@ -412,7 +418,8 @@ func (b *backend) verifyConfig(ctx context.Context, cfg *cyberarkConfig) (*logic
 	if err != nil {
 		return nil, err
 	}
-	if _, err := b.grant(ctx, c, cfg.Scopes); err != nil {
+	tok, err := b.grant(ctx, c, cfg.Scopes)
+	if err != nil {
 		b.Logger().Warn("config not stored: verification grant failed", "token_endpoint", cfg.tokenEndpoint(cfg.AppID), "error", err)
 		var te *client.Error
 		if errors.As(err, &te) && !te.Temporary() {
@@ -420,6 +427,15 @@ func (b *backend) verifyConfig(ctx context.Context, cfg *cyberarkConfig) (*logic
 		}
 		return nil, logical.CodedError(http.StatusBadGateway,
 			fmt.Sprintf("verify_connection: could not get a token from the tenant, nothing was stored (set verify_connection=false to store anyway): %s", err))
+	}
+	if cfg.revokes() {
+		// The verification token has served its purpose; best effort, since a failure
+		// here says nothing about the config and the token expires by itself.
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		if err := c.Revoke(rctx, tok.AccessToken); err != nil {
+			b.Logger().Debug("could not revoke the verification token", "error", err)
+		}
 	}
 	return nil, nil
 }
@@ -454,67 +470,67 @@ func readConfig(ctx context.Context, s logical.Storage) (*cyberarkConfig, error)
 	return cfg, nil
 }
 
-// getConfig returns the cached config, reading storage on a miss. The result is shared:
-// callers must not modify it.
-func (b *backend) getConfig(ctx context.Context, s logical.Storage) (*cyberarkConfig, error) {
+// getConfig returns the cached config, reading storage on a miss, and the cache
+// generation it belongs to. The config is shared: callers must not modify it.
+func (b *backend) getConfig(ctx context.Context, s logical.Storage) (*cyberarkConfig, uint64, error) {
 	b.mu.RLock()
 	cfg, gen := b.config, b.gen
 	b.mu.RUnlock()
 	if cfg != nil {
-		return cfg, nil
+		return cfg, gen, nil
 	}
 	cfg, err := readConfig(ctx, s)
 	if err != nil || cfg == nil {
-		return nil, err
+		return nil, gen, err
 	}
 	b.mu.Lock()
 	if b.gen == gen && b.config == nil {
 		b.config = cfg
 	}
 	b.mu.Unlock()
-	return cfg, nil
+	return cfg, gen, nil
 }
 
-// getClient returns the cached tenant client for appID under the current config.
-func (b *backend) getClient(ctx context.Context, s logical.Storage, appID string) (*client.Client, *cyberarkConfig, error) {
+// getClient returns the tenant client for appID under cfg, which getConfig returned
+// with gen. It is cached while cfg is current; a request that read a config that has
+// since been replaced is served with what it read, by a client that is not kept.
+func (b *backend) getClient(cfg *cyberarkConfig, gen uint64, appID string) (*client.Client, error) {
 	b.mu.RLock()
-	c, cfg := b.clients[appID], b.config
+	c, current := b.clients[appID], b.gen == gen && b.config == cfg
 	b.mu.RUnlock()
-	if c != nil && cfg != nil {
-		return c, cfg, nil
+	if c != nil && current {
+		return c, nil
 	}
-	cfg, err := b.getConfig(ctx, s)
-	if err != nil || cfg == nil {
-		return nil, nil, err
+	if current {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		current = b.gen == gen && b.config == cfg
 	}
-
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.config != cfg {
-		// The config changed while we read it; this request uses what it read, uncached.
+	if !current {
 		hc, err := client.NewHTTPClient(cfg.CACert, cfg.RequestTimeout)
 		if err != nil {
-			return nil, nil, err
+			return nil, fmt.Errorf("stored ca_cert: %w", err)
 		}
-		c, err := b.newTenantClient(cfg, appID, hc)
-		return c, cfg, err
+		// One request only: keeping its connections open would leak them.
+		hc.Transport.(*http.Transport).DisableKeepAlives = true
+		return b.newTenantClient(cfg, appID, hc)
 	}
 	if c := b.clients[appID]; c != nil {
-		return c, cfg, nil
+		return c, nil
 	}
 	if b.httpClient == nil {
 		hc, err := client.NewHTTPClient(cfg.CACert, cfg.RequestTimeout)
 		if err != nil {
-			return nil, nil, fmt.Errorf("stored ca_cert: %w", err)
+			return nil, fmt.Errorf("stored ca_cert: %w", err)
 		}
 		b.httpClient = hc
 	}
-	c, err = b.newTenantClient(cfg, appID, b.httpClient)
+	c, err := b.newTenantClient(cfg, appID, b.httpClient)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	b.clients[appID] = c
-	return c, cfg, nil
+	return c, nil
 }
 
 func nonNil(s []string) []string {

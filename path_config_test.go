@@ -44,9 +44,12 @@ func TestConfigCreateReadNeverReturnsSecret(t *testing.T) {
 	if s := resp.Data["scopes"].([]string); strings.Join(s, " ") != "read write" {
 		t.Errorf("scopes = %v", s)
 	}
-	// verify_connection fetched exactly one token before storing.
+	// verify_connection fetched exactly one token before storing, and revoked it.
 	if got := e.emu.Stats().Grants; got != 1 {
 		t.Errorf("verification grants = %d, want 1", got)
+	}
+	if issued := e.emu.Issued(); len(issued) != 1 || !e.emu.Revoked(issued[0]) {
+		t.Error("the verification token was not revoked")
 	}
 }
 
@@ -212,6 +215,9 @@ func TestConfigInvalidInput(t *testing.T) {
 		{"client_id control char", map[string]any{"client_id": "a\nb"}, nil, "client_id"},
 		{"missing client_secret", nil, []string{"client_secret"}, "client_secret"},
 		{"empty client_secret", map[string]any{"client_secret": ""}, nil, "client_secret"},
+		{"client_secret with newline", map[string]any{"client_secret": testClientSecret + "\n"}, nil, "client_secret"},
+		{"client_secret with spaces", map[string]any{"client_secret": " " + testClientSecret}, nil, "client_secret"},
+		{"client_secret with control char", map[string]any{"client_secret": "a\x00b"}, nil, "client_secret"},
 		{"bad scope", map[string]any{"scopes": `read,wr"ite`}, nil, "scopes"},
 		{"token_url http", map[string]any{"token_url": "http://example.com/token"}, nil, "token_url"},
 		{"token_url fragment", map[string]any{"token_url": "https://example.com/token#x"}, nil, "token_url"},

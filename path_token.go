@@ -77,7 +77,7 @@ func (b *backend) pathTokenRead(ctx context.Context, req *logical.Request, d *fr
 	if resp := unknownFields(req, d); resp != nil {
 		return resp, nil
 	}
-	cfg, err := b.getConfig(ctx, req.Storage)
+	cfg, gen, err := b.getConfig(ctx, req.Storage)
 	if err != nil {
 		return nil, err
 	}
@@ -89,31 +89,21 @@ func (b *backend) pathTokenRead(ctx context.Context, req *logical.Request, d *fr
 	if v, ok := d.Raw["role"]; ok && v != nil {
 		roleName = d.Get("role").(string)
 	}
-	appID := cfg.AppID
-	scopes, allowed := cfg.Scopes, cfg.Scopes
 	var role *roleEntry
 	if roleName != "" {
-		role, err = b.getRole(ctx, req.Storage, roleName)
-		if err != nil {
+		if role, err = b.getRole(ctx, req.Storage, roleName); err != nil {
 			return nil, err
 		}
 		if role == nil {
 			return logical.ErrorResponse("role: %q does not exist", roleName), nil
 		}
-		if role.AppID != "" {
-			if cfg.TokenURL != "" {
-				return nil, fmt.Errorf("role %q sets app_id, but the config's token_url replaces per-application endpoints; remove one of them", roleName)
-			}
-			appID = role.AppID
-		}
-		if len(role.Scopes) > 0 || role.AllowedScopes != nil {
-			scopes, allowed = role.Scopes, role.allowedScopes()
-		}
 	}
-
+	appID, scopes, allowed, resp := resolveGrant(cfg, roleName, role)
+	if resp != nil {
+		return resp, nil
+	}
 	if v, ok := d.GetOk("scope"); ok {
-		asked := splitScopes(v.([]string))
-		if len(asked) > 0 {
+		if asked := splitScopes(v.([]string)); len(asked) > 0 {
 			for _, s := range asked {
 				if !slices.Contains(allowed, s) {
 					return logical.ErrorResponse("scope: %q is not allowed here; allowed scopes: [%s]", s, strings.Join(allowed, " ")), nil
@@ -123,7 +113,7 @@ func (b *backend) pathTokenRead(ctx context.Context, req *logical.Request, d *fr
 		}
 	}
 
-	c, _, err := b.getClient(ctx, req.Storage, appID)
+	c, err := b.getClient(cfg, gen, appID)
 	if err != nil {
 		return nil, err
 	}
@@ -134,7 +124,7 @@ func (b *backend) pathTokenRead(ctx context.Context, req *logical.Request, d *fr
 	shared := role != nil && role.TokenReuse
 	var tok *client.Token
 	if shared {
-		tok, err = b.reusedToken(ctx, c, reuseKey(appID, cfg.ClientID, scopes), scopes, role)
+		tok, err = b.reusedToken(ctx, c, gen, reuseKey(appID, scopes), scopes, role)
 	} else {
 		tok, err = b.grant(ctx, c, scopes)
 	}
@@ -143,27 +133,38 @@ func (b *backend) pathTokenRead(ctx context.Context, req *logical.Request, d *fr
 		return nil, tenantFailure("getting a token", err)
 	}
 
-	ttl, warning, err := leaseTTL(tok, b.now(), role)
+	now := b.now()
+	ttl, warning, err := leaseTTL(tok, now, role)
 	if err != nil {
-		return nil, err
+		return nil, tenantFailure("getting a token", err)
 	}
-	resp := b.Secret(secretAccessTokenType).Response(map[string]any{
+	expiresIn := tok.ExpiresIn
+	if shared {
+		// A reused token has lived part of its life: what a client computes from
+		// expires_in must not outlast it.
+		expiresIn = int64(tok.Expiry.Sub(now) / time.Second)
+	}
+	internal := map[string]any{
+		"role":       roleName,
+		"app_id":     appID,
+		"client_id":  cfg.ClientID,
+		"expires_at": tok.Expiry.Unix(),
+		"shared":     shared,
+		"revoke":     revoke && !shared,
+	}
+	if revoke && !shared {
+		// What revocation at the tenant needs. Vault keeps lease data encrypted in its
+		// storage, as it keeps the response data itself.
+		internal["access_token"] = tok.AccessToken
+		internal["revoke_endpoint"] = cfg.revokeEndpoint(appID)
+	}
+	resp = b.Secret(secretAccessTokenType).Response(map[string]any{
 		"access_token": tok.AccessToken,
 		"token_type":   tok.TokenType,
-		"expires_in":   tok.ExpiresIn,
+		"expires_in":   expiresIn,
 		"expires_at":   tok.Expiry.UTC().Format(time.RFC3339),
 		"scope":        tok.Scope,
-	}, map[string]any{
-		// Enough to revoke at the tenant when the lease ends. Vault keeps lease data
-		// encrypted in its storage, as it keeps the response data itself.
-		"role":         roleName,
-		"app_id":       appID,
-		"client_id":    cfg.ClientID,
-		"expires_at":   tok.Expiry.Unix(),
-		"access_token": tok.AccessToken,
-		"revoke":       revoke && !shared,
-		"shared":       shared,
-	})
+	}, internal)
 	resp.Secret.TTL = ttl
 	resp.Secret.MaxTTL = ttl
 	resp.Secret.Renewable = false
@@ -171,6 +172,36 @@ func (b *backend) pathTokenRead(ctx context.Context, req *logical.Request, d *fr
 		resp.AddWarning(warning)
 	}
 	return resp, nil
+}
+
+// resolveGrant works out what a read asks the tenant for: the application, the scopes
+// asked by default, and the scopes a reader may narrow to. A role's empty scopes fall
+// back to the config's; its allowed scopes default to its effective scopes.
+func resolveGrant(cfg *cyberarkConfig, roleName string, role *roleEntry) (appID string, scopes, allowed []string, resp *logical.Response) {
+	appID, scopes, allowed = cfg.AppID, cfg.Scopes, cfg.Scopes
+	if role == nil {
+		return appID, scopes, allowed, nil
+	}
+	if role.AppID != "" {
+		if cfg.TokenURL != "" {
+			return "", nil, nil, logical.ErrorResponse("app_id: role %q sets app_id, but the config's token_url replaces per-application endpoints; remove one of them", roleName)
+		}
+		appID = role.AppID
+	}
+	if len(role.Scopes) > 0 {
+		scopes = role.Scopes
+	}
+	allowed = scopes
+	if role.AllowedScopes != nil {
+		allowed = role.AllowedScopes
+	}
+	for _, s := range scopes {
+		if !slices.Contains(allowed, s) {
+			return "", nil, nil, logical.ErrorResponse("allowed_scopes: role %q falls back to the config's scopes [%s], which its allowed_scopes [%s] do not include; set scopes on the role",
+				roleName, strings.Join(scopes, " "), strings.Join(allowed, " "))
+		}
+	}
+	return appID, scopes, allowed, nil
 }
 
 // grant performs one client-credentials grant and records its outcome.
@@ -186,21 +217,24 @@ func (b *backend) grant(ctx context.Context, c *client.Client, scopes []string) 
 	return tok, err
 }
 
-// reuseKey identifies what a token was granted for: the same app, client and scope set
-// get the same token.
-func reuseKey(appID, clientID string, scopes []string) string {
+// reuseKey identifies what a token was granted for: the same app and scope set get the
+// same token. The client is the config's, and a config write empties the cache.
+func reuseKey(appID string, scopes []string) string {
 	set := slices.Clone(scopes)
 	slices.Sort(set)
-	return appID + "\n" + clientID + "\n" + strings.Join(slices.Compact(set), " ")
+	return appID + "\n" + strings.Join(slices.Compact(set), " ")
 }
 
 // reusedToken hands out the cached token for key while it has enough life left, and
 // otherwise gets a new one; concurrent misses share one grant. The grant runs detached
 // from the first reader's cancellation, since other readers may be waiting on it, and is
 // bounded by the client's own time budget instead.
-func (b *backend) reusedToken(ctx context.Context, c *client.Client, key string, scopes []string, role *roleEntry) (*client.Token, error) {
+func (b *backend) reusedToken(ctx context.Context, c *client.Client, gen uint64, key string, scopes []string, role *roleEntry) (*client.Token, error) {
 	b.mu.RLock()
-	tok, gen := b.tokens[key], b.gen
+	tok := b.tokens[key]
+	if b.gen != gen {
+		tok = nil // the cache already belongs to newer settings than c
+	}
 	b.mu.RUnlock()
 	if b.reusable(tok, role) {
 		b.count(metricReuse, "result", "hit")
@@ -214,6 +248,9 @@ func (b *backend) reusedToken(ctx context.Context, c *client.Client, key string,
 	ch := b.grants.DoChan(flight, func() (any, error) {
 		b.mu.RLock()
 		cached := b.tokens[key]
+		if b.gen != gen {
+			cached = nil
+		}
 		b.mu.RUnlock()
 		if b.reusable(cached, role) {
 			return cached, nil // another flight finished between our look and this one
@@ -240,12 +277,16 @@ func (b *backend) reusedToken(ctx context.Context, c *client.Client, key string,
 	}
 }
 
+// reusable says whether a cached token may be handed out again: it must have the role's
+// threshold left, and whatever the role says, enough for a lease of a second beyond the
+// safety margin.
 func (b *backend) reusable(tok *client.Token, role *roleEntry) bool {
 	if tok == nil {
 		return false
 	}
 	lifetime := time.Duration(tok.ExpiresIn) * time.Second
-	return tok.Expiry.Sub(b.now()) >= role.reuseThreshold(lifetime)
+	floor := leaseMargin(lifetime) + time.Second
+	return tok.Expiry.Sub(b.now()) >= max(role.reuseThreshold(lifetime), floor)
 }
 
 // leaseMargin is how long before the token's expiry its lease ends.
@@ -253,16 +294,15 @@ func leaseMargin(lifetime time.Duration) time.Duration {
 	return min(max(lifetime/10, minLeaseMargin), maxLeaseMargin)
 }
 
-// leaseTTL is the token's remaining life less the margin, rounded to whole seconds and
-// at least 1s, bounded by the role's ttl. It is never longer than the token lives.
+// leaseTTL is the token's remaining life less the margin, cut to whole seconds (Vault
+// reports leases in seconds) and at least 1s, bounded by the role's ttl. It is never
+// longer than the token lives.
 func leaseTTL(tok *client.Token, now time.Time, role *roleEntry) (time.Duration, string, error) {
 	remaining := tok.Expiry.Sub(now)
 	if remaining < time.Second {
 		return 0, "", fmt.Errorf("the tenant issued a token that expires in under a second (expires_in %d)", tok.ExpiresIn)
 	}
-	// Rounding to whole seconds (Vault reports leases in seconds) moves the end by at
-	// most half a second, which the margin of at least 1s absorbs.
-	ttl := (remaining - leaseMargin(time.Duration(tok.ExpiresIn)*time.Second)).Round(time.Second)
+	ttl := (remaining - leaseMargin(time.Duration(tok.ExpiresIn)*time.Second)).Truncate(time.Second)
 	if ttl < time.Second {
 		// Too short a token for a margin: the lease lasts a second, still within its life.
 		ttl = time.Second
@@ -278,9 +318,10 @@ func leaseTTL(tok *client.Token, now time.Time, role *roleEntry) (time.Duration,
 // tenantFailure turns a failed tenant call into a Vault error. It is not the reader's
 // fault, so it is a 502 (Bad Gateway), with the tenant's own words and no secret.
 func tenantFailure(what string, err error) error {
+	status := http.StatusBadGateway
 	var te *client.Error
 	if errors.As(err, &te) && te.StatusCode == http.StatusTooManyRequests {
-		return logical.CodedError(http.StatusTooManyRequests, fmt.Sprintf("%s from CyberArk Identity: %s", what, err))
+		status = http.StatusTooManyRequests
 	}
-	return logical.CodedError(http.StatusBadGateway, fmt.Sprintf("%s from CyberArk Identity: %s", what, err))
+	return logical.CodedError(status, fmt.Sprintf("%s from CyberArk Identity: %s", what, err))
 }

@@ -67,8 +67,8 @@ func TestLeaseTTLRule(t *testing.T) {
 		{"5h token: 60s margin", tok(18000, 0), nil, 17940 * time.Second, false, false},
 		{"5 min token: 30s margin", tok(300, 0), nil, 270 * time.Second, false, false},
 		{"6s token: 1s margin", tok(6, 0), nil, 5 * time.Second, false, false},
-		{"elapsed time counts", tok(300, 1600*time.Millisecond), nil, 268 * time.Second, false, false},
-		{"rounded to the nearest second", tok(300, 400*time.Millisecond), nil, 270 * time.Second, false, false},
+		{"elapsed time counts", tok(300, 1500*time.Millisecond), nil, 268 * time.Second, false, false},
+		{"cut to whole seconds", tok(300, 400*time.Millisecond), nil, 269 * time.Second, false, false},
 		{"2s token: floor of 1s", tok(2, 0), nil, time.Second, false, false},
 		{"1s token: 1s lease", tok(1, 0), nil, time.Second, false, false},
 		{"expired on arrival", tok(1, 1500*time.Millisecond), nil, 0, false, true},
@@ -87,8 +87,12 @@ func TestLeaseTTLRule(t *testing.T) {
 			if (warning != "") != tc.warning {
 				t.Errorf("warning = %q, want one: %v", warning, tc.warning)
 			}
-			if !tc.err && got > tc.tok.Expiry.Sub(now) {
-				t.Errorf("lease %s outlives the token (%s left)", got, tc.tok.Expiry.Sub(now))
+			remaining := tc.tok.Expiry.Sub(now)
+			if !tc.err && got > remaining {
+				t.Errorf("lease %s outlives the token (%s left)", got, remaining)
+			}
+			if margin := leaseMargin(time.Duration(tc.tok.ExpiresIn) * time.Second); !tc.err && got > time.Second && got > remaining-margin {
+				t.Errorf("lease %s eats into the %s margin (%s left)", got, margin, remaining)
 			}
 		})
 	}
@@ -212,7 +216,7 @@ func TestTokenSlowTenantHitsRequestTimeout(t *testing.T) {
 	start := time.Now()
 	_, err := e.request(t, logical.ReadOperation, "token", nil)
 	elapsed := time.Since(start)
-	if err == nil || !strings.Contains(err.Error(), "Client.Timeout exceeded") {
+	if err == nil || !strings.Contains(err.Error(), "Timeout") {
 		t.Fatalf("err = %v, want the client timeout", err)
 	}
 	if elapsed >= 10*time.Second {
@@ -281,17 +285,21 @@ func TestTokenReuseThresholdAndLease(t *testing.T) {
 	e.emu.Reset()
 
 	first := e.mustRequest(t, logical.ReadOperation, "token/r", nil)
-	if first.Secret.InternalData["shared"] != true || first.Secret.InternalData["revoke"] != false {
-		t.Errorf("a reused token's lease must be marked shared and not revoked: %v", first.Secret.InternalData)
+	if in := first.Secret.InternalData; in["shared"] != true || in["revoke"] != false || in["access_token"] != nil {
+		t.Errorf("a reused token's lease must be marked shared and not revoked, and not hold the token: shared=%v revoke=%v token kept=%v",
+			in["shared"], in["revoke"], in["access_token"] != nil)
 	}
 	clock.Advance(40 * time.Minute)
 	second := e.mustRequest(t, logical.ReadOperation, "token/r", nil)
 	if second.Data["access_token"] != first.Data["access_token"] {
 		t.Fatal("with 20m left (above the 15m threshold) the cached token was not reused")
 	}
-	// 20m left, less the 60s margin.
+	// 20m left, less the 60s margin; expires_in says what is left, not the original 1h.
 	if second.Secret.TTL != 19*time.Minute {
 		t.Errorf("lease on the reused token = %s, want 19m", second.Secret.TTL)
+	}
+	if second.Data["expires_in"] != int64(1200) || first.Data["expires_in"] != int64(3600) {
+		t.Errorf("expires_in: first read %v, reused after 40m %v; want 3600 and 1200", first.Data["expires_in"], second.Data["expires_in"])
 	}
 	clock.Advance(6 * time.Minute) // 14m left: below the threshold
 	third := e.mustRequest(t, logical.ReadOperation, "token/r", nil)
@@ -404,4 +412,60 @@ func BenchmarkTokenRead(b *testing.B) {
 			})
 		})
 	}
+}
+
+func TestTokenReuseNeverHandsOutAnAlmostExpiredToken(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	clock := newFakeClock(e)
+	e.configure(t)
+	// Thresholds of zero still leave the margin plus a second (61s for 1h tokens).
+	e.mustRequest(t, logical.CreateOperation, "roles/r", map[string]any{
+		"scopes": "read", "token_reuse": true, "reuse_min_remaining": 0, "reuse_min_fraction": 0,
+	})
+	first := e.mustRequest(t, logical.ReadOperation, "token/r", nil)
+	clock.Advance(time.Hour - 62*time.Second)
+	if again := e.mustRequest(t, logical.ReadOperation, "token/r", nil); again.Data["access_token"] != first.Data["access_token"] || again.Secret.TTL != 2*time.Second {
+		t.Errorf("with 62s left the token should still serve, with a 2s lease (got %s)", again.Secret.TTL)
+	}
+	clock.Advance(2 * time.Second)
+	if fresh := e.mustRequest(t, logical.ReadOperation, "token/r", nil); fresh.Data["access_token"] == first.Data["access_token"] {
+		t.Error("with 60s left (inside the margin) the token was handed out again")
+	}
+}
+
+func TestTokenRoleScopesFallBackToConfig(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	data := e.configData()
+	data["scopes"] = "read"
+	e.mustRequest(t, logical.CreateOperation, "config", data)
+	e.mustRequest(t, logical.CreateOperation, "roles/wide", map[string]any{"allowed_scopes": "read,write"})
+	e.mustRequest(t, logical.CreateOperation, "roles/narrow", map[string]any{"allowed_scopes": "write"})
+	e.emu.Reset()
+
+	// A role with only allowed_scopes asks for the config's scopes, never for none (which
+	// the tenant would answer with everything the client may have).
+	if got := e.mustRequest(t, logical.ReadOperation, "token/wide", nil).Data["scope"]; got != "read" {
+		t.Errorf("token/wide scope = %v, want the config's read", got)
+	}
+	if body := string(e.emu.Requests()[0].Body); body != "grant_type=client_credentials&scope=read" {
+		t.Errorf("token/wide sent %q", body)
+	}
+	if got := e.mustRequest(t, logical.ReadOperation, "token/wide", map[string]any{"scope": "write"}).Data["scope"]; got != "write" {
+		t.Errorf("token/wide scope=write gave %v", got)
+	}
+	resp, err := e.request(t, logical.ReadOperation, "token/narrow", nil)
+	assertBadRequest(t, resp, err, "allowed_scopes")
+}
+
+func TestTokenRoleAppIDWithTokenURLIsABadRequest(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	data := e.configData()
+	data["token_url"] = e.url + "/oauth2/token/" + testAppID
+	e.mustRequest(t, logical.CreateOperation, "config", data)
+	e.mustRequest(t, logical.CreateOperation, "roles/other", map[string]any{"app_id": "OtherApp"})
+	resp, err := e.request(t, logical.ReadOperation, "token/other", nil)
+	assertBadRequest(t, resp, err, "app_id")
 }

@@ -17,10 +17,14 @@ import (
 const (
 	secretAccessTokenType = "cyberark_access_token"
 
-	// Vault's expiration manager tries a revocation 6 times (10s, 20s, 40s... apart) and
-	// then keeps the lease as irrevocable. We give up one attempt earlier, so a tenant
-	// that stays down can never leave a lease stuck.
+	// Vault's expiration manager tries a revocation 6 times, 10s, 20s, 40s, 80s and 160s
+	// apart (each +-50%), and then keeps the lease as irrevocable. We give up before it
+	// does, by whichever comes first: our 5th failure for a token (counted in memory,
+	// so lost on a plugin restart), the token's expiry (at most 60s after the lease's
+	// end), or 2 minutes past the lease's end, which Vault's 6th attempt always is. A
+	// tenant that stays down can never leave a lease stuck.
 	maxRevokeAttempts = 5
+	revokeGiveUpAfter = 2 * time.Minute
 )
 
 // secretAccessToken is the lease type of a token read. Tokens from a client-credentials
@@ -69,22 +73,29 @@ func (b *backend) accessTokenRevoke(ctx context.Context, req *logical.Request, _
 	token, _ := data["access_token"].(string)
 	appID, _ := data["app_id"].(string)
 	clientID, _ := data["client_id"].(string)
+	endpoint, _ := data["revoke_endpoint"].(string)
 	expiresAt := time.Unix(int64Of(data["expires_at"]), 0)
-	if token == "" || !b.now().Before(expiresAt) {
+	now := b.now()
+	if token == "" || !now.Before(expiresAt) {
 		b.count(metricRevoke, "outcome", "expired")
 		return nil, nil
 	}
 	logger := b.Logger().With("lease_id", req.Secret.LeaseID, "app_id", appID)
 
-	c, cfg, err := b.getClient(ctx, req.Storage, appID)
+	cfg, gen, err := b.getConfig(ctx, req.Storage)
 	if err != nil {
 		return nil, err
 	}
-	if cfg == nil || cfg.ClientID != clientID {
-		// The token belongs to a client this engine no longer holds credentials for.
-		logger.Warn("cannot revoke token at the tenant: the config was deleted or now holds another client; the token stays valid until it expires", "expires_at", expiresAt.UTC())
+	if cfg == nil || cfg.ClientID != clientID || cfg.revokeEndpoint(appID) != endpoint {
+		// The token belongs to a client or tenant this engine no longer holds; the
+		// current one would answer 200 for a token it does not know.
+		logger.Warn("cannot revoke the token at the tenant: the config was deleted or now holds another client or tenant; the token stays valid until it expires", "expires_at", expiresAt.UTC())
 		b.count(metricRevoke, "outcome", "no_client")
 		return nil, nil
+	}
+	c, err := b.getClient(cfg, gen, appID)
+	if err != nil {
+		return nil, err
 	}
 
 	start := time.Now()
@@ -98,17 +109,15 @@ func (b *backend) accessTokenRevoke(ctx context.Context, req *logical.Request, _
 		b.count(metricRevoke, "outcome", "success")
 		logger.Debug("token revoked at the tenant")
 		return nil, nil
-	case errors.Is(err, client.ErrRevokeUnsupported):
-		b.count(metricRevoke, "outcome", "disabled")
-		return nil, nil
 	case errors.As(err, &te) && !te.Temporary():
 		b.revokeFailures.forget(fingerprint)
 		b.count(metricRevoke, "outcome", "refused")
 		logger.Warn("tenant refused to revoke the token; ending the lease anyway, the token stays valid until it expires", "expires_at", expiresAt.UTC(), "error", err)
 		return nil, nil
 	}
-	attempt := b.revokeFailures.add(fingerprint, expiresAt, b.now())
-	if attempt >= maxRevokeAttempts {
+	attempt := b.revokeFailures.add(fingerprint, expiresAt, now)
+	leaseEnd := req.Secret.IssueTime.Add(req.Secret.TTL)
+	if attempt >= maxRevokeAttempts || !req.Secret.IssueTime.IsZero() && now.After(leaseEnd.Add(revokeGiveUpAfter)) {
 		b.revokeFailures.forget(fingerprint)
 		b.count(metricRevoke, "outcome", "gave_up")
 		logger.Error("giving up revoking the token at the tenant; ending the lease anyway, the token stays valid until it expires", "attempts", attempt, "expires_at", expiresAt.UTC(), "error", err)
@@ -116,7 +125,7 @@ func (b *backend) accessTokenRevoke(ctx context.Context, req *logical.Request, _
 	}
 	b.count(metricRevoke, "outcome", "retry")
 	logger.Warn("revoking the token at the tenant failed; Vault will retry", "attempt", attempt, "error", err)
-	return nil, fmt.Errorf("revoking the token at CyberArk Identity (attempt %d of %d): %w", attempt, maxRevokeAttempts, err)
+	return nil, fmt.Errorf("revoking the token at CyberArk Identity (attempt %d): %w", attempt, err)
 }
 
 // int64Of reads a number from lease internal data, which JSON round trips turn into

@@ -1,20 +1,33 @@
 package cyberark
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/vault/sdk/helper/jsonutil"
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/idsec-labs/vault-plugin-secrets-cyberark/emulator"
 )
 
-// revoke sends the revocation Vault's expiration manager sends when a lease ends.
+// revoke sends the revocation Vault's expiration manager sends when a lease ends. The
+// lease's internal data makes the JSON round trip it makes through Vault's storage and
+// the plugin's gRPC, which turns numbers into json.Number.
 func (e *testEnv) revoke(t *testing.T, secret *logical.Secret) (*logical.Response, error) {
 	t.Helper()
+	raw, err := json.Marshal(secret.InternalData)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored := *secret
+	stored.InternalData = nil
+	if err := jsonutil.DecodeJSON(raw, &stored.InternalData); err != nil {
+		t.Fatal(err)
+	}
 	return e.b.HandleRequest(t.Context(), &logical.Request{
-		Operation: logical.RevokeOperation, Secret: secret, Storage: e.storage, MountPoint: "cyberark/",
+		Operation: logical.RevokeOperation, Secret: &stored, Storage: e.storage, MountPoint: "cyberark/",
 	})
 }
 
@@ -56,6 +69,7 @@ func TestRevokeAtTenant(t *testing.T) {
 				e.mustRequest(t, logical.UpdateOperation, "config", tc.config)
 			}
 			e.mustRequest(t, logical.CreateOperation, "roles/r", tc.role)
+			e.emu.Reset() // forget the config's verification and its revocation
 			resp := e.mustRequest(t, logical.ReadOperation, "token/r", nil)
 			token := resp.Data["access_token"].(string)
 
@@ -151,6 +165,7 @@ func TestRevokeExpiredTokenSkipsTenant(t *testing.T) {
 	clock := newFakeClock(e)
 	e.configure(t)
 	resp := e.mustRequest(t, logical.ReadOperation, "token", nil)
+	e.emu.Reset()
 	clock.Advance(2 * time.Hour)
 	if _, err := e.revoke(t, resp.Secret); err != nil {
 		t.Fatal(err)
@@ -162,14 +177,58 @@ func TestRevokeExpiredTokenSkipsTenant(t *testing.T) {
 
 func TestRevokeAfterClientChangedSkipsTenant(t *testing.T) {
 	t.Parallel()
-	e := newTestEnv(t)
-	e.configure(t)
-	resp := e.mustRequest(t, logical.ReadOperation, "token", nil)
-	e.mustRequest(t, logical.DeleteOperation, "config", nil)
-	if _, err := e.revoke(t, resp.Secret); err != nil {
-		t.Fatalf("revoke without config: %v", err)
+	cases := []struct {
+		name   string
+		change func(e *testEnv)
+	}{
+		{"config deleted", func(e *testEnv) { e.mustRequest(t, logical.DeleteOperation, "config", nil) }},
+		{"another client", func(e *testEnv) {
+			e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"client_id": "svc-other@tenant.example", "verify_connection": false})
+		}},
+		{"another tenant", func(e *testEnv) {
+			e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"revoke_url": e.url + "/elsewhere/revoke", "verify_connection": false})
+		}},
 	}
-	if n := e.emu.Stats().RevokeRequests; n != 0 {
-		t.Errorf("tenant got %d revoke requests", n)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newTestEnv(t)
+			e.configure(t)
+			resp := e.mustRequest(t, logical.ReadOperation, "token", nil)
+			tc.change(e)
+			e.emu.Reset()
+			if _, err := e.revoke(t, resp.Secret); err != nil {
+				t.Fatalf("revoke: %v", err)
+			}
+			if n := e.emu.Stats().RevokeRequests; n != 0 {
+				t.Errorf("tenant got %d revoke requests", n)
+			}
+			if !strings.Contains(e.logs.String(), "cannot revoke the token at the tenant") {
+				t.Error("skipping the revocation was not logged")
+			}
+		})
+	}
+}
+
+func TestRevokeGivesUpLongAfterLeaseEnd(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	clock := newFakeClock(e)
+	e.configure(t)
+	e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"max_retries": 0})
+	e.mustRequest(t, logical.CreateOperation, "roles/short", map[string]any{"ttl": "5m"})
+	resp := e.mustRequest(t, logical.ReadOperation, "token/short", nil)
+	resp.Secret.IssueTime = clock.Now()
+	e.emu.Reset()
+	e.emu.AddFaults(emulator.Fault{Endpoint: "revoke", Status: 503})
+
+	// The token lives another 55 minutes, but 2 minutes past the lease's end the
+	// engine stops asking Vault to retry, even with no failure counted in memory.
+	clock.Advance(5*time.Minute + 2*time.Minute + time.Second)
+	if _, err := e.revoke(t, resp.Secret); err != nil {
+		t.Fatalf("2m past the lease's end: %v, want the lease released", err)
+	}
+	if e.emu.Stats().RevokeRequests != 1 {
+		t.Error("the revocation was not tried first")
 	}
 }

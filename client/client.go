@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -72,6 +73,9 @@ type Client struct {
 	cfg  Config
 	auth string // the precomputed Basic header value; empty for AuthPost
 	rc   *retryablehttp.Client
+	// secrets are the forms in which the client secret crosses the wire: raw, form
+	// encoded, and inside the Basic header. None may come back in an error.
+	secrets []string
 }
 
 // New checks cfg and returns a Client for it.
@@ -95,6 +99,10 @@ func New(cfg Config) (*Client, error) {
 	c := &Client{cfg: cfg}
 	if cfg.AuthStyle == AuthBasic {
 		c.auth = "Basic " + base64.StdEncoding.EncodeToString([]byte(cfg.ClientID+":"+cfg.ClientSecret))
+	}
+	if cfg.ClientSecret != "" {
+		c.secrets = sensitiveForms(cfg.ClientSecret)
+		c.secrets = append(c.secrets, base64.StdEncoding.EncodeToString([]byte(cfg.ClientID+":"+cfg.ClientSecret)))
 	}
 	c.rc = c.retryClient()
 	return c, nil
@@ -155,8 +163,17 @@ func (c *Client) Revoke(ctx context.Context, accessToken string) error {
 		return errors.New("no token to revoke")
 	}
 	form := url.Values{"token": {accessToken}, "token_type_hint": {"access_token"}}
-	_, err := c.post(ctx, c.cfg.RevokeURL, form)
+	_, err := c.post(ctx, c.cfg.RevokeURL, form, sensitiveForms(accessToken)...)
 	return err
+}
+
+// sensitiveForms is a value as sent: raw, and form encoded.
+func sensitiveForms(v string) []string {
+	forms := []string{v}
+	if enc := url.QueryEscape(v); enc != v {
+		forms = append(forms, enc)
+	}
+	return forms
 }
 
 // ErrRevokeUnsupported is returned by Revoke when no revocation endpoint is configured.
@@ -184,32 +201,45 @@ func (c *Client) newRequest(ctx context.Context, endpoint string, form url.Value
 	return req, nil
 }
 
-// redact removes the client secret from an error's text. The tenant has no reason to
-// echo it, but error bodies are quoted back to Vault operators and a misbehaving proxy
-// might reflect the request.
-func (c *Client) redact(err error) error {
-	if err == nil || c.cfg.ClientSecret == "" {
-		return err
+// redact removes every form of the client secret, and of the extra values, from an
+// error's text. The tenant has no reason to echo them, but error bodies are quoted back
+// to Vault operators and readers, and a misbehaving proxy might reflect the request.
+func (c *Client) redact(err error, extra ...string) error {
+	if err == nil {
+		return nil
 	}
+	secrets := append(slices.Clone(c.secrets), extra...)
 	var te *Error
 	if errors.As(err, &te) {
-		te.Description = c.redactString(te.Description)
-		te.Body = c.redactString(te.Body)
-		te.Code = c.redactString(te.Code)
-		return err
+		te.Description = redactString(te.Description, secrets)
+		te.Body = redactString(te.Body, secrets)
+		te.Code = redactString(te.Code, secrets)
+		te.Location = redactString(te.Location, secrets)
 	}
-	if msg := err.Error(); strings.Contains(msg, c.cfg.ClientSecret) {
-		return errors.New(c.redactString(msg))
+	if msg := err.Error(); redactString(msg, secrets) != msg {
+		return &redactedError{msg: redactString(msg, secrets), err: err}
 	}
 	return err
 }
 
-func (c *Client) redactString(s string) string {
-	if c.cfg.ClientSecret == "" {
-		return s
+func redactString(s string, secrets []string) string {
+	for _, secret := range secrets {
+		if secret != "" {
+			s = strings.ReplaceAll(s, secret, "[redacted]")
+		}
 	}
-	return strings.ReplaceAll(s, c.cfg.ClientSecret, "[redacted]")
+	return s
 }
+
+// redactedError keeps the chain of the error it replaces, so errors.Is and errors.As
+// still classify it, while its text is redacted.
+type redactedError struct {
+	msg string
+	err error
+}
+
+func (e *redactedError) Error() string { return e.msg }
+func (e *redactedError) Unwrap() error { return e.err }
 
 func cloneValues(v url.Values) url.Values {
 	out := make(url.Values, len(v)+2)

@@ -37,6 +37,7 @@ type recorded struct {
 type tenant struct {
 	mu       sync.Mutex
 	requests []recorded
+	conns    int // connections accepted
 	handler  func(w http.ResponseWriter, r *http.Request, n int)
 	srv      *httptest.Server
 }
@@ -44,7 +45,7 @@ type tenant struct {
 func newTenant(t *testing.T, handler func(w http.ResponseWriter, r *http.Request, n int)) *tenant {
 	t.Helper()
 	tn := &tenant{handler: handler}
-	tn.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	tn.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		tn.mu.Lock()
 		tn.requests = append(tn.requests, recorded{time.Now(), r.Method, r.URL.Path, r.URL.RawQuery, r.Header.Clone(), string(body)})
@@ -52,6 +53,14 @@ func newTenant(t *testing.T, handler func(w http.ResponseWriter, r *http.Request
 		tn.mu.Unlock()
 		tn.handler(w, r, n)
 	}))
+	tn.srv.Config.ConnState = func(_ net.Conn, state http.ConnState) {
+		if state == http.StateNew {
+			tn.mu.Lock()
+			tn.conns++
+			tn.mu.Unlock()
+		}
+	}
+	tn.srv.Start()
 	t.Cleanup(tn.srv.Close)
 	return tn
 }
@@ -291,21 +300,42 @@ func TestTenantErrorsAreReadable(t *testing.T) {
 
 func TestErrorsNeverCarryTheSecret(t *testing.T) {
 	t.Parallel()
-	// A broken proxy that reflects the request body and headers back in its error page.
-	tn := newTenant(t, func(w http.ResponseWriter, r *http.Request, _ int) {
+	// A broken proxy that reflects the request's credentials back in its error page.
+	reflect := func(w http.ResponseWriter, r *http.Request, _ int) {
+		body, _ := io.ReadAll(r.Body)
 		w.WriteHeader(400)
-		fmt.Fprintf(w, `{"error":"invalid_request","error_description":"bad request %s %s"}`, r.Header.Get("Authorization"), testClientSecret)
-	})
-	c := newTestClient(t, tn, func(cfg *Config) { cfg.AuthStyle = AuthPost })
-	_, err := c.Token(context.Background(), nil)
-	if err == nil {
-		t.Fatal("want an error")
+		fmt.Fprintf(w, `{"error":"invalid_request","error_description":"bad request %s %s %s"}`, r.Header.Get("Authorization"), body, testClientSecret)
 	}
-	if strings.Contains(err.Error(), testClientSecret) {
-		t.Error("error text carries the client secret")
+	for _, style := range []AuthStyle{AuthBasic, AuthPost} {
+		tn := newTenant(t, reflect)
+		c := newTestClient(t, tn, func(cfg *Config) { cfg.AuthStyle = style })
+		_, err := c.Token(context.Background(), nil)
+		if err == nil {
+			t.Fatal("want an error")
+		}
+		msg := err.Error()
+		basic := base64.StdEncoding.EncodeToString([]byte(testClientID + ":" + testClientSecret))
+		for name, secret := range map[string]string{"raw secret": testClientSecret, "form-encoded secret": url.QueryEscape(testClientSecret), "Basic credentials": basic} {
+			if strings.Contains(msg, secret) {
+				t.Errorf("auth style %d: error text carries the %s", style, name)
+			}
+		}
+		if !strings.Contains(msg, "[redacted]") {
+			t.Errorf("auth style %d: want the reflected credentials replaced by [redacted]", style)
+		}
+		var te *Error
+		if !errors.As(err, &te) || te.StatusCode != 400 {
+			t.Errorf("auth style %d: redaction lost the *Error", style)
+		}
 	}
-	if !strings.Contains(err.Error(), "[redacted]") {
-		t.Errorf("error %q: want the reflected secret replaced by [redacted]", strings.ReplaceAll(err.Error(), testClientSecret, "<SECRET>"))
+
+	// The same for the access token a revocation sends.
+	tn := newTenant(t, reflect)
+	c := newTestClient(t, tn, nil)
+	const token = "eyJ.revoke-me/+=.sig"
+	err := c.Revoke(context.Background(), token)
+	if err == nil || strings.Contains(err.Error(), token) || strings.Contains(err.Error(), url.QueryEscape(token)) {
+		t.Errorf("revoke error carries the access token (or no error: %v)", err == nil)
 	}
 }
 

@@ -57,10 +57,10 @@ func (e *Error) Error() string {
 	return b.String()
 }
 
-// Temporary reports whether trying again later may succeed: rate limits and server
-// errors, not refusals.
+// Temporary reports whether trying again later may succeed: timeouts, rate limits and
+// server errors, not refusals.
 func (e *Error) Temporary() bool {
-	return e.StatusCode == http.StatusTooManyRequests || e.StatusCode >= 500
+	return e.StatusCode == http.StatusRequestTimeout || e.StatusCode == http.StatusTooManyRequests || e.StatusCode >= 500
 }
 
 // maxExcerpt bounds how much of an unexpected body is quoted back in an error.

@@ -153,3 +153,21 @@ func TestRetriesConnectionErrors(t *testing.T) {
 		t.Errorf("%d requests, want 2", n)
 	}
 }
+
+// A call that gives up must not close the pooled connections other calls use.
+func TestFailedCallKeepsPooledConnections(t *testing.T) {
+	t.Parallel()
+	tn := newTenant(t, failThen(2, 503, ""))
+	c := newTestClient(t, tn, retrying(1, 10*time.Second))
+	if _, err := c.Token(context.Background(), nil); err == nil {
+		t.Fatal("two 503s with one retry: want an error")
+	}
+	if _, err := c.Token(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	tn.mu.Lock()
+	defer tn.mu.Unlock()
+	if tn.conns != 1 {
+		t.Errorf("%d connections for 3 requests; the failed call closed the pool", tn.conns)
+	}
+}

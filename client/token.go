@@ -101,8 +101,8 @@ func parseSeconds(raw json.RawMessage) (int64, error) {
 	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
 		return 0, fmt.Errorf("tenant answered expires_in %.40q, which is not a number of seconds", s)
 	}
-	if f <= 0 {
-		return 0, fmt.Errorf("tenant answered expires_in %s: the token is already expired", s)
+	if f < 1 {
+		return 0, fmt.Errorf("tenant answered expires_in %s: the token is already expired, or expires within a second", s)
 	}
 	if f > math.MaxInt32 {
 		return 0, fmt.Errorf("tenant answered expires_in %s, which is out of range", s)

@@ -54,8 +54,16 @@ type attemptsKey struct{}
 
 func (c *Client) retryClient() *retryablehttp.Client {
 	p := c.cfg.Retry
+	// retryablehttp closes its client's idle connections after every failed call. The
+	// pool is shared by every reader of the engine, so one reader hanging up must not
+	// cost the others their connections: hide CloseIdleConnections from it.
+	hc := *c.cfg.HTTPClient
+	if hc.Transport == nil {
+		hc.Transport = http.DefaultTransport
+	}
+	hc.Transport = keepIdle{hc.Transport}
 	return &retryablehttp.Client{
-		HTTPClient:   c.cfg.HTTPClient,
+		HTTPClient:   &hc,
 		RetryMax:     p.MaxRetries,
 		RetryWaitMin: p.WaitMin,
 		RetryWaitMax: p.WaitMax,
@@ -66,8 +74,14 @@ func (c *Client) retryClient() *retryablehttp.Client {
 	}
 }
 
+// keepIdle is a RoundTripper without CloseIdleConnections.
+type keepIdle struct{ rt http.RoundTripper }
+
+func (k keepIdle) RoundTrip(r *http.Request) (*http.Response, error) { return k.rt.RoundTrip(r) }
+
 // post sends one form to the tenant, with retries, and returns the body of a 2xx answer.
-func (c *Client) post(ctx context.Context, endpoint string, form url.Values) ([]byte, error) {
+// Errors are redacted of the client secret and of the extra values.
+func (c *Client) post(ctx context.Context, endpoint string, form url.Values, extra ...string) ([]byte, error) {
 	parent := ctx
 	if c.cfg.Retry.Budget > 0 {
 		var cancel context.CancelFunc
@@ -104,7 +118,7 @@ func (c *Client) post(ctx context.Context, endpoint string, form url.Values) ([]
 		last = errors.New("no answer from tenant")
 	}
 	// Redact before wrapping: a wrapper's text is fixed when it is made.
-	last = c.redact(last)
+	last = c.redact(last, extra...)
 	var te *Error
 	if errors.As(last, &te) {
 		te.Attempts = n
