@@ -42,7 +42,8 @@ type backend struct {
 	*framework.Backend
 
 	// configMu serialises config writes, so a partial update reads and writes a
-	// consistent config.
+	// consistent config. A write holds it through verify_connection's grant, at most
+	// total_timeout; token reads never take it.
 	configMu sync.Mutex
 	// roleMu does the same for role writes.
 	roleMu sync.Mutex

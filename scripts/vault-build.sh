@@ -21,7 +21,8 @@ if [[ -x "$dest" ]] && "$dest" version 2>/dev/null | grep -q "Vault v$VAULT_VERS
 fi
 
 work="$(mktemp -d)"
-cleanup() { rm -rf "$work"; }
+tmp_bin=""
+cleanup() { rm -rf "$work" ${tmp_bin:+"$tmp_bin"}; }
 trap cleanup EXIT
 
 log "building Vault v$VAULT_VERSION (first run only; takes several minutes)"
@@ -59,10 +60,13 @@ import _ "github.com/hashicorp/vault"
 GO
 
 mkdir -p "$(dirname "$dest")"
+# A temporary name of its own, so two builds at once (CI and a demo) cannot mix their
+# output; the rename into place is atomic.
+tmp_bin="$(mktemp "$dest.XXXXXX")"
 (
   cd "$work"
-  GOFLAGS=-mod=mod go build -trimpath -tags minimal -o "$dest.tmp" github.com/hashicorp/vault
+  GOFLAGS=-mod=mod go build -trimpath -tags minimal -o "$tmp_bin" github.com/hashicorp/vault
 )
-mv "$dest.tmp" "$dest"
+mv "$tmp_bin" "$dest"
 log "built $("$dest" version)"
 echo "$dest"
