@@ -354,16 +354,21 @@ func TestOversizeResponseIsRefused(t *testing.T) {
 	}
 }
 
-func TestSlowTenantHitsTheTimeout(t *testing.T) {
-	t.Parallel()
+// hangingTenant never answers, until the client gives up or the test ends.
+func hangingTenant(t *testing.T) *tenant {
 	release := make(chan struct{})
 	t.Cleanup(func() { close(release) })
-	tn := newTenant(t, func(w http.ResponseWriter, r *http.Request, _ int) {
+	return newTenant(t, func(w http.ResponseWriter, r *http.Request, _ int) {
 		select {
 		case <-release:
 		case <-r.Context().Done():
 		}
 	})
+}
+
+func TestSlowTenantHitsTheTimeout(t *testing.T) {
+	t.Parallel()
+	tn := hangingTenant(t)
 	hc, err := NewHTTPClient("", 300*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
@@ -382,14 +387,7 @@ func TestSlowTenantHitsTheTimeout(t *testing.T) {
 
 func TestCallerContextIsHonoured(t *testing.T) {
 	t.Parallel()
-	release := make(chan struct{})
-	t.Cleanup(func() { close(release) })
-	tn := newTenant(t, func(w http.ResponseWriter, r *http.Request, _ int) {
-		select {
-		case <-release:
-		case <-r.Context().Done():
-		}
-	})
+	tn := hangingTenant(t)
 	c := newTestClient(t, tn, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() { time.Sleep(100 * time.Millisecond); cancel() }()
