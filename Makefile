@@ -27,7 +27,7 @@ unit:
 
 # End-to-end tests only: real Vault servers and Vault Agents.
 e2e:
-	VAULT_BIN="$$(scripts/vault-build.sh)" E2E_REQUIRED=1 go test -race -count=1 ./e2e/...
+	bin="$$(scripts/vault-build.sh)" && VAULT_BIN="$$bin" E2E_REQUIRED=1 go test -race -count=1 ./e2e/...
 
 # Benchmarks print their own figures (ns/op, allocations).
 bench:
@@ -43,7 +43,7 @@ vet:
 	go vet ./...
 
 lint: fmt-check vet
-	@if command -v shellcheck >/dev/null 2>&1; then shellcheck scripts/*.sh; else echo "shellcheck not installed; skipped"; fi
+	@if command -v shellcheck >/dev/null 2>&1; then shellcheck scripts/*.sh .ci/run; else echo "shellcheck not installed; skipped"; fi
 
 demo:
 	scripts/demo.sh

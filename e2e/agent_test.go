@@ -16,16 +16,18 @@ import (
 var agentExample = []string{"agent.hcl", "token.tmpl"}
 
 // TestAgentRefreshesToken runs examples/agent with a Vault Agent from the same Vault
-// binary. Tokens live 6s, so leases last 4s and Agent reads a new token about every
-// 3.6s: the rendered file must change to a new token the tenant issued before the old
-// one expires, and each change must cost one grant, no more.
+// binary. Tokens live 20s, so leases last 17-18s (a 2s margin, cut to whole seconds)
+// and Agent reads a new token about every 16s: the rendered file must change to a new
+// token the tenant issued before the old one expires, and each change must cost one
+// grant, no more. The JWT's exp is in whole seconds, so the test has about 2s of slack
+// on a loaded machine, not less.
 func TestAgentRefreshesToken(t *testing.T) {
 	t.Parallel()
 	const (
-		expiresIn = 6
+		expiresIn = 20
 		// tokens is how many distinct tokens the test waits to see rendered: the first
 		// and then refreshes.
-		tokens = 4
+		tokens = 3
 	)
 	e := newEnv(t, expiresIn)
 	c := e.client

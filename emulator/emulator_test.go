@@ -907,3 +907,25 @@ func TestConcurrentTokens(t *testing.T) {
 		t.Errorf("issued %d, recorded %d, want %d", len(f.emu.Issued()), len(f.emu.Requests()), n)
 	}
 }
+
+// A revocation sent to another app, or by another client, is answered 200 like any
+// revocation but revokes nothing, as at the tenant.
+func TestRevokeOnlyAtTheIssuingAppAndClient(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, nil)
+	token := f.token(t, nil)["access_token"].(string)
+
+	wrongApp := url.Values{"token": {token}, "client_id": {testClient}, "client_secret": {testSecret}}
+	if status, _, _ := f.post(t, "/oauth2/revoke/"+postOnlyApp, "", wrongApp); status != 200 {
+		t.Fatalf("revoke at another app: %d, want 200", status)
+	}
+	if status, _, _ := f.post(t, "/oauth2/revoke/"+testApp, basicHeader(limitedClient, limitedSecret), url.Values{"token": {token}}); status != 200 {
+		t.Fatalf("revoke by another client: %d, want 200", status)
+	}
+	if f.emu.Revoked(token) {
+		t.Fatal("a revocation at the wrong app or by the wrong client revoked the token")
+	}
+	if status, _, _ := f.post(t, "/oauth2/revoke/"+testApp, basicHeader(testClient, testSecret), url.Values{"token": {token}}); status != 200 || !f.emu.Revoked(token) {
+		t.Errorf("the issuing client at the issuing app: status %d, revoked %v", status, f.emu.Revoked(token))
+	}
+}

@@ -224,13 +224,17 @@ func baseURL(r *http.Request) string {
 }
 
 // serveRevoke answers 200 for unknown, expired and already revoked tokens alike, as the
-// tenant does (and RFC 7009 asks), so a client cannot learn which tokens exist.
+// tenant does (and RFC 7009 asks), so a client cannot learn which tokens exist. Only a
+// token issued by this app to this client is actually revoked: a client that sends a
+// revocation to the wrong app or with the wrong credentials gets its 200 and nothing
+// more, as it would from the tenant.
 func (e *Emulator) serveRevoke(c *call) {
 	if c.r.Method != http.MethodPost {
 		e.methodNotAllowed(c, http.MethodPost)
 		return
 	}
-	if _, _, ok := e.authenticate(c); !ok {
+	a, cl, ok := e.authenticate(c)
+	if !ok {
 		return
 	}
 	token := c.form.Get("token")
@@ -239,7 +243,9 @@ func (e *Emulator) serveRevoke(c *call) {
 		return
 	}
 	e.mu.Lock()
-	e.revoked[token] = struct{}{}
+	if info, issued := e.tokens[token]; issued && info.appKey == strings.ToLower(a.id) && info.clientID == cl.id {
+		e.revoked[token] = struct{}{}
+	}
 	e.stats.Revocations++
 	e.mu.Unlock()
 	writeJSON(c.w, http.StatusOK, struct{}{})

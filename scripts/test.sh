@@ -5,6 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# -race needs cgo, and cgo a C compiler.
+if ! command -v "$(go env CC)" >/dev/null 2>&1; then
+  echo "test: the race detector needs a C compiler ($(go env CC)); install gcc" >&2
+  exit 1
+fi
 go mod download
 if [[ -z "${VAULT_BIN:-}" ]]; then
   VAULT_BIN="$(scripts/vault-build.sh)"

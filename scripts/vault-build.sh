@@ -10,12 +10,20 @@ set -euo pipefail
 VAULT_VERSION="${VAULT_VERSION:-1.19.5}"
 VAULT_SDK_VERSION="${VAULT_SDK_VERSION:-v0.17.0}"
 VAULT_API_VERSION="${VAULT_API_VERSION:-v1.16.0}"
-cache_root="${VAULT_CACHE_DIR:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/vault-plugin-secrets-cyberark}"
-dest="$cache_root/vault-$VAULT_VERSION/vault"
-
 log() { printf 'vault-build: %s\n' "$*" >&2; }
 
-if [[ -x "$dest" ]] && "$dest" version 2>/dev/null | grep -q "Vault v$VAULT_VERSION"; then
+if [[ -z "${VAULT_CACHE_DIR:-}${XDG_CACHE_HOME:-}${HOME:-}" ]]; then
+  # Falling back to a shared directory such as /tmp would let another user plant the
+  # binary that the tests then trust.
+  log "set HOME or VAULT_CACHE_DIR: there is nowhere private to cache Vault"
+  exit 1
+fi
+cache_root="${VAULT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/vault-plugin-secrets-cyberark}"
+mkdir -p "$cache_root"
+cache_root="$(cd "$cache_root" && pwd)" # absolute: tests run it from other directories
+dest="$cache_root/vault-$VAULT_VERSION/vault"
+
+if [[ -x "$dest" && "$("$dest" version 2>/dev/null)" == "Vault v$VAULT_VERSION"* ]]; then
   echo "$dest"
   exit 0
 fi
@@ -26,10 +34,12 @@ cleanup() { rm -rf "$work" ${tmp_bin:+"$tmp_bin"}; }
 trap cleanup EXIT
 
 log "building Vault v$VAULT_VERSION (first run only; takes several minutes)"
-vault_dir="$(go mod download -json "github.com/hashicorp/vault@v$VAULT_VERSION" |
-  sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+# go mod download -json reports a failure inside its JSON, so keep it to quote it.
+download="$(go mod download -json "github.com/hashicorp/vault@v$VAULT_VERSION" 2>&1)" || true
+vault_dir="$(sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p' <<<"$download")"
 if [[ -z "$vault_dir" || ! -f "$vault_dir/go.sum" ]]; then
-  log "could not download github.com/hashicorp/vault@v$VAULT_VERSION"
+  log "could not download github.com/hashicorp/vault@v$VAULT_VERSION:"
+  printf '%s\n' "$download" >&2
   exit 1
 fi
 

@@ -9,7 +9,8 @@
 # relative to the directory Agent runs in.
 #
 # The engine returns each token as a non-renewable lease that ends a little before the
-# token expires (a tenth of its lifetime, at most 60s). Agent reads the secret again at
+# token expires (a tenth of its lifetime, at least 1s and at most 60s, cut to whole
+# seconds). Agent reads the secret again at
 # about lease_renewal_threshold of the lease, so the file always holds a valid token and
 # each refresh costs one grant at the tenant.
 
