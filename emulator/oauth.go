@@ -229,17 +229,8 @@ func baseURL(r *http.Request) string {
 // revocation to the wrong app or with the wrong credentials gets its 200 and nothing
 // more, as it would from the tenant.
 func (e *Emulator) serveRevoke(c *call) {
-	if c.r.Method != http.MethodPost {
-		e.methodNotAllowed(c, http.MethodPost)
-		return
-	}
-	a, cl, ok := e.authenticate(c)
+	a, cl, token, ok := e.tokenCall(c)
 	if !ok {
-		return
-	}
-	token := c.form.Get("token")
-	if token == "" {
-		e.oauthError(c, http.StatusBadRequest, "invalid_request", "missing token")
 		return
 	}
 	e.mu.Lock()
@@ -251,18 +242,26 @@ func (e *Emulator) serveRevoke(c *call) {
 	writeJSON(c.w, http.StatusOK, struct{}{})
 }
 
-func (e *Emulator) serveIntrospect(c *call) {
+// tokenCall checks what revoke and introspect share: a POST from an authenticated
+// client, with a token. It has answered the request when ok is false.
+func (e *Emulator) tokenCall(c *call) (a *app, cl *client, token string, ok bool) {
 	if c.r.Method != http.MethodPost {
 		e.methodNotAllowed(c, http.MethodPost)
-		return
+		return nil, nil, "", false
 	}
-	a, _, ok := e.authenticate(c)
-	if !ok {
-		return
+	if a, cl, ok = e.authenticate(c); !ok {
+		return nil, nil, "", false
 	}
-	token := c.form.Get("token")
-	if token == "" {
+	if token = c.form.Get("token"); token == "" {
 		e.oauthError(c, http.StatusBadRequest, "invalid_request", "missing token")
+		return nil, nil, "", false
+	}
+	return a, cl, token, true
+}
+
+func (e *Emulator) serveIntrospect(c *call) {
+	a, _, token, ok := e.tokenCall(c)
+	if !ok {
 		return
 	}
 	now := e.now().Unix()
