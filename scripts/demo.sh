@@ -7,7 +7,8 @@
 #
 # Environment: VERSION (plugin version, default the Makefile's), VAULT_BIN (a Vault
 # binary, default scripts/vault-build.sh's), VAULT_DEMO_PORT (default 8200, or a free
-# port if that one is taken).
+# port if that one is taken), DEMO_ONCE=1 (stop after printing, instead of waiting for
+# Ctrl-C: the test command runs the demo this way).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -211,6 +212,10 @@ Vault Agent (examples/agent), keeping a fresh token in $tmp/agent/access-token
 
 Logs: $tmp/vault.log, $tmp/emulator.log. Press Ctrl-C to stop everything.
 EOF
+
+if [[ "${DEMO_ONCE:-}" == 1 ]]; then
+  exit 0
+fi
 
 while kill -0 "$vault_pid" 2>/dev/null && kill -0 "$emulator_pid" 2>/dev/null; do
   sleep 1

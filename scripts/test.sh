@@ -21,3 +21,16 @@ echo "test: using $("$VAULT_BIN" version) at $VAULT_BIN"
 export E2E_REQUIRED=1
 go vet ./...
 go test -race -count=1 -timeout 30m "$@" ./...
+
+# The demo is a promise to new users: run it once, end to end, and check that it
+# printed a token with its lease (its output holds an emulator token, so it stays in a
+# file).
+demo_log="$(mktemp)"
+trap 'rm -f "$demo_log"' EXIT
+if ! DEMO_ONCE=1 VAULT_BIN="$VAULT_BIN" scripts/demo.sh >"$demo_log" 2>&1 ||
+  ! grep -q '^lease_renewable *false' "$demo_log" || ! grep -q '^access_token *eyJ' "$demo_log"; then
+  echo "demo: FAILED; its output without tokens:" >&2
+  grep -v -e '^access_token' -e 'VAULT_TOKEN' "$demo_log" >&2 || true
+  exit 1
+fi
+echo "demo: ok ($(grep '^lease_duration' "$demo_log" | tr -s ' '))"
