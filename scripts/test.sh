@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's test command (README): fetches Go modules, builds or reuses the pinned
-# Vault, then runs every test with the race detector. End-to-end tests start their own
+# Vault, runs the demo once, then runs every test with the race detector. End-to-end tests start their own
 # Vault servers, Vault Agents and tenant emulators and stop them when they finish.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +20,6 @@ echo "test: using $("$VAULT_BIN" version) at $VAULT_BIN"
 # E2E_REQUIRED turns a missing Vault into a failure instead of a skip.
 export E2E_REQUIRED=1
 go vet ./...
-go test -race -count=1 -timeout 30m "$@" ./...
 
 # The demo is a promise to new users: run it once, end to end, and check that it
 # printed a token with its lease (its output holds an emulator token, so it stays in a
@@ -34,3 +33,6 @@ if ! DEMO_ONCE=1 VAULT_BIN="$VAULT_BIN" scripts/demo.sh >"$demo_log" 2>&1 ||
   exit 1
 fi
 echo "demo: ok ($(grep '^lease_duration' "$demo_log" | tr -s ' '))"
+
+# Last, so that the test runner's own summary closes the output.
+go test -race -count=1 -timeout 30m "$@" ./...
