@@ -308,7 +308,8 @@ func TestPluginUpgrade(t *testing.T) {
 
 	v2 := plugin(t, versionV2)
 	e.vault.register(t, v2)
-	if err := c.Sys().TuneMountWithContext(e.ctx, mountPath, api.MountConfigInput{PluginVersion: versionV2}); err != nil {
+	v2Version := versionV2
+	if err := c.Sys().TuneMountAllowNilWithContext(e.ctx, mountPath, api.TuneMountConfigInput{PluginVersion: &v2Version}); err != nil {
 		t.Fatalf("tuning plugin_version: %v", err)
 	}
 	// The tune pins the version; the running binary changes only with a reload.
