@@ -14,7 +14,7 @@ import (
 	"github.com/hashicorp/go-metrics"
 	"github.com/hashicorp/vault/sdk/logical"
 
-	"github.com/idsec-labs/vault-plugin-secrets-cyberark/emulator"
+	"github.com/idsec-labs/vault-plugin-secrets-cyberark/internal/emulator"
 )
 
 // The client ID has the "@" and the secret the ":" and "%" that URL-encoding clients

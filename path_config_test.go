@@ -9,7 +9,7 @@ import (
 
 	"github.com/hashicorp/vault/sdk/logical"
 
-	"github.com/idsec-labs/vault-plugin-secrets-cyberark/emulator"
+	"github.com/idsec-labs/vault-plugin-secrets-cyberark/internal/emulator"
 )
 
 func TestConfigCreateReadNeverReturnsSecret(t *testing.T) {

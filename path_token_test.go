@@ -12,7 +12,7 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/idsec-labs/vault-plugin-secrets-cyberark/client"
-	"github.com/idsec-labs/vault-plugin-secrets-cyberark/emulator"
+	"github.com/idsec-labs/vault-plugin-secrets-cyberark/internal/emulator"
 )
 
 func TestTokenReadIsALeaseFromExpiresIn(t *testing.T) {

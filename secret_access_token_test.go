@@ -9,7 +9,7 @@ import (
 	"github.com/hashicorp/vault/sdk/helper/jsonutil"
 	"github.com/hashicorp/vault/sdk/logical"
 
-	"github.com/idsec-labs/vault-plugin-secrets-cyberark/emulator"
+	"github.com/idsec-labs/vault-plugin-secrets-cyberark/internal/emulator"
 )
 
 // revoke sends the revocation Vault's expiration manager sends when a lease ends. The

@@ -22,7 +22,7 @@ import (
 
 	"github.com/hashicorp/vault/api"
 
-	"github.com/idsec-labs/vault-plugin-secrets-cyberark/emulator"
+	"github.com/idsec-labs/vault-plugin-secrets-cyberark/internal/emulator"
 )
 
 const (

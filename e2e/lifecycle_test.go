@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/idsec-labs/vault-plugin-secrets-cyberark/emulator"
+	"github.com/idsec-labs/vault-plugin-secrets-cyberark/internal/emulator"
 )
 
 // TestLeaseEndRevokesAtTenant checks that Vault's revocation of a lease reaches the

@@ -1,6 +1,6 @@
 // Command cyberark-emulator serves the CyberArk Identity tenant emulator from package
 // emulator over HTTPS (and optionally loopback HTTP), for end-to-end runs and demos.
-// See emulator/README.md.
+// See internal/emulator/README.md.
 package main
 
 import (
@@ -19,7 +19,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/idsec-labs/vault-plugin-secrets-cyberark/emulator"
+	"github.com/idsec-labs/vault-plugin-secrets-cyberark/internal/emulator"
 )
 
 // secretEnv lets a script pass the quick-start secret without it showing in ps.
@@ -54,7 +54,7 @@ type options struct {
 func run(args []string) error {
 	var o options
 	fs := flag.NewFlagSet("cyberark-emulator", flag.ContinueOnError)
-	fs.StringVar(&o.config, "config", "", "JSON emulator config `file` (see emulator/README.md)")
+	fs.StringVar(&o.config, "config", "", "JSON emulator config `file` (see internal/emulator/README.md)")
 	fs.StringVar(&o.app, "app", "", "quick start: application `ID` of the one app")
 	fs.StringVar(&o.clientID, "client-id", "", "quick start: client `ID` (service user login name)")
 	fs.StringVar(&o.clientSecret, "client-secret", "", "quick start: client `secret`; prefer $"+secretEnv+", which ps does not show")

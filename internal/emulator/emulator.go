@@ -1,8 +1,8 @@
 // Package emulator plays a CyberArk Identity tenant's OAuth2 endpoints for one or more
 // custom applications, so that tests, end-to-end runs and demos need no real tenant.
 //
-// It follows the tenant's documented behaviour (see /work/shared/cyberark-identity.md in
-// the project), including its error bodies, and every failure a client should survive can
+// It follows the tenant's documented behaviour (docs/tenant-api.md in this repository),
+// including its error bodies, and every failure a client should survive can
 // be injected as a Fault. An *Emulator is an http.Handler; serve it with net/http or
 // httptest, over TLS with a CA from NewCA.
 package emulator
