@@ -5,7 +5,6 @@ package cyberark
 
 import (
 	"context"
-	"net/http"
 	"strings"
 	"sync"
 	"time"
@@ -13,9 +12,6 @@ import (
 	"github.com/hashicorp/go-metrics"
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
-	"golang.org/x/sync/singleflight"
-
-	"github.com/idsec-labs/vault-plugin-secrets-cyberark/client"
 )
 
 const backendHelp = `
@@ -34,10 +30,8 @@ func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend,
 	return b, nil
 }
 
-// backend caches what each token read needs (the config, roles, HTTP clients and, for
-// roles that opt in, tokens), so a read costs no storage access and no TLS or CA
-// parsing. Every cache is emptied by a write through this node and by Invalidate, which
-// is how standbys and performance secondaries learn of writes made elsewhere.
+// backend is the engine. Everything a token read needs besides the tenant's answer is
+// kept in cache, so a read costs no storage access and no TLS or CA parsing.
 type backend struct {
 	*framework.Backend
 
@@ -48,33 +42,21 @@ type backend struct {
 	// roleMu does the same for role writes.
 	roleMu sync.Mutex
 
-	mu      sync.RWMutex
-	gen     uint64 // bumped by every invalidation; a cache fill from an older gen is dropped
-	config  *cyberarkConfig
-	roles   map[string]*roleEntry
-	clients map[string]*client.Client // by app ID; built from config
-	// httpClient is shared by all clients of one config, so they share its connection
-	// pool and the CA bundle is parsed once.
-	httpClient *http.Client
-	// tokens holds tokens of roles with token_reuse, in memory only: never in storage.
-	tokens map[string]*client.Token
-	// grants lets concurrent misses for one token share one grant.
-	grants singleflight.Group
+	cache *cache
 
 	revokeFailures *failureCounter
 
 	metrics *metrics.Metrics // nil: go-metrics' global sink
-	now     func() time.Time
+	// now is the engine's one clock, handed to every tenant client; tests move it.
+	now func() time.Time
 }
 
 func newBackend() *backend {
 	b := &backend{
-		roles:          make(map[string]*roleEntry),
-		clients:        make(map[string]*client.Client),
-		tokens:         make(map[string]*client.Token),
 		revokeFailures: newFailureCounter(),
 		now:            time.Now,
 	}
+	b.cache = newCache(b.newTenantClient)
 	b.Backend = &framework.Backend{
 		Help:        strings.TrimSpace(backendHelp),
 		BackendType: logical.TypeLogical,
@@ -98,41 +80,12 @@ func newBackend() *backend {
 func (b *backend) invalidate(_ context.Context, key string) {
 	switch {
 	case key == configPath:
-		b.resetConfig()
+		b.cache.resetConfig()
 	case strings.HasPrefix(key, rolePrefix):
-		b.resetRole(strings.TrimPrefix(key, rolePrefix))
+		b.cache.resetRole(strings.TrimPrefix(key, rolePrefix))
 	}
 }
 
 func (b *backend) clean(_ context.Context) {
-	b.resetConfig()
-	b.mu.Lock()
-	b.roles = make(map[string]*roleEntry)
-	b.mu.Unlock()
-}
-
-// resetConfig drops the cached config and everything built from it. Requests already
-// under way keep the client they hold and finish with it.
-func (b *backend) resetConfig() {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.gen++
-	b.config = nil
-	b.clients = make(map[string]*client.Client)
-	b.tokens = make(map[string]*client.Token)
-	if b.httpClient != nil {
-		b.httpClient.CloseIdleConnections()
-		b.httpClient = nil
-	}
-}
-
-// resetRole drops a role and all reused tokens. Tokens are keyed by what they were
-// granted for, not by role, and a role write is rare: dropping them all is simpler than
-// tracking which roles share a token, and costs at most one grant per key.
-func (b *backend) resetRole(name string) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.gen++
-	delete(b.roles, name)
-	b.tokens = make(map[string]*client.Token)
+	b.cache.resetAll()
 }

@@ -24,9 +24,11 @@ const (
 	defaultRequestTimeout = 30 * time.Second
 	maxRequestTimeout     = 5 * time.Minute
 
-	// Vault cancels a request after max_request_duration, 90s unless raised; a token read
-	// with all its retries must end before that so the reader gets our error, not Vault's.
-	defaultTotalTimeout = 60 * time.Second
+	// A token read with all its retries must end before its reader gives up, so the
+	// reader gets our error rather than its own timeout: the vault CLI and vault/api
+	// wait 60s by default, and Vault itself cancels a request after max_request_duration
+	// (90s unless raised), which bounds the maximum.
+	defaultTotalTimeout = 45 * time.Second
 	maxTotalTimeout     = 85 * time.Second
 	defaultMaxRetries   = 3
 	maxMaxRetries       = 10
@@ -41,19 +43,15 @@ type cyberarkConfig struct {
 	TenantURL    string `json:"tenant_url"`
 	AppID        string `json:"app_id,omitempty"`
 	ClientID     string `json:"client_id"`
-	ClientSecret string `json:"client_secret"`
-	// PendingClientSecret is where root rotation will keep a new secret while it is set
-	// at the tenant, so that a crash between the tenant's change and this write cannot
-	// lose the only copy. Nothing sets it yet.
-	PendingClientSecret string        `json:"pending_client_secret,omitempty"`
-	Scopes              []string      `json:"scopes,omitempty"`
-	TokenURL            string        `json:"token_url,omitempty"`
-	ClientAuth          string        `json:"client_auth"`
-	CACert              string        `json:"ca_cert,omitempty"`
-	RequestTimeout      time.Duration `json:"request_timeout"`
-	TotalTimeout        time.Duration `json:"total_timeout"`
-	MaxRetries          int           `json:"max_retries"`
-	RevokeURL           string        `json:"revoke_url,omitempty"`
+	ClientSecret   string        `json:"client_secret"`
+	Scopes         []string      `json:"scopes,omitempty"`
+	TokenURL       string        `json:"token_url,omitempty"`
+	ClientAuth     string        `json:"client_auth"`
+	CACert         string        `json:"ca_cert,omitempty"`
+	RequestTimeout time.Duration `json:"request_timeout"`
+	TotalTimeout   time.Duration `json:"total_timeout"`
+	MaxRetries     int           `json:"max_retries"`
+	RevokeURL      string        `json:"revoke_url,omitempty"`
 	// RevokeTokens is nil until set, so the default can follow token_url and revoke_url.
 	RevokeTokens *bool `json:"revoke_tokens,omitempty"`
 }
@@ -119,8 +117,7 @@ func pathConfig(b *backend) *framework.Path {
 		Fields: map[string]*framework.FieldSchema{
 			"tenant_url": {
 				Type:        framework.TypeString,
-				Description: "Base URL of the CyberArk Identity tenant, e.g. https://abc1234.id.cyberark.cloud. https only; http is accepted for loopback hosts.",
-				Required:    true,
+				Description: "Base URL of the CyberArk Identity tenant, e.g. https://abc1234.id.cyberark.cloud. https only; http is accepted for loopback hosts. Required unless token_url is set. Changing it requires client_secret in the same write.",
 			},
 			"app_id": {
 				Type:        framework.TypeString,
@@ -128,12 +125,12 @@ func pathConfig(b *backend) *framework.Path {
 			},
 			"client_id": {
 				Type:        framework.TypeString,
-				Description: "Login name of the service user that is the confidential client, e.g. svc-vault@abc1234.",
+				Description: "Login name of the service user that is the confidential client, e.g. svc-vault@abc1234. Changing it requires client_secret in the same write.",
 				Required:    true,
 			},
 			"client_secret": {
 				Type:         framework.TypeString,
-				Description:  "Password of the service user. Required when the config is created; never returned by a read.",
+				Description:  "Password of the service user. Required when the config is created, and in any write that changes where it is sent (tenant_url, token_url, revoke_url, client_id, client_auth, ca_cert, or app_id when it moves an endpoint); never returned by a read.",
 				DisplayAttrs: &framework.DisplayAttributes{Sensitive: true},
 			},
 			"scopes": {
@@ -161,7 +158,7 @@ func pathConfig(b *backend) *framework.Path {
 			},
 			"total_timeout": {
 				Type:        framework.TypeDurationSecond,
-				Description: "Time limit for a whole token read or revocation, all retries and waits included; at most 85s so it ends within Vault's request timeout.",
+				Description: "Time limit for a whole token read or revocation, all retries and waits included. The default stays below the 60s timeout of the vault CLI and vault/api; at most 85s, within Vault's max_request_duration.",
 				Default:     int(defaultTotalTimeout.Seconds()),
 			},
 			"max_retries": {
@@ -205,7 +202,10 @@ func pathConfig(b *backend) *framework.Path {
 		HelpSynopsis: "Configure the CyberArk Identity tenant and confidential client.",
 		HelpDescription: `Stores the tenant URL, the OAuth2 application ID and the confidential client's
 ID and secret. An update that leaves a field out keeps its stored value, so the secret
-alone can be rotated with "vault write <mount>/config client_secret=...". Unless
+alone can be rotated with "vault write <mount>/config client_secret=...". A write that
+changes where the secret or tokens are sent (tenant_url, token_url, revoke_url,
+client_id, client_auth, ca_cert, or app_id when it moves an endpoint) must carry
+client_secret too: a stored secret is never sent to a new destination. Unless
 verify_connection=false, a write first fetches a token with the new settings and is
 refused, storing nothing, if the tenant refuses.`,
 	}
@@ -217,7 +217,7 @@ func (b *backend) pathConfigExists(ctx context.Context, req *logical.Request, _ 
 }
 
 func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
-	cfg, _, err := b.getConfig(ctx, req.Storage)
+	cfg, err := readConfig(ctx, req.Storage)
 	if err != nil || cfg == nil {
 		return nil, err
 	}
@@ -247,7 +247,7 @@ func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, _ 
 	if err := req.Storage.Delete(ctx, configPath); err != nil {
 		return nil, fmt.Errorf("deleting config: %w", err)
 	}
-	b.resetConfig()
+	b.cache.resetConfig()
 	return nil, nil
 }
 
@@ -263,6 +263,10 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		return nil, err
 	}
 	creating := cfg == nil
+	var old cyberarkConfig
+	if !creating {
+		old = *cfg
+	}
 	if creating {
 		cfg = &cyberarkConfig{
 			ClientAuth:     clientAuthBasic,
@@ -281,16 +285,19 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	if v, ok := d.GetOk("client_id"); ok {
 		cfg.ClientID = v.(string)
 	}
-	if v, ok := d.GetOk("client_secret"); ok {
-		cfg.ClientSecret = v.(string)
+	_, secretGiven := d.GetOk("client_secret")
+	if secretGiven {
+		cfg.ClientSecret = d.Get("client_secret").(string)
 		switch {
 		case cfg.ClientSecret == "":
 			problems.add("client_secret", "must not be empty")
 		case strings.TrimSpace(cfg.ClientSecret) != cfg.ClientSecret:
 			// Almost always a newline from "echo" or a file; the tenant would refuse it.
 			problems.add("client_secret", "must not begin or end with white space or a newline (write it with printf '%%s', not echo)")
-		case strings.ContainsFunc(cfg.ClientSecret, func(r rune) bool { return r < ' ' || r == 0x7f }):
-			problems.add("client_secret", "must not contain control characters")
+		default:
+			if err := checkText(cfg.ClientSecret, maxClientSecretLength); err != nil {
+				problems.add("client_secret", "%s", err)
+			}
 		}
 	}
 	if v, ok := d.GetOk("scopes"); ok {
@@ -325,6 +332,12 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		cfg.RevokeTokens = &revoke
 	}
 	problems = append(problems, cfg.validate(creating)...)
+	if !creating && !secretGiven {
+		if moved := old.destinationChanges(cfg); len(moved) > 0 {
+			problems.add("client_secret", "must be given again in the same write, because %s changes where the secret or tokens are sent; the stored secret is never sent to a new destination",
+				strings.Join(moved, ", "))
+		}
+	}
 	if resp := problems.response(); resp != nil {
 		return resp, nil
 	}
@@ -342,17 +355,44 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	if err := req.Storage.Put(ctx, entry); err != nil {
 		return nil, fmt.Errorf("storing config: %w", err)
 	}
-	b.resetConfig()
+	b.cache.resetConfig()
 	return nil, nil
+}
+
+// destinationChanges names the fields whose change from c to next moves where the
+// client secret or issued tokens go, or whom the engine trusts to be that destination.
+// A writer who may update the config but not read it could otherwise point the engine
+// at a server of theirs and collect the stored secret.
+func (c *cyberarkConfig) destinationChanges(next *cyberarkConfig) []string {
+	var moved []string
+	changed := func(field string, a, b string) {
+		if a != b {
+			moved = append(moved, field)
+		}
+	}
+	changed("tenant_url", c.TenantURL, next.TenantURL)
+	changed("token_url", c.TokenURL, next.TokenURL)
+	changed("revoke_url", c.RevokeURL, next.RevokeURL)
+	changed("client_id", c.ClientID, next.ClientID)
+	changed("client_auth", c.ClientAuth, next.ClientAuth)
+	changed("ca_cert", c.CACert, next.CACert)
+	if c.AppID != next.AppID && (c.tokenEndpoint(c.AppID) != next.tokenEndpoint(next.AppID) ||
+		c.revokeEndpoint(c.AppID) != next.revokeEndpoint(next.AppID)) {
+		moved = append(moved, "app_id")
+	}
+	return moved
 }
 
 // validate checks the merged config: required fields and values that must agree.
 func (c *cyberarkConfig) validate(creating bool) fieldErrors {
 	var problems fieldErrors
-	if c.TenantURL == "" {
-		problems.add("tenant_url", "is required: the tenant's base URL, e.g. https://abc1234.id.cyberark.cloud")
-	} else if _, err := checkEndpointURL(c.TenantURL, false); err != nil {
-		problems.add("tenant_url", "%s", err)
+	switch {
+	case c.TenantURL != "":
+		if _, err := checkEndpointURL(c.TenantURL, false); err != nil {
+			problems.add("tenant_url", "%s", err)
+		}
+	case c.TokenURL == "":
+		problems.add("tenant_url", "is required unless token_url is set: the tenant's base URL, e.g. https://abc1234.id.cyberark.cloud")
 	}
 	if c.TokenURL != "" {
 		if _, err := checkEndpointURL(c.TokenURL, true); err != nil {
@@ -370,8 +410,10 @@ func (c *cyberarkConfig) validate(creating bool) fieldErrors {
 	switch {
 	case c.ClientID == "":
 		problems.add("client_id", "is required: the service user's login name")
-	case strings.ContainsFunc(c.ClientID, func(r rune) bool { return r < ' ' || r == 0x7f }):
-		problems.add("client_id", "must not contain control characters")
+	case strings.TrimSpace(c.ClientID) != c.ClientID:
+		problems.add("client_id", "must not begin or end with white space")
+	case checkText(c.ClientID, maxClientIDLength) != nil:
+		problems.add("client_id", "%s", checkText(c.ClientID, maxClientIDLength))
 	case c.ClientAuth == clientAuthBasic && strings.Contains(c.ClientID, ":"):
 		problems.add("client_id", `must not contain ":" with client_auth=basic (Basic authentication splits at the first colon); use client_auth=post`)
 	}
@@ -381,7 +423,9 @@ func (c *cyberarkConfig) validate(creating bool) fieldErrors {
 	if c.ClientAuth != clientAuthBasic && c.ClientAuth != clientAuthPost {
 		problems.add("client_auth", "must be %q or %q, got %q", clientAuthBasic, clientAuthPost, c.ClientAuth)
 	}
-	if c.CACert != "" {
+	if len(c.CACert) > maxCACertBytes {
+		problems.add("ca_cert", "must be at most %d bytes, got %d", maxCACertBytes, len(c.CACert))
+	} else if c.CACert != "" {
 		if err := checkCABundle(c.CACert); err != nil {
 			problems.add("ca_cert", "%s", err)
 		}
@@ -409,20 +453,16 @@ func (c *cyberarkConfig) validate(creating bool) fieldErrors {
 // verifyConfig fetches one token with cfg before it is stored. A refusal by the tenant
 // is the writer's to fix (400); a tenant that cannot be reached is not (502).
 func (b *backend) verifyConfig(ctx context.Context, cfg *cyberarkConfig) (*logical.Response, error) {
-	hc, err := client.NewHTTPClient(cfg.CACert, cfg.RequestTimeout)
+	c, err := b.newTenantClient(cfg, cfg.AppID)
 	if err != nil {
 		return logical.ErrorResponse("ca_cert: %s", err), nil
 	}
-	defer hc.CloseIdleConnections()
-	c, err := b.newTenantClient(cfg, cfg.AppID, hc)
-	if err != nil {
-		return nil, err
-	}
+	defer c.Close()
 	tok, err := b.grant(ctx, c, cfg.Scopes)
 	if err != nil {
 		b.Logger().Warn("config not stored: verification grant failed", "token_endpoint", cfg.tokenEndpoint(cfg.AppID), "error", err)
 		var te *client.Error
-		if errors.As(err, &te) && !te.Temporary() {
+		if errors.As(err, &te) && te.Refused() {
 			return logical.ErrorResponse("verify_connection: the tenant refused a token request with these settings, nothing was stored: %s", err), nil
 		}
 		return nil, logical.CodedError(http.StatusBadGateway,
@@ -441,17 +481,18 @@ func (b *backend) verifyConfig(ctx context.Context, cfg *cyberarkConfig) (*logic
 }
 
 // newTenantClient builds the client for one application of cfg.
-func (b *backend) newTenantClient(cfg *cyberarkConfig, appID string, hc *http.Client) (*client.Client, error) {
+func (b *backend) newTenantClient(cfg *cyberarkConfig, appID string) (*client.Client, error) {
 	return client.New(client.Config{
-		TokenURL:     cfg.tokenEndpoint(appID),
-		RevokeURL:    cfg.revokeEndpoint(appID),
-		ClientID:     cfg.ClientID,
-		ClientSecret: cfg.ClientSecret,
-		AuthStyle:    cfg.authStyle(),
-		UserAgent:    userAgent(),
-		HTTPClient:   hc,
-		Retry:        cfg.retryPolicy(),
-		Now:          b.now,
+		TokenURL:       cfg.tokenEndpoint(appID),
+		RevokeURL:      cfg.revokeEndpoint(appID),
+		ClientID:       cfg.ClientID,
+		ClientSecret:   cfg.ClientSecret,
+		AuthStyle:      cfg.authStyle(),
+		UserAgent:      userAgent(),
+		CACert:         cfg.CACert,
+		RequestTimeout: cfg.RequestTimeout,
+		Retry:          cfg.retryPolicy(),
+		Now:            b.now,
 	})
 }
 
@@ -468,69 +509,6 @@ func readConfig(ctx context.Context, s logical.Storage) (*cyberarkConfig, error)
 		return nil, fmt.Errorf("decoding stored config: %w", err)
 	}
 	return cfg, nil
-}
-
-// getConfig returns the cached config, reading storage on a miss, and the cache
-// generation it belongs to. The config is shared: callers must not modify it.
-func (b *backend) getConfig(ctx context.Context, s logical.Storage) (*cyberarkConfig, uint64, error) {
-	b.mu.RLock()
-	cfg, gen := b.config, b.gen
-	b.mu.RUnlock()
-	if cfg != nil {
-		return cfg, gen, nil
-	}
-	cfg, err := readConfig(ctx, s)
-	if err != nil || cfg == nil {
-		return nil, gen, err
-	}
-	b.mu.Lock()
-	if b.gen == gen && b.config == nil {
-		b.config = cfg
-	}
-	b.mu.Unlock()
-	return cfg, gen, nil
-}
-
-// getClient returns the tenant client for appID under cfg, which getConfig returned
-// with gen. It is cached while cfg is current; a request that read a config that has
-// since been replaced is served with what it read, by a client that is not kept.
-func (b *backend) getClient(cfg *cyberarkConfig, gen uint64, appID string) (*client.Client, error) {
-	b.mu.RLock()
-	c, current := b.clients[appID], b.gen == gen && b.config == cfg
-	b.mu.RUnlock()
-	if c != nil && current {
-		return c, nil
-	}
-	if current {
-		b.mu.Lock()
-		defer b.mu.Unlock()
-		current = b.gen == gen && b.config == cfg
-	}
-	if !current {
-		hc, err := client.NewHTTPClient(cfg.CACert, cfg.RequestTimeout)
-		if err != nil {
-			return nil, fmt.Errorf("stored ca_cert: %w", err)
-		}
-		// One request only: keeping its connections open would leak them.
-		hc.Transport.(*http.Transport).DisableKeepAlives = true
-		return b.newTenantClient(cfg, appID, hc)
-	}
-	if c := b.clients[appID]; c != nil {
-		return c, nil
-	}
-	if b.httpClient == nil {
-		hc, err := client.NewHTTPClient(cfg.CACert, cfg.RequestTimeout)
-		if err != nil {
-			return nil, fmt.Errorf("stored ca_cert: %w", err)
-		}
-		b.httpClient = hc
-	}
-	c, err := b.newTenantClient(cfg, appID, b.httpClient)
-	if err != nil {
-		return nil, err
-	}
-	b.clients[appID] = c
-	return c, nil
 }
 
 func nonNil(s []string) []string {

@@ -2,9 +2,12 @@ package cyberark
 
 import (
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/hashicorp/vault/sdk/logical"
@@ -234,6 +237,36 @@ func TestConfigInvalidInput(t *testing.T) {
 		{"revoke without endpoint", map[string]any{"token_url": "https://example.com/token", "revoke_tokens": true}, nil, "revoke_tokens"},
 		{"unknown field", map[string]any{"client_secert": "typo"}, nil, "client_secert"},
 		{"verify not bool", map[string]any{"verify_connection": "maybe"}, nil, "verify_connection"},
+		// Gaps an outside review found: each was stored before.
+		{"app_id dot", map[string]any{"app_id": "."}, nil, "app_id"},
+		{"app_id dot dot", map[string]any{"app_id": ".."}, nil, "app_id"},
+		{"app_id NEL", map[string]any{"app_id": "App\u0085"}, nil, "app_id"},
+		{"app_id CSI", map[string]any{"app_id": "App\u009b"}, nil, "app_id"},
+		{"app_id zero-width space", map[string]any{"app_id": "Vault\u200bApp"}, nil, "app_id"},
+		{"app_id line separator", map[string]any{"app_id": "App\u2028"}, nil, "app_id"},
+		{"app_id bidi override", map[string]any{"app_id": "\u202eppA"}, nil, "app_id"},
+		{"client_id NEL", map[string]any{"client_id": "svc\u0085@x"}, nil, "client_id"},
+		{"client_id zero-width space", map[string]any{"client_id": "svc\u200b@x"}, nil, "client_id"},
+		{"client_id bidi override", map[string]any{"client_id": "svc@x\u202e"}, nil, "client_id"},
+		{"client_id leading space", map[string]any{"client_id": " " + testClientID}, nil, "client_id"},
+		{"client_id replacement char", map[string]any{"client_id": "svc\ufffd@x"}, nil, "client_id"},
+		{"client_id too long", map[string]any{"client_id": strings.Repeat("c", maxClientIDLength+1)}, nil, "client_id"},
+		{"client_secret NEL", map[string]any{"client_secret": "Secret\u0085Value"}, nil, "client_secret"},
+		{"client_secret CSI", map[string]any{"client_secret": "Secret\u009bValue"}, nil, "client_secret"},
+		{"client_secret zero-width space", map[string]any{"client_secret": "Secret\u200bValue"}, nil, "client_secret"},
+		{"client_secret line separator", map[string]any{"client_secret": "Secret\u2028Value"}, nil, "client_secret"},
+		{"client_secret bidi override", map[string]any{"client_secret": "Secret\u202eValue"}, nil, "client_secret"},
+		{"client_secret 1 MB", map[string]any{"client_secret": strings.Repeat("S", 1<<20)}, nil, "client_secret"},
+		{"tenant_url port 0", map[string]any{"tenant_url": "https://abc.id.cyberark.cloud:0"}, nil, "tenant_url"},
+		{"tenant_url port 99999", map[string]any{"tenant_url": "https://abc.id.cyberark.cloud:99999"}, nil, "tenant_url"},
+		{"tenant_url empty port", map[string]any{"tenant_url": "https://abc.id.cyberark.cloud:"}, nil, "tenant_url"},
+		{"tenant_url dot segments", map[string]any{"tenant_url": "https://abc.id.cyberark.cloud/a/../b"}, nil, "tenant_url"},
+		{"tenant_url 1 MB", map[string]any{"tenant_url": "https://abc.id.cyberark.cloud/" + strings.Repeat("p", 1<<20)}, nil, "tenant_url"},
+		{"token_url port 99999", map[string]any{"token_url": "https://example.com:99999/token"}, nil, "token_url"},
+		{"revoke_url port 0", map[string]any{"revoke_url": "https://example.com:0/revoke"}, nil, "revoke_url"},
+		{"app_id 1 MB", map[string]any{"app_id": strings.Repeat("a", 1<<20)}, nil, "app_id"},
+		{"scopes 1 MB", map[string]any{"scopes": strings.Repeat("s", 1<<20)}, nil, "scopes"},
+		{"ca_cert 1 MB", map[string]any{"ca_cert": strings.Repeat("A", 1<<20)}, nil, "ca_cert"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -248,6 +281,9 @@ func TestConfigInvalidInput(t *testing.T) {
 			}
 			resp, err := e.request(t, logical.CreateOperation, "config", data)
 			assertBadRequest(t, resp, err, tc.field)
+			if secret, _ := data["client_secret"].(string); len(secret) >= 8 && strings.Contains(resp.Error().Error(), secret) {
+				t.Error("the error message quotes the client secret")
+			}
 			if storedJSON(t, e.storage, "config") != "" {
 				t.Error("an invalid config was stored")
 			}
@@ -290,5 +326,89 @@ func TestConfigDelete(t *testing.T) {
 	assertBadRequest(t, resp, err, "not configured")
 	if resp := e.mustRequest(t, logical.ReadOperation, "config", nil); resp != nil {
 		t.Errorf("read after delete = %v, want nothing", resp.Data)
+	}
+}
+
+// TestConfigEndpointChangeNeedsSecret: a writer who may update the config but not read
+// it must not be able to send the stored secret, or tokens, to a server of its choosing.
+// Every change of where they go needs the secret in the same write; nothing reaches the
+// capture server and nothing is stored.
+func TestConfigEndpointChangeNeedsSecret(t *testing.T) {
+	t.Parallel()
+	var captured atomic.Int64
+	capture := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		captured.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"access_token":"captured","token_type":"Bearer","expires_in":3600}`))
+	}))
+	t.Cleanup(capture.Close)
+	capturePEM := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: capture.Certificate().Raw}))
+
+	cases := []struct {
+		name string
+		set  map[string]any
+	}{
+		{"tenant_url", map[string]any{"tenant_url": capture.URL, "ca_cert": capturePEM}},
+		{"tenant_url unverified", map[string]any{"tenant_url": capture.URL, "ca_cert": capturePEM, "verify_connection": false}},
+		{"token_url", map[string]any{"token_url": capture.URL + "/token", "ca_cert": capturePEM}},
+		{"revoke_url", map[string]any{"revoke_url": capture.URL + "/revoke"}},
+		{"client_id", map[string]any{"client_id": "svc-other@tenant.example", "verify_connection": false}},
+		{"client_auth", map[string]any{"client_auth": "post"}},
+		{"ca_cert", map[string]any{"ca_cert": capturePEM, "verify_connection": false}},
+		{"app_id", map[string]any{"app_id": "OtherApp"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newTestEnv(t)
+			e.configure(t)
+			before := storedJSON(t, e.storage, "config")
+			e.emu.Reset()
+			start := captured.Load()
+			resp, err := e.request(t, logical.UpdateOperation, "config", tc.set)
+			assertBadRequest(t, resp, err, "client_secret")
+			if msg := resp.Error().Error(); !strings.Contains(msg, "given again") {
+				t.Errorf("the error does not say the secret must be given again: %s", msg)
+			}
+			if after := storedJSON(t, e.storage, "config"); after != before {
+				t.Error("the stored config changed")
+			}
+			if n := captured.Load() - start; n != 0 {
+				t.Errorf("the capture server got %d requests", n)
+			}
+			if n := e.emu.Stats().TokenRequests; n != 0 {
+				t.Errorf("the tenant got %d token requests", n)
+			}
+		})
+	}
+
+	t.Run("with the secret", func(t *testing.T) {
+		t.Parallel()
+		e := newTestEnv(t)
+		e.configure(t)
+		// A change that moves nothing needs no secret.
+		e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"max_retries": 1, "scopes": "read"})
+		// The same move with a secret the writer knows is theirs to make.
+		e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{
+			"client_id": "svc-other@tenant.example", "client_secret": "An0ther-Secret", "verify_connection": false,
+		})
+	})
+}
+
+// TestConfigTokenURLWithoutTenantURL: a third-party token endpoint needs no tenant.
+func TestConfigTokenURLWithoutTenantURL(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	data := e.configData()
+	delete(data, "tenant_url")
+	delete(data, "app_id")
+	data["token_url"] = e.url + "/oauth2/token/" + testAppID
+	e.mustRequest(t, logical.CreateOperation, "config", data)
+	if tok := e.mustRequest(t, logical.ReadOperation, "token", nil); tok.Data["access_token"] == "" {
+		t.Error("no token")
+	}
+	got := e.mustRequest(t, logical.ReadOperation, "config", nil).Data
+	if got["tenant_url"] != "" || got["revoke_tokens"] != false || got["total_timeout"] != int64(45) {
+		t.Errorf("config = %v; want no tenant_url, revocation off, total_timeout 45", got)
 	}
 }

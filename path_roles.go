@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -42,11 +43,38 @@ func (r *roleEntry) reuseThreshold(lifetime time.Duration) time.Duration {
 	return max(r.ReuseMinRemaining, time.Duration(r.ReuseMinFraction*float64(lifetime)))
 }
 
-func (r *roleEntry) allowedScopes() []string {
-	if r.AllowedScopes != nil {
-		return r.AllowedScopes
+// scopeRule is what a token read asks the tenant for by default and what a reader may
+// narrow it to with the scope parameter, and where each comes from.
+type scopeRule struct {
+	Scopes      []string
+	Allowed     []string
+	ScopesFrom  string // "role" or "config"
+	AllowedFrom string // "role", or "scopes" when it defaults to the effective scopes
+}
+
+// effectiveScopes is the one statement of the scope rule, used by token reads, role
+// reads and role writes alike: a role's scopes, or the config's when it sets none; its
+// allowed_scopes, or those effective scopes when it sets none. The effective scopes
+// must be allowed. cfg may be nil (no config yet); role may be nil (a read of token).
+func effectiveScopes(cfg *cyberarkConfig, role *roleEntry) (scopeRule, error) {
+	rule := scopeRule{ScopesFrom: "config", AllowedFrom: "scopes"}
+	if cfg != nil {
+		rule.Scopes = cfg.Scopes
 	}
-	return r.Scopes
+	if role != nil && len(role.Scopes) > 0 {
+		rule.Scopes, rule.ScopesFrom = role.Scopes, "role"
+	}
+	rule.Allowed = rule.Scopes
+	if role != nil && role.AllowedScopes != nil {
+		rule.Allowed, rule.AllowedFrom = role.AllowedScopes, "role"
+	}
+	for _, s := range rule.Scopes {
+		if !slices.Contains(rule.Allowed, s) {
+			return rule, fmt.Errorf("the effective scopes [%s] (from the %s) include %q, which allowed_scopes [%s] does not; add it to allowed_scopes or set scopes on the role",
+				strings.Join(rule.Scopes, " "), rule.ScopesFrom, s, strings.Join(rule.Allowed, " "))
+		}
+	}
+	return rule, nil
 }
 
 func pathRoles(b *backend) []*framework.Path {
@@ -67,15 +95,17 @@ func pathRoles(b *backend) []*framework.Path {
 			HelpDescription: "Lists the names of the roles defined in this engine.",
 		},
 		{
-			Pattern: rolePrefix + framework.GenericNameRegex("name"),
+			// Any segment matches, so that a name in a spelling other than the canonical
+			// one gets a 400 that says so rather than an "unsupported path".
+			Pattern: rolePrefix + `(?P<name>[^/]+)$`,
 			DisplayAttrs: &framework.DisplayAttributes{
 				OperationPrefix: operationPrefix,
 				OperationSuffix: "role",
 			},
 			Fields: map[string]*framework.FieldSchema{
 				"name": {
-					Type:        framework.TypeLowerCaseString,
-					Description: "Name of the role.",
+					Type:        framework.TypeString,
+					Description: "Name of the role: lower-case letters, digits, '-', '_' and '.', starting and ending with a letter or digit, at most 128 characters. Other spellings are refused, never folded.",
 					Required:    true,
 				},
 				"scopes": {
@@ -96,7 +126,7 @@ func pathRoles(b *backend) []*framework.Path {
 				},
 				"revoke_tokens": {
 					Type:        framework.TypeBool,
-					Description: "Override the config's revoke_tokens for this role's leases. Tokens shared by token_reuse are never revoked.",
+					Description: "Override the config's revoke_tokens for this role's leases. Tokens shared by token_reuse are never revoked. true needs a revocation endpoint (revoke_url when the config sets token_url).",
 				},
 				"token_reuse": {
 					Type:        framework.TypeBool,
@@ -142,9 +172,25 @@ a field out keeps its stored value.`,
 	}
 }
 
+// pathRoleExists decides between create and update. A name that is not canonical is
+// reported as existing, so that the request reaches its handler, which refuses it, and
+// does not stop at a policy check for create that would hide the reason.
 func (b *backend) pathRoleExists(ctx context.Context, req *logical.Request, d *framework.FieldData) (bool, error) {
-	r, err := readRole(ctx, req.Storage, d.Get("name").(string))
+	name := d.Get("name").(string)
+	if checkRoleName(name) != nil {
+		return true, nil
+	}
+	r, err := readRole(ctx, req.Storage, name)
 	return r != nil, err
+}
+
+// roleName returns the request's role name, or a 400 when it is not canonical.
+func roleName(d *framework.FieldData, field string) (string, *logical.Response) {
+	name := d.Get(field).(string)
+	if err := checkRoleName(name); err != nil {
+		return "", logical.ErrorResponse("%s: %s", field, err)
+	}
+	return name, nil
 }
 
 func (b *backend) pathRoleList(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
@@ -156,34 +202,61 @@ func (b *backend) pathRoleList(ctx context.Context, req *logical.Request, _ *fra
 }
 
 func (b *backend) pathRoleRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	r, err := b.getRole(ctx, req.Storage, d.Get("name").(string))
+	name, resp := roleName(d, "name")
+	if resp != nil {
+		return resp, nil
+	}
+	r, err := readRole(ctx, req.Storage, name)
 	if err != nil || r == nil {
+		return nil, err
+	}
+	cfg, err := readConfig(ctx, req.Storage)
+	if err != nil {
 		return nil, err
 	}
 	var revoke any // null: inherited from the config
 	if r.RevokeTokens != nil {
 		revoke = *r.RevokeTokens
 	}
-	return &logical.Response{Data: map[string]any{
-		"scopes":              nonNil(r.Scopes),
-		"allowed_scopes":      nonNil(r.allowedScopes()),
-		"app_id":              r.AppID,
-		"ttl":                 int64(r.TTL.Seconds()),
-		"revoke_tokens":       revoke,
-		"token_reuse":         r.TokenReuse,
-		"reuse_min_remaining": int64(r.ReuseMinRemaining.Seconds()),
-		"reuse_min_fraction":  r.ReuseMinFraction,
-	}}, nil
+	var allowed any // null: the effective scopes
+	if r.AllowedScopes != nil {
+		allowed = r.AllowedScopes
+	}
+	rule, ruleErr := effectiveScopes(cfg, r)
+	resp = &logical.Response{Data: map[string]any{
+		"scopes":                   nonNil(r.Scopes),
+		"allowed_scopes":           allowed,
+		"effective_scopes":         nonNil(rule.Scopes),
+		"effective_allowed_scopes": nonNil(rule.Allowed),
+		"scopes_source":            rule.ScopesFrom,
+		"allowed_scopes_source":    rule.AllowedFrom,
+		"app_id":                   r.AppID,
+		"ttl":                      int64(r.TTL.Seconds()),
+		"revoke_tokens":            revoke,
+		"token_reuse":              r.TokenReuse,
+		"reuse_min_remaining":      int64(r.ReuseMinRemaining.Seconds()),
+		"reuse_min_fraction":       r.ReuseMinFraction,
+	}}
+	if ruleErr != nil {
+		resp.AddWarning("token reads of this role are refused until this is fixed: " + ruleErr.Error())
+	}
+	if cfg == nil {
+		resp.AddWarning("the engine is not configured: effective scopes will include the config's once it is")
+	}
+	return resp, nil
 }
 
 func (b *backend) pathRoleDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
-	name := d.Get("name").(string)
+	name, resp := roleName(d, "name")
+	if resp != nil {
+		return resp, nil
+	}
 	b.roleMu.Lock()
 	defer b.roleMu.Unlock()
 	if err := req.Storage.Delete(ctx, rolePrefix+name); err != nil {
 		return nil, fmt.Errorf("deleting role %q: %w", name, err)
 	}
-	b.resetRole(name)
+	b.cache.resetRole(name)
 	return nil, nil
 }
 
@@ -191,7 +264,10 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 	if resp := unknownFields(req, d); resp != nil {
 		return resp, nil
 	}
-	name := d.Get("name").(string)
+	name, resp := roleName(d, "name")
+	if resp != nil {
+		return resp, nil
+	}
 	b.roleMu.Lock()
 	defer b.roleMu.Unlock()
 	r, err := readRole(ctx, req.Storage, name)
@@ -247,12 +323,15 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 			problems.add("reuse_min_fraction", "must be between 0 and 0.9, got %v", v)
 		}
 	}
-	if r.AllowedScopes != nil {
-		for _, s := range r.Scopes {
-			if !slices.Contains(r.AllowedScopes, s) {
-				problems.add("scopes", "%q is not in allowed_scopes (%v); a role must be allowed its own scopes", s, r.AllowedScopes)
-			}
-		}
+	cfg, err := readConfig(ctx, req.Storage)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := effectiveScopes(cfg, r); err != nil {
+		problems.add("allowed_scopes", "%s", err)
+	}
+	if cfg != nil && r.RevokeTokens != nil && *r.RevokeTokens && cfg.revokeEndpoint(appFor(cfg, r)) == "" {
+		problems.add("revoke_tokens", "cannot be true: the config sets token_url without revoke_url, so there is no revocation endpoint; set revoke_url in the config first")
 	}
 	if resp := problems.response(); resp != nil {
 		return resp, nil
@@ -264,8 +343,17 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 	if err := req.Storage.Put(ctx, entry); err != nil {
 		return nil, fmt.Errorf("storing role %q: %w", name, err)
 	}
-	b.resetRole(name)
+	b.cache.resetRole(name)
 	return nil, nil
+}
+
+// appFor is the application a role's tokens come from: its own app_id, else the
+// config's.
+func appFor(cfg *cyberarkConfig, role *roleEntry) string {
+	if role != nil && role.AppID != "" {
+		return role.AppID
+	}
+	return cfg.AppID
 }
 
 func readRole(ctx context.Context, s logical.Storage, name string) (*roleEntry, error) {
@@ -280,26 +368,5 @@ func readRole(ctx context.Context, s logical.Storage, name string) (*roleEntry, 
 	if err := entry.DecodeJSON(r); err != nil {
 		return nil, fmt.Errorf("decoding role %q: %w", name, err)
 	}
-	return r, nil
-}
-
-// getRole returns the cached role, reading storage on a miss. The result is shared:
-// callers must not modify it.
-func (b *backend) getRole(ctx context.Context, s logical.Storage, name string) (*roleEntry, error) {
-	b.mu.RLock()
-	r, gen := b.roles[name], b.gen
-	b.mu.RUnlock()
-	if r != nil {
-		return r, nil
-	}
-	r, err := readRole(ctx, s, name)
-	if err != nil || r == nil {
-		return nil, err
-	}
-	b.mu.Lock()
-	if b.gen == gen {
-		b.roles[name] = r
-	}
-	b.mu.Unlock()
 	return r, nil
 }

@@ -1,8 +1,9 @@
 package cyberark
 
 import (
-	"errors"
+	"fmt"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/hashicorp/vault/sdk/logical"
@@ -18,7 +19,9 @@ func TestRoleCRUD(t *testing.T) {
 
 	got := e.mustRequest(t, logical.ReadOperation, "roles/reader", nil).Data
 	want := map[string]any{
-		"scopes": []string{"read"}, "allowed_scopes": []string{"read"}, "app_id": "", "ttl": int64(600),
+		"scopes": []string{"read"}, "allowed_scopes": nil, "app_id": "", "ttl": int64(600),
+		"effective_scopes": []string{"read"}, "effective_allowed_scopes": []string{"read"},
+		"scopes_source": "role", "allowed_scopes_source": "scopes",
 		"revoke_tokens": nil, "token_reuse": false, "reuse_min_remaining": int64(300), "reuse_min_fraction": 0.1,
 	}
 	if !reflect.DeepEqual(got, want) {
@@ -29,7 +32,7 @@ func TestRoleCRUD(t *testing.T) {
 	// it was never set.
 	e.mustRequest(t, logical.UpdateOperation, "roles/reader", map[string]any{"scopes": "read write"})
 	got = e.mustRequest(t, logical.ReadOperation, "roles/reader", nil).Data
-	if !reflect.DeepEqual(got["allowed_scopes"], []string{"read", "write"}) || got["ttl"] != int64(600) {
+	if !reflect.DeepEqual(got["effective_allowed_scopes"], []string{"read", "write"}) || got["allowed_scopes"] != nil || got["ttl"] != int64(600) {
 		t.Errorf("after partial update: %v", got)
 	}
 
@@ -56,7 +59,15 @@ func TestRoleInvalidInput(t *testing.T) {
 	}{
 		{"bad scope", map[string]any{"scopes": "re\\ad"}, "scopes"},
 		{"bad allowed scope", map[string]any{"allowed_scopes": "ok,\x01"}, "allowed_scopes"},
-		{"scope outside allowed", map[string]any{"scopes": "admin", "allowed_scopes": "read"}, "scopes"},
+		{"scope outside allowed", map[string]any{"scopes": "admin", "allowed_scopes": "read"}, "allowed_scopes"},
+		{"too many scopes", map[string]any{"scopes": manyScopes(maxScopes + 1)}, "scopes"},
+		{"scope too long", map[string]any{"scopes": strings.Repeat("s", 257)}, "scopes"},
+		{"app_id dot", map[string]any{"app_id": "."}, "app_id"},
+		{"app_id dot dot", map[string]any{"app_id": ".."}, "app_id"},
+		{"app_id zero-width space", map[string]any{"app_id": "App\u200b"}, "app_id"},
+		{"app_id bidi override", map[string]any{"app_id": "\u202eppA"}, "app_id"},
+		{"app_id C1 control", map[string]any{"app_id": "App\u0085"}, "app_id"},
+		{"app_id too long", map[string]any{"app_id": strings.Repeat("a", 257)}, "app_id"},
 		{"bad app_id", map[string]any{"app_id": "x?y"}, "app_id"},
 		{"negative ttl", map[string]any{"ttl": -5}, "ttl"},
 		{"garbage ttl", map[string]any{"ttl": "forever"}, "ttl"},
@@ -79,16 +90,98 @@ func TestRoleInvalidInput(t *testing.T) {
 	}
 }
 
-func TestRoleNameMustBeSimple(t *testing.T) {
+// TestRoleNameHasOneSpelling: Vault policies match paths exactly, so a role name that
+// could be spelled two ways (token/admin, token/ADMIN) would let a reader escape a deny
+// on one spelling. Every other spelling is a 400 on every role and token path, and
+// nothing is stored or granted.
+func TestRoleNameHasOneSpelling(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t)
-	for _, name := range []string{"a/b", "-lead", "trail-", "sp ace"} {
-		_, err := e.request(t, logical.CreateOperation, "roles/"+name, map[string]any{"scopes": "read"})
-		if !errors.Is(err, logical.ErrUnsupportedPath) {
-			t.Errorf("role name %q: err = %v, want unsupported path", name, err)
+	e.configure(t)
+	e.mustRequest(t, logical.CreateOperation, "roles/admin", map[string]any{"scopes": "admin"})
+	before := storedJSON(t, e.storage, "roles/admin")
+	e.emu.Reset()
+	bad := []string{"ADMIN", "Admin", "adMin", "-lead", "trail-", "_under", "sp ace", "dot.", "a\u200bb",
+		"\u0430dmin", strings.Repeat("a", maxRoleNameLength+1)}
+	for _, name := range bad {
+		for _, op := range []struct {
+			op   logical.Operation
+			path string
+		}{
+			{logical.CreateOperation, "roles/"},
+			{logical.UpdateOperation, "roles/"},
+			{logical.ReadOperation, "roles/"},
+			{logical.DeleteOperation, "roles/"},
+			{logical.ReadOperation, "token/"},
+		} {
+			var data map[string]any
+			if op.op == logical.CreateOperation || op.op == logical.UpdateOperation {
+				data = map[string]any{"scopes": "read"}
+			}
+			resp, err := e.request(t, op.op, op.path+name, data)
+			if err != nil || resp == nil || !resp.IsError() || !strings.Contains(resp.Error().Error(), "canonical form") {
+				t.Errorf("%s %s%.20q: got (%v, %v), want a 400 saying the name is not in canonical form", op.op, op.path, name, resp, err)
+			}
 		}
 	}
-	if keys, _ := e.storage.List(t.Context(), "roles/"); len(keys) != 0 {
-		t.Errorf("stored roles %v", keys)
+	if keys, _ := e.storage.List(t.Context(), "roles/"); !reflect.DeepEqual(keys, []string{"admin"}) {
+		t.Errorf("stored roles %v, want only admin", keys)
 	}
+	if after := storedJSON(t, e.storage, "roles/admin"); after != before {
+		t.Errorf("role admin changed: %s -> %s", before, after)
+	}
+	if n := e.emu.Stats().TokenRequests; n != 0 {
+		t.Errorf("the tenant got %d token requests from refused names", n)
+	}
+	// The longest canonical name is accepted.
+	e.mustRequest(t, logical.CreateOperation, "roles/"+strings.Repeat("a", maxRoleNameLength), map[string]any{"scopes": "read"})
+}
+
+// TestRoleRevokeTokensNeedsAnEndpoint: with token_url and no revoke_url there is nowhere
+// to revoke, so a role cannot ask for it.
+func TestRoleRevokeTokensNeedsAnEndpoint(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	data := e.configData()
+	data["token_url"] = e.url + "/oauth2/token/" + testAppID
+	e.mustRequest(t, logical.CreateOperation, "config", data)
+	resp, err := e.request(t, logical.CreateOperation, "roles/r", map[string]any{"revoke_tokens": true})
+	assertBadRequest(t, resp, err, "revoke_tokens")
+	if storedJSON(t, e.storage, "roles/r") != "" {
+		t.Error("the role was stored")
+	}
+	e.mustRequest(t, logical.CreateOperation, "roles/r", map[string]any{"revoke_tokens": false})
+}
+
+// TestRoleReadShowsWhatATokenReadAllows: the role read states the same scope rule as
+// token reads, including scopes inherited from the config.
+func TestRoleReadShowsWhatATokenReadAllows(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	data := e.configData()
+	data["scopes"] = "read,write"
+	e.mustRequest(t, logical.CreateOperation, "config", data)
+	e.mustRequest(t, logical.CreateOperation, "roles/bare", nil)
+	got := e.mustRequest(t, logical.ReadOperation, "roles/bare", nil).Data
+	if !reflect.DeepEqual(got["effective_scopes"], []string{"read", "write"}) ||
+		!reflect.DeepEqual(got["effective_allowed_scopes"], []string{"read", "write"}) ||
+		got["scopes_source"] != "config" || got["allowed_scopes_source"] != "scopes" || got["allowed_scopes"] != nil {
+		t.Errorf("role read = %v, want the config's scopes shown as effective and inherited", got)
+	}
+	// And a token read allows exactly that.
+	for _, s := range []string{"read", "write"} {
+		if tok := e.mustRequest(t, logical.ReadOperation, "token/bare", map[string]any{"scope": s}); tok.Data["scope"] != s {
+			t.Errorf("scope=%s gave %v", s, tok.Data["scope"])
+		}
+	}
+	resp, err := e.request(t, logical.ReadOperation, "token/bare", map[string]any{"scope": "admin"})
+	assertBadRequest(t, resp, err, "scope")
+}
+
+func manyScopes(n int) string {
+	s := make([]string, n)
+	for i := range s {
+		s[i] = fmt.Sprintf("s%d", i)
+	}
+	return strings.Join(s, ",")
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -34,8 +33,8 @@ func pathToken(b *backend) []*framework.Path {
 	}
 	roleFields := map[string]*framework.FieldSchema{
 		"role": {
-			Type:        framework.TypeLowerCaseString,
-			Description: "Name of the role.",
+			Type:        framework.TypeString,
+			Description: "Name of the role, in its one canonical spelling (lower case); other spellings are refused, never folded.",
 			Required:    true,
 		},
 		"scope": fields["scope"],
@@ -61,7 +60,9 @@ margin (a tenth of expires_in, between 1s and 60s). Leases are not renewable: re
 again for a new token.`,
 		},
 		{
-			Pattern:      "token/" + framework.GenericNameRegex("role"),
+			// Any segment matches, so that a name in another spelling than the canonical
+			// one gets a 400 that says so.
+			Pattern:      "token/(?P<role>[^/]+)$",
 			DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix},
 			Fields:       roleFields,
 			Operations:   op("role-token"),
@@ -73,92 +74,143 @@ remaining lifetime less a safety margin, further bounded by the role's ttl.`,
 	}
 }
 
+// pathTokenRead is a token read from start to end: one consistent view of the settings
+// (cache.go), the grant it asks for (tokenPlan), a token from the tenant or from the
+// reuse cache (client.Token, then client/retry.go to the wire), and the lease.
 func (b *backend) pathTokenRead(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	if resp := unknownFields(req, d); resp != nil {
 		return resp, nil
 	}
-	cfg, gen, err := b.getConfig(ctx, req.Storage)
+	name := ""
+	if _, ok := d.Raw["role"]; ok {
+		var resp *logical.Response
+		if name, resp = roleName(d, "role"); resp != nil {
+			return resp, nil
+		}
+	}
+	v, err := b.cache.view(ctx, req.Storage, name, "")
 	if err != nil {
 		return nil, err
 	}
-	if cfg == nil {
+	switch {
+	case v.config == nil:
 		return logical.ErrorResponse("the engine is not configured: write %sconfig first", req.MountPoint), nil
+	case name != "" && v.role == nil:
+		return logical.ErrorResponse("role: %q does not exist", name), nil
 	}
-
-	roleName := ""
-	if v, ok := d.Raw["role"]; ok && v != nil {
-		roleName = d.Get("role").(string)
+	var asked []string
+	if raw, ok := d.GetOk("scope"); ok {
+		asked = splitScopes(raw.([]string))
 	}
-	var role *roleEntry
-	if roleName != "" {
-		if role, err = b.getRole(ctx, req.Storage, roleName); err != nil {
-			return nil, err
-		}
-		if role == nil {
-			return logical.ErrorResponse("role: %q does not exist", roleName), nil
-		}
-	}
-	appID, scopes, allowed, resp := resolveGrant(cfg, roleName, role)
+	plan, resp := newTokenPlan(v, name, asked)
 	if resp != nil {
 		return resp, nil
 	}
-	if v, ok := d.GetOk("scope"); ok {
-		if asked := splitScopes(v.([]string)); len(asked) > 0 {
-			for _, s := range asked {
-				if !slices.Contains(allowed, s) {
-					return logical.ErrorResponse("scope: %q is not allowed here; allowed scopes: [%s]", s, strings.Join(allowed, " ")), nil
-				}
-			}
-			scopes = asked
-		}
-	}
 
-	c, err := b.getClient(cfg, gen, appID)
-	if err != nil {
-		return nil, err
-	}
-	revoke := cfg.revokes()
-	if role != nil && role.RevokeTokens != nil {
-		revoke = *role.RevokeTokens
-	}
-	shared := role != nil && role.TokenReuse
 	var tok *client.Token
-	if shared {
-		tok, err = b.reusedToken(ctx, c, gen, reuseKey(appID, scopes), scopes, role)
+	if plan.shared {
+		var hit bool
+		tok, hit, err = b.cache.sharedToken(ctx, v, plan.reuseKey(),
+			func(t *client.Token) bool { return b.reusable(t, v.role) },
+			func(ctx context.Context) (*client.Token, error) { return b.grant(ctx, v.client, plan.scopes) })
+		b.count(metricReuse, "result", map[bool]string{true: "hit", false: "miss"}[hit])
 	} else {
-		tok, err = b.grant(ctx, c, scopes)
+		tok, err = b.grant(ctx, v.client, plan.scopes)
 	}
 	if err != nil {
-		b.Logger().Error("token request failed", "role", roleName, "app_id", appID, "error", err)
+		b.Logger().Error("token request failed", "role", name, "app_id", plan.appID, "error", err)
 		return nil, tenantFailure("getting a token", err)
 	}
+	return b.tokenLease(v, plan, tok)
+}
 
+// tokenPlan is what one token read asks the tenant for and how its lease behaves.
+type tokenPlan struct {
+	role     string
+	appID    string
+	scopes   []string
+	shared   bool // token_reuse: the token may be handed to other readers too
+	revoke   bool // the lease's end revokes the token at the tenant
+	warnings []string
+}
+
+// newTokenPlan applies the role (if any) and the reader's scope parameter to the
+// config. A conflict in the settings or a scope the reader may not ask for is a 400.
+func newTokenPlan(v *view, name string, asked []string) (*tokenPlan, *logical.Response) {
+	cfg, role := v.config, v.role
+	p := &tokenPlan{role: name, appID: appFor(cfg, role)}
+	if role != nil && role.AppID != "" && cfg.TokenURL != "" {
+		return nil, logical.ErrorResponse("app_id: role %q sets app_id, but the config's token_url replaces per-application endpoints; remove one of them", name)
+	}
+	rule, err := effectiveScopes(cfg, role)
+	if err != nil {
+		return nil, logical.ErrorResponse("allowed_scopes: role %q: %s", name, err)
+	}
+	p.scopes = rule.Scopes
+	if len(asked) > 0 {
+		if err := checkScopes(asked); err != nil {
+			return nil, logical.ErrorResponse("scope: %s", err)
+		}
+		for _, s := range asked {
+			if !slices.Contains(rule.Allowed, s) {
+				return nil, logical.ErrorResponse("scope: %q is not allowed here; allowed scopes: [%s]", s, strings.Join(rule.Allowed, " "))
+			}
+		}
+		p.scopes = asked
+	}
+	p.shared = role != nil && role.TokenReuse
+	p.revoke = cfg.revokes()
+	if role != nil && role.RevokeTokens != nil {
+		p.revoke = *role.RevokeTokens
+	}
+	if p.shared {
+		p.revoke = false // other leases still hold the token
+	}
+	if p.revoke && cfg.revokeEndpoint(p.appID) == "" {
+		// A config change since the role was written can leave no endpoint; a lease
+		// that could never be revoked must not be marked as revocable.
+		p.revoke = false
+		p.warnings = append(p.warnings, "revoke_tokens is on, but the config has token_url and no revoke_url: this token will not be revoked at the tenant when its lease ends")
+	}
+	return p, nil
+}
+
+// reuseKey identifies what a token was granted for: the same app and scope set get the
+// same token. The client is the config's, and a config write empties the cache.
+func (p *tokenPlan) reuseKey() string {
+	set := slices.Clone(p.scopes)
+	slices.Sort(set)
+	return p.appID + "\n" + strings.Join(slices.Compact(set), " ")
+}
+
+// tokenLease wraps a token in a non-renewable lease that ends before the token does.
+func (b *backend) tokenLease(v *view, p *tokenPlan, tok *client.Token) (*logical.Response, error) {
 	now := b.now()
-	ttl, warning, err := leaseTTL(tok, now, role)
+	ttl, warning, err := leaseTTL(tok, now, v.role)
 	if err != nil {
 		return nil, tenantFailure("getting a token", err)
 	}
 	expiresIn := tok.ExpiresIn
-	if shared {
+	if p.shared {
 		// A reused token has lived part of its life: what a client computes from
 		// expires_in must not outlast it.
 		expiresIn = int64(tok.Expiry.Sub(now) / time.Second)
 	}
 	internal := map[string]any{
-		"role":       roleName,
-		"app_id":     appID,
-		"client_id":  cfg.ClientID,
+		"role":       p.role,
+		"app_id":     p.appID,
+		"client_id":  v.config.ClientID,
 		"expires_at": tok.Expiry.Unix(),
-		"shared":     shared,
-		"revoke":     revoke && !shared,
+		"shared":     p.shared,
+		"revoke":     p.revoke,
 	}
-	if revoke && !shared {
+	if p.revoke {
 		// What revocation at the tenant needs. Vault keeps lease data encrypted in its
 		// storage, as it keeps the response data itself.
 		internal["access_token"] = tok.AccessToken
-		internal["revoke_endpoint"] = cfg.revokeEndpoint(appID)
+		internal["revoke_endpoint"] = v.config.revokeEndpoint(p.appID)
 	}
-	resp = b.Secret(secretAccessTokenType).Response(map[string]any{
+	resp := b.Secret(secretAccessTokenType).Response(map[string]any{
 		"access_token": tok.AccessToken,
 		"token_type":   tok.TokenType,
 		"expires_in":   expiresIn,
@@ -168,40 +220,13 @@ func (b *backend) pathTokenRead(ctx context.Context, req *logical.Request, d *fr
 	resp.Secret.TTL = ttl
 	resp.Secret.MaxTTL = ttl
 	resp.Secret.Renewable = false
+	for _, w := range p.warnings {
+		resp.AddWarning(w)
+	}
 	if warning != "" {
 		resp.AddWarning(warning)
 	}
 	return resp, nil
-}
-
-// resolveGrant works out what a read asks the tenant for: the application, the scopes
-// asked by default, and the scopes a reader may narrow to. A role's empty scopes fall
-// back to the config's; its allowed scopes default to its effective scopes.
-func resolveGrant(cfg *cyberarkConfig, roleName string, role *roleEntry) (appID string, scopes, allowed []string, resp *logical.Response) {
-	appID, scopes, allowed = cfg.AppID, cfg.Scopes, cfg.Scopes
-	if role == nil {
-		return appID, scopes, allowed, nil
-	}
-	if role.AppID != "" {
-		if cfg.TokenURL != "" {
-			return "", nil, nil, logical.ErrorResponse("app_id: role %q sets app_id, but the config's token_url replaces per-application endpoints; remove one of them", roleName)
-		}
-		appID = role.AppID
-	}
-	if len(role.Scopes) > 0 {
-		scopes = role.Scopes
-	}
-	allowed = scopes
-	if role.AllowedScopes != nil {
-		allowed = role.AllowedScopes
-	}
-	for _, s := range scopes {
-		if !slices.Contains(allowed, s) {
-			return "", nil, nil, logical.ErrorResponse("allowed_scopes: role %q falls back to the config's scopes [%s], which its allowed_scopes [%s] do not include; set scopes on the role",
-				roleName, strings.Join(scopes, " "), strings.Join(allowed, " "))
-		}
-	}
-	return appID, scopes, allowed, nil
 }
 
 // grant performs one client-credentials grant and records its outcome.
@@ -215,66 +240,6 @@ func (b *backend) grant(ctx context.Context, c *client.Client, scopes []string) 
 		b.Logger().Debug("token granted", "expires_in", tok.ExpiresIn, "scope", tok.Scope)
 	}
 	return tok, err
-}
-
-// reuseKey identifies what a token was granted for: the same app and scope set get the
-// same token. The client is the config's, and a config write empties the cache.
-func reuseKey(appID string, scopes []string) string {
-	set := slices.Clone(scopes)
-	slices.Sort(set)
-	return appID + "\n" + strings.Join(slices.Compact(set), " ")
-}
-
-// reusedToken hands out the cached token for key while it has enough life left, and
-// otherwise gets a new one; concurrent misses share one grant. The grant runs detached
-// from the first reader's cancellation, since other readers may be waiting on it, and is
-// bounded by the client's own time budget instead.
-func (b *backend) reusedToken(ctx context.Context, c *client.Client, gen uint64, key string, scopes []string, role *roleEntry) (*client.Token, error) {
-	b.mu.RLock()
-	tok := b.tokens[key]
-	if b.gen != gen {
-		tok = nil // the cache already belongs to newer settings than c
-	}
-	b.mu.RUnlock()
-	if b.reusable(tok, role) {
-		b.count(metricReuse, "result", "hit")
-		return tok, nil
-	}
-	b.count(metricReuse, "result", "miss")
-
-	// The generation is part of the flight's key, so a reader that arrives after a
-	// config or role write never joins a grant made with the old settings.
-	flight := strconv.FormatUint(gen, 10) + "\n" + key
-	ch := b.grants.DoChan(flight, func() (any, error) {
-		b.mu.RLock()
-		cached := b.tokens[key]
-		if b.gen != gen {
-			cached = nil
-		}
-		b.mu.RUnlock()
-		if b.reusable(cached, role) {
-			return cached, nil // another flight finished between our look and this one
-		}
-		tok, err := b.grant(context.WithoutCancel(ctx), c, scopes)
-		if err != nil {
-			return nil, err
-		}
-		b.mu.Lock()
-		if b.gen == gen {
-			b.tokens[key] = tok
-		}
-		b.mu.Unlock()
-		return tok, nil
-	})
-	select {
-	case res := <-ch:
-		if res.Err != nil {
-			return nil, res.Err
-		}
-		return res.Val.(*client.Token), nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
 }
 
 // reusable says whether a cached token may be handed out again: it must have the role's
@@ -315,13 +280,21 @@ func leaseTTL(tok *client.Token, now time.Time, role *roleEntry) (time.Duration,
 	return ttl, "", nil
 }
 
-// tenantFailure turns a failed tenant call into a Vault error. It is not the reader's
-// fault, so it is a 502 (Bad Gateway), with the tenant's own words and no secret.
+// tenantFailure turns a failed tenant call into a Vault error with the tenant's own
+// words and no secret. Vault clients (the CLI, vault/api, Agent) retry every 5xx, so
+// the status matters: a refusal is a 400, since retrying it only repeats a failed login
+// that could lock the service user; a rate limit stays a 429; an unreachable tenant, a
+// 5xx after our own retries or an unusable answer is a 502.
 func tenantFailure(what string, err error) error {
 	status := http.StatusBadGateway
 	var te *client.Error
-	if errors.As(err, &te) && te.StatusCode == http.StatusTooManyRequests {
-		status = http.StatusTooManyRequests
+	if errors.As(err, &te) {
+		switch {
+		case te.StatusCode == http.StatusTooManyRequests:
+			status = http.StatusTooManyRequests
+		case te.Refused():
+			status = http.StatusBadRequest
+		}
 	}
 	return logical.CodedError(status, fmt.Sprintf("%s from CyberArk Identity: %s", what, err))
 }

@@ -177,7 +177,13 @@ func TestTokenTenantFailures(t *testing.T) {
 		status int
 		want   string
 	}{
-		{"oauth error", emulator.Fault{Status: 400, Body: `{"error":"access_denied","error_description":"user not allowed access to app"}`}, 502, "access_denied: user not allowed access to app"},
+		// A refusal is the caller's 400, so Vault clients, which retry every 5xx, do
+		// not repeat a failed login that could lock the service user.
+		{"oauth error", emulator.Fault{Status: 400, Body: `{"error":"access_denied","error_description":"user not allowed access to app"}`}, 400, "access_denied: user not allowed access to app"},
+		{"oauth error as 401", emulator.Fault{Status: 401, Body: `{"error":"invalid_client","error_description":"wrong clientid"}`}, 400, "invalid_client: wrong clientid"},
+		{"redirect", emulator.Fault{Status: 302, Location: "https://elsewhere.example/login"}, 400, "redirect"},
+		{"timeout status", emulator.Fault{Status: 408}, 502, "HTTP 408"},
+		{"server error", emulator.Fault{Status: 500}, 502, "HTTP 500"},
 		{"rate limited", emulator.Fault{Status: 429, RetryAfter: "7"}, 429, "Retry-After 7s"},
 		{"proxy page", emulator.Fault{Status: 502}, 502, "HTTP 502"},
 		{"malformed json", emulator.Fault{MalformedJSON: true}, 502, "not a JSON token response"},
@@ -439,9 +445,17 @@ func TestTokenRoleScopesFallBackToConfig(t *testing.T) {
 	e := newTestEnv(t)
 	data := e.configData()
 	data["scopes"] = "read"
-	e.mustRequest(t, logical.CreateOperation, "config", data)
-	e.mustRequest(t, logical.CreateOperation, "roles/wide", map[string]any{"allowed_scopes": "read,write"})
+	e.mustRequest(t, logical.CreateOperation, "config", e.configData())
+	// narrow is consistent while the config asks for no scopes...
 	e.mustRequest(t, logical.CreateOperation, "roles/narrow", map[string]any{"allowed_scopes": "write"})
+	e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"scopes": data["scopes"]})
+	e.mustRequest(t, logical.CreateOperation, "roles/wide", map[string]any{"allowed_scopes": "read,write"})
+	// ...and a role written now with the same settings is refused, as reads of it are.
+	resp, err := e.request(t, logical.CreateOperation, "roles/narrow2", map[string]any{"allowed_scopes": "write"})
+	assertBadRequest(t, resp, err, "allowed_scopes")
+	if warnings := e.mustRequest(t, logical.ReadOperation, "roles/narrow", nil).Warnings; len(warnings) == 0 || !strings.Contains(warnings[0], "refused") {
+		t.Errorf("the read of a role whose token reads are refused does not warn: %v", warnings)
+	}
 	e.emu.Reset()
 
 	// A role with only allowed_scopes asks for the config's scopes, never for none (which
@@ -455,7 +469,7 @@ func TestTokenRoleScopesFallBackToConfig(t *testing.T) {
 	if got := e.mustRequest(t, logical.ReadOperation, "token/wide", map[string]any{"scope": "write"}).Data["scope"]; got != "write" {
 		t.Errorf("token/wide scope=write gave %v", got)
 	}
-	resp, err := e.request(t, logical.ReadOperation, "token/narrow", nil)
+	resp, err = e.request(t, logical.ReadOperation, "token/narrow", nil)
 	assertBadRequest(t, resp, err, "allowed_scopes")
 }
 

@@ -3,6 +3,7 @@ package cyberark
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"sync"
@@ -80,28 +81,36 @@ func (b *backend) accessTokenRevoke(ctx context.Context, req *logical.Request, _
 		b.count(metricRevoke, "outcome", "expired")
 		return nil, nil
 	}
-	logger := b.Logger().With("lease_id", req.Secret.LeaseID, "app_id", appID)
+	fingerprint := sha256.Sum256([]byte(token))
+	// Vault does not set the lease ID on a revocation request, so the lines name the
+	// lease by what it holds; the fingerprint matches no token that is not this one and
+	// reveals nothing of it.
+	role, _ := data["role"].(string)
+	logger := b.Logger().With("role", role, "app_id", appID, "expires_at", expiresAt.UTC().Format(time.RFC3339),
+		"token_sha256", hex.EncodeToString(fingerprint[:6]))
+	if endpoint == "" {
+		// Only leases from before revocation needed an endpoint can lack one; retrying
+		// cannot give them one.
+		logger.Warn("cannot revoke the token at the tenant: the lease names no revocation endpoint; the token stays valid until it expires")
+		b.count(metricRevoke, "outcome", "no_endpoint")
+		return nil, nil
+	}
 
-	cfg, gen, err := b.getConfig(ctx, req.Storage)
+	v, err := b.cache.view(ctx, req.Storage, "", appID)
 	if err != nil {
 		return nil, err
 	}
-	if cfg == nil || cfg.ClientID != clientID || cfg.revokeEndpoint(appID) != endpoint {
+	if v.config == nil || v.config.ClientID != clientID || v.config.revokeEndpoint(appID) != endpoint {
 		// The token belongs to a client or tenant this engine no longer holds; the
 		// current one would answer 200 for a token it does not know.
-		logger.Warn("cannot revoke the token at the tenant: the config was deleted or now holds another client or tenant; the token stays valid until it expires", "expires_at", expiresAt.UTC())
+		logger.Warn("cannot revoke the token at the tenant: the config was deleted or now holds another client or tenant; the token stays valid until it expires")
 		b.count(metricRevoke, "outcome", "no_client")
 		return nil, nil
 	}
-	c, err := b.getClient(cfg, gen, appID)
-	if err != nil {
-		return nil, err
-	}
 
 	start := time.Now()
-	err = c.Revoke(ctx, token)
+	err = v.client.Revoke(ctx, token)
 	b.measure(metricRevokeLatency, start, outcome(err))
-	fingerprint := sha256.Sum256([]byte(token))
 	var te *client.Error
 	switch {
 	case err == nil:
@@ -109,10 +118,10 @@ func (b *backend) accessTokenRevoke(ctx context.Context, req *logical.Request, _
 		b.count(metricRevoke, "outcome", "success")
 		logger.Debug("token revoked at the tenant")
 		return nil, nil
-	case errors.As(err, &te) && !te.Temporary():
+	case errors.As(err, &te) && te.Refused(), errors.Is(err, client.ErrRevokeUnsupported):
 		b.revokeFailures.forget(fingerprint)
 		b.count(metricRevoke, "outcome", "refused")
-		logger.Warn("tenant refused to revoke the token; ending the lease anyway, the token stays valid until it expires", "expires_at", expiresAt.UTC(), "error", err)
+		logger.Warn("tenant refused to revoke the token, or cannot revoke it; ending the lease anyway, the token stays valid until it expires", "error", err)
 		return nil, nil
 	}
 	attempt := b.revokeFailures.add(fingerprint, expiresAt, now)
@@ -120,7 +129,7 @@ func (b *backend) accessTokenRevoke(ctx context.Context, req *logical.Request, _
 	if attempt >= maxRevokeAttempts || !req.Secret.IssueTime.IsZero() && now.After(leaseEnd.Add(revokeGiveUpAfter)) {
 		b.revokeFailures.forget(fingerprint)
 		b.count(metricRevoke, "outcome", "gave_up")
-		logger.Error("giving up revoking the token at the tenant; ending the lease anyway, the token stays valid until it expires", "attempts", attempt, "expires_at", expiresAt.UTC(), "error", err)
+		logger.Error("giving up revoking the token at the tenant; ending the lease anyway, the token stays valid until it expires", "attempts", attempt, "error", err)
 		return nil, nil
 	}
 	b.count(metricRevoke, "outcome", "retry")

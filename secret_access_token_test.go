@@ -1,6 +1,8 @@
 package cyberark
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -102,7 +104,7 @@ func TestRevokeDefaultsOffForForeignTokenURL(t *testing.T) {
 	if got := e.mustRequest(t, logical.ReadOperation, "config", nil).Data["revoke_tokens"]; got != false {
 		t.Errorf("revoke_tokens with token_url = %v, want false", got)
 	}
-	e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"revoke_url": e.url + "/oauth2/revoke/" + testAppID})
+	e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"revoke_url": e.url + "/oauth2/revoke/" + testAppID, "client_secret": testClientSecret})
 	resp := e.mustRequest(t, logical.ReadOperation, "config", nil)
 	if resp.Data["revoke_tokens"] != true || resp.Data["revoke_endpoint"] != e.url+"/oauth2/revoke/"+testAppID {
 		t.Errorf("with revoke_url: revoke_tokens=%v endpoint=%v", resp.Data["revoke_tokens"], resp.Data["revoke_endpoint"])
@@ -136,6 +138,21 @@ func TestRevokeTransientFailuresRetryThenGiveUp(t *testing.T) {
 	}
 	if !strings.Contains(e.logs.String(), "giving up revoking the token") {
 		t.Error("giving up was not logged")
+	}
+	// Vault sets no lease ID on a revocation: the lines name the lease by what it holds.
+	sum := sha256.Sum256([]byte(resp.Data["access_token"].(string)))
+	for _, line := range strings.Split(e.logs.String(), "\n") {
+		if !strings.Contains(line, "revoking the token at the tenant") {
+			continue
+		}
+		for _, want := range []string{"role=", "app_id=" + testAppID, "expires_at=", "token_sha256=" + hex.EncodeToString(sum[:6])} {
+			if !strings.Contains(line, want) {
+				t.Errorf("revocation log line lacks %q: %s", want, line)
+			}
+		}
+		if strings.Contains(line, "lease_id") {
+			t.Errorf("revocation log line carries a lease_id, which Vault never sets there: %s", line)
+		}
 	}
 	if got := counter(sink, "test.cyberark.revoke;outcome=retry"); got != maxRevokeAttempts-1 {
 		t.Errorf("retry metric = %d", got)
@@ -183,10 +200,10 @@ func TestRevokeAfterClientChangedSkipsTenant(t *testing.T) {
 	}{
 		{"config deleted", func(e *testEnv) { e.mustRequest(t, logical.DeleteOperation, "config", nil) }},
 		{"another client", func(e *testEnv) {
-			e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"client_id": "svc-other@tenant.example", "verify_connection": false})
+			e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"client_id": "svc-other@tenant.example", "client_secret": testClientSecret, "verify_connection": false})
 		}},
 		{"another tenant", func(e *testEnv) {
-			e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"revoke_url": e.url + "/elsewhere/revoke", "verify_connection": false})
+			e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"revoke_url": e.url + "/elsewhere/revoke", "client_secret": testClientSecret, "verify_connection": false})
 		}},
 	}
 	for _, tc := range cases {
@@ -230,5 +247,49 @@ func TestRevokeGivesUpLongAfterLeaseEnd(t *testing.T) {
 	}
 	if e.emu.Stats().RevokeRequests != 1 {
 		t.Error("the revocation was not tried first")
+	}
+}
+
+// TestRevokeWithoutEndpointIsPermanent: a lease whose token has nowhere to be revoked
+// ends at once; retrying cannot give it an endpoint, and a stuck lease blocks
+// "vault secrets disable".
+func TestRevokeWithoutEndpointIsPermanent(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	sink := withInmemMetrics(t, e)
+	data := e.configData()
+	data["token_url"] = e.url + "/oauth2/token/" + testAppID
+	data["revoke_url"] = e.url + "/oauth2/revoke/" + testAppID
+	e.mustRequest(t, logical.CreateOperation, "config", data)
+	e.mustRequest(t, logical.CreateOperation, "roles/r", map[string]any{"revoke_tokens": true})
+	resp := e.mustRequest(t, logical.ReadOperation, "token/r", nil)
+
+	// A lease written before revocation needed an endpoint.
+	old := *resp.Secret
+	old.InternalData = map[string]any{}
+	for k, v := range resp.Secret.InternalData {
+		old.InternalData[k] = v
+	}
+	old.InternalData["revoke_endpoint"] = ""
+	e.emu.Reset()
+	if _, err := e.revoke(t, &old); err != nil {
+		t.Fatalf("a lease without a revocation endpoint must end at the first try: %v", err)
+	}
+	if n := e.emu.Stats().RevokeRequests; n != 0 {
+		t.Errorf("the tenant got %d revoke requests", n)
+	}
+	if got := counter(sink, "test.cyberark.revoke;outcome=no_endpoint"); got != 1 {
+		t.Errorf("no_endpoint metric = %d", got)
+	}
+
+	// The config loses its revoke_url after the role was written: reads warn, and their
+	// leases are not marked revocable.
+	e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"revoke_url": "", "client_secret": testClientSecret})
+	resp = e.mustRequest(t, logical.ReadOperation, "token/r", nil)
+	if len(resp.Warnings) == 0 || !strings.Contains(resp.Warnings[0], "will not be revoked") {
+		t.Errorf("warnings = %v, want one saying the token will not be revoked", resp.Warnings)
+	}
+	if resp.Secret.InternalData["revoke"] != false {
+		t.Error("the lease is marked revocable without an endpoint")
 	}
 }

@@ -7,13 +7,72 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 )
+
+// Limits on what a writer may store. Each is far above any real value and far below
+// what would make a stored entry, a log line or a request to the tenant unwieldy.
+const (
+	maxURLLength          = 2048
+	maxAppIDLength        = 256
+	maxClientIDLength     = 256
+	maxClientSecretLength = 1024
+	maxScopes             = 64
+	maxScopeLength        = 256
+	maxCACertBytes        = 256 << 10
+	maxRoleNameLength     = 128
+)
+
+// roleNamePattern is the one spelling a role name may have. Vault policies match paths
+// exactly, so a name with two spellings (token/admin, token/ADMIN) could escape a policy
+// written for one of them; names are refused, never folded, when they are not in this
+// form.
+var roleNamePattern = regexp.MustCompile(`^[a-z0-9]([a-z0-9_.-]{0,` + strconv.Itoa(maxRoleNameLength-2) + `}[a-z0-9])?$`)
+
+// checkRoleName accepts a role name only in its canonical form.
+func checkRoleName(name string) error {
+	if roleNamePattern.MatchString(name) {
+		return nil
+	}
+	shown := name
+	if utf8.RuneCountInString(shown) > 64 {
+		shown = string([]rune(shown)[:64]) + "..."
+	}
+	return fmt.Errorf("%q is not a role name in canonical form: use lower-case letters, digits, '-', '_' and '.', starting and ending with a letter or digit, at most %d characters; names are never folded to lower case, so that a Vault policy on one spelling cannot be escaped with another",
+		shown, maxRoleNameLength)
+}
+
+// unsafeRune reports characters that have no place in an identifier or a password:
+// C0 and C1 controls, format characters (zero-width and bidirectional controls such as
+// U+200B and U+202E, which make a value look other than it is), line and paragraph
+// separators, private-use and surrogate code points, and U+FFFD, which is what bytes
+// that were not UTF-8 become.
+func unsafeRune(r rune) bool {
+	return unicode.IsControl(r) || unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp, unicode.Co, unicode.Cs) || r == utf8.RuneError
+}
+
+// checkText bounds the length of an identifier or secret and refuses unsafe characters.
+// The message names the code point and its position, never the value, which may be a
+// secret.
+func checkText(v string, maxLen int) error {
+	if n := utf8.RuneCountInString(v); n > maxLen {
+		return fmt.Errorf("must be at most %d characters, got %d", maxLen, n)
+	}
+	if i := strings.IndexFunc(v, unsafeRune); i >= 0 {
+		r, _ := utf8.DecodeRuneInString(v[i:])
+		return fmt.Errorf("must not contain control, invisible or bidirectional formatting characters (U+%04X at byte %d)", r, i)
+	}
+	return nil
+}
 
 // unknownFields answers a 400 naming any request field the path does not define: a
 // typo such as "client_secert" must not be silently ignored and leave the old secret.
@@ -58,12 +117,31 @@ func checkEndpointURL(raw string, allowQuery bool) (*url.URL, error) {
 	if strings.TrimSpace(raw) != raw || raw == "" {
 		return nil, errors.New("must be an absolute URL such as https://example.id.cyberark.cloud, without surrounding spaces")
 	}
+	if len(raw) > maxURLLength {
+		return nil, fmt.Errorf("must be at most %d characters, got %d", maxURLLength, len(raw))
+	}
+	if strings.ContainsFunc(raw, func(r rune) bool { return unsafeRune(r) || unicode.IsSpace(r) }) {
+		return nil, errors.New("must not contain white space, control or invisible characters")
+	}
 	u, err := url.Parse(raw)
 	if err != nil {
 		return nil, errors.New("is not a valid URL")
 	}
 	if u.Host == "" || u.Hostname() == "" {
 		return nil, errors.New("must be an absolute URL with a host, such as https://example.id.cyberark.cloud")
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return nil, fmt.Errorf("has port %q; a port must be between 1 and 65535", p)
+		}
+	} else if strings.HasSuffix(u.Host, ":") {
+		return nil, errors.New("has an empty port; leave out the colon or give a port between 1 and 65535")
+	}
+	for _, seg := range strings.Split(u.EscapedPath(), "/") {
+		if seg == "." || seg == ".." || strings.EqualFold(seg, "%2e") || strings.EqualFold(seg, "%2e%2e") ||
+			strings.EqualFold(seg, ".%2e") || strings.EqualFold(seg, "%2e.") {
+			return nil, errors.New("must not contain dot segments (/./ or /../) in its path")
+		}
 	}
 	switch u.Scheme {
 	case "https":
@@ -99,12 +177,15 @@ func checkAppID(id string) error {
 	if id == "" {
 		return errors.New("must not be empty")
 	}
-	if len(id) > 256 {
-		return errors.New("must be at most 256 characters")
+	if err := checkText(id, maxAppIDLength); err != nil {
+		return err
+	}
+	if id == "." || id == ".." {
+		return errors.New(`must not be "." or "..", which a URL path resolves away`)
 	}
 	for _, r := range id {
-		if r <= ' ' || r == 0x7f || strings.ContainsRune(`/\?#%`, r) {
-			return fmt.Errorf("must be the application ID of the OAuth2 client app, without spaces, control characters or any of / \\ ? # %%; got %q", id)
+		if unicode.IsSpace(r) || strings.ContainsRune(`/\?#%`, r) {
+			return fmt.Errorf("must be the application ID of the OAuth2 client app, without white space or any of / \\ ? # %%; got %q", id)
 		}
 	}
 	return nil
@@ -113,9 +194,15 @@ func checkAppID(id string) error {
 // checkScopes applies RFC 6749 3.3: a scope token is printable ASCII without space,
 // double quote or backslash.
 func checkScopes(scopes []string) error {
+	if len(scopes) > maxScopes {
+		return fmt.Errorf("must list at most %d scopes, got %d", maxScopes, len(scopes))
+	}
 	for _, s := range scopes {
 		if s == "" {
 			return errors.New("must not contain an empty scope")
+		}
+		if len(s) > maxScopeLength {
+			return fmt.Errorf("scopes must be at most %d characters each, got one of %d", maxScopeLength, len(s))
 		}
 		for _, r := range s {
 			if r < 0x21 || r > 0x7e || r == '"' || r == '\\' {

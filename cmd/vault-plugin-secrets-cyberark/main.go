@@ -13,7 +13,15 @@ import (
 )
 
 func main() {
-	logger := hclog.New(&hclog.LoggerOptions{Name: "vault-plugin-secrets-cyberark"})
+	// Vault reads a plugin's stderr as JSON log lines and re-emits them at their own
+	// level; a line in any other format is demoted to DEBUG, where a server at the
+	// default info level drops it. Vault filters by its own level, so we log everything.
+	logger := hclog.New(&hclog.LoggerOptions{
+		Name:       "vault-plugin-secrets-cyberark",
+		Level:      hclog.Trace,
+		Output:     os.Stderr,
+		JSONFormat: true,
+	})
 
 	meta := &api.PluginAPIClientMeta{}
 	flags := meta.FlagSet()
