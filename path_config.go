@@ -40,9 +40,9 @@ const (
 
 // cyberarkConfig is the stored engine configuration. It is seal-wrapped at rest.
 type cyberarkConfig struct {
-	TenantURL    string `json:"tenant_url"`
-	AppID        string `json:"app_id,omitempty"`
-	ClientID     string `json:"client_id"`
+	TenantURL      string        `json:"tenant_url"`
+	AppID          string        `json:"app_id,omitempty"`
+	ClientID       string        `json:"client_id"`
 	ClientSecret   string        `json:"client_secret"`
 	Scopes         []string      `json:"scopes,omitempty"`
 	TokenURL       string        `json:"token_url,omitempty"`

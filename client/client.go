@@ -20,7 +20,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-cleanhttp"
-	"github.com/hashicorp/go-retryablehttp"
 )
 
 // AuthStyle is how the client authenticates itself to the token endpoint.
@@ -34,8 +33,9 @@ const (
 	AuthPost
 )
 
-// DefaultTimeout bounds one HTTP exchange with the tenant when Config.Timeout is zero.
-const DefaultTimeout = 30 * time.Second
+// DefaultRequestTimeout bounds one HTTP exchange with the tenant when
+// Config.RequestTimeout is zero.
+const DefaultRequestTimeout = 30 * time.Second
 
 // maxBodyBytes bounds every response body read from the tenant: a token response is a
 // few kilobytes, and a misbehaving proxy must not make the plugin buffer gigabytes.
@@ -58,9 +58,12 @@ type Config struct {
 	AuthStyle AuthStyle
 	// UserAgent is sent on every request.
 	UserAgent string
-	// HTTPClient carries requests. Build it with NewHTTPClient; it must not follow
-	// redirects, or credentials could be replayed to another host.
-	HTTPClient *http.Client
+	// CACert is a PEM bundle of the CA certificates the tenant's certificate must chain
+	// to. Empty means the system roots.
+	CACert string
+	// RequestTimeout bounds one HTTP exchange (one attempt, body included); 0 means
+	// DefaultRequestTimeout. Retry.Budget bounds a whole call.
+	RequestTimeout time.Duration
 	// Retry decides how failed attempts are retried. The zero value does not retry.
 	Retry RetryPolicy
 	// Now returns the current time; nil means time.Now. Tests move the clock with it.
@@ -72,13 +75,16 @@ type Config struct {
 type Client struct {
 	cfg  Config
 	auth string // the precomputed Basic header value; empty for AuthPost
-	rc   *retryablehttp.Client
+	// transport is the connection pool, kept to close it; hc, which every call shares,
+	// reaches it through keepIdle.
+	transport *http.Transport
+	hc        *http.Client
 	// secrets are the forms in which the client secret crosses the wire: raw, form
 	// encoded, and inside the Basic header. None may come back in an error.
 	secrets []string
 }
 
-// New checks cfg and returns a Client for it.
+// New checks cfg and returns a Client for it, with its own connection pool.
 func New(cfg Config) (*Client, error) {
 	if cfg.TokenURL == "" {
 		return nil, errors.New("token URL is empty")
@@ -86,17 +92,30 @@ func New(cfg Config) (*Client, error) {
 	if cfg.ClientID == "" {
 		return nil, errors.New("client ID is empty")
 	}
-	if cfg.HTTPClient == nil {
-		hc, err := NewHTTPClient("", DefaultTimeout)
-		if err != nil {
-			return nil, err
-		}
-		cfg.HTTPClient = hc
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = DefaultRequestTimeout
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	c := &Client{cfg: cfg}
+	transport, err := newTransport(cfg.CACert)
+	if err != nil {
+		return nil, err
+	}
+	c := &Client{
+		cfg:       cfg,
+		transport: transport,
+		hc: &http.Client{
+			// retryablehttp closes its HTTP client's idle connections after every failed
+			// call. The pool serves every reader of the engine, so one call giving up
+			// must not cost the others their connections; Close empties it instead.
+			Transport: keepIdle{transport},
+			Timeout:   cfg.RequestTimeout,
+			// A redirected POST would resend the client credentials to wherever the
+			// tenant (or a proxy in front of it) points; report the redirect instead.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+	}
 	if cfg.AuthStyle == AuthBasic {
 		c.auth = "Basic " + base64.StdEncoding.EncodeToString([]byte(cfg.ClientID+":"+cfg.ClientSecret))
 	}
@@ -104,34 +123,31 @@ func New(cfg Config) (*Client, error) {
 		c.secrets = sensitiveForms(cfg.ClientSecret)
 		c.secrets = append(c.secrets, base64.StdEncoding.EncodeToString([]byte(cfg.ClientID+":"+cfg.ClientSecret)))
 	}
-	c.rc = c.retryClient()
 	return c, nil
 }
 
-// NewHTTPClient returns an HTTP client for talking to a tenant: pooled connections, TLS
-// 1.2 or newer, the given CA bundle (PEM) instead of the system roots when it is not
-// empty, a timeout on every exchange, and no redirects followed.
-func NewHTTPClient(caPEM string, timeout time.Duration) (*http.Client, error) {
-	if timeout <= 0 {
-		timeout = DefaultTimeout
-	}
+// newTransport is a pooled transport with TLS 1.2 or newer, trusting caPEM instead of
+// the system roots when it is not empty.
+func newTransport(caPEM string) (*http.Transport, error) {
 	transport := cleanhttp.DefaultPooledTransport()
 	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12}
 	if caPEM != "" {
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM([]byte(caPEM)) {
-			return nil, errors.New("the CA bundle holds no PEM certificate")
+			// The bundle is not quoted: an operator may have pasted a key or a secret.
+			return nil, errors.New("the CA bundle holds no parsable PEM certificate")
 		}
 		tlsConfig.RootCAs = pool
 	}
 	transport.TLSClientConfig = tlsConfig
-	return &http.Client{
-		Transport: transport,
-		Timeout:   timeout,
-		// A redirected POST would resend the client credentials to wherever the tenant
-		// (or a proxy in front of it) points; report the redirect instead.
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}, nil
+	return transport, nil
+}
+
+// Close closes the client's idle connections. Calls in flight finish normally; the
+// connections they return to the pool close when the pool's idle timeout expires. The
+// client stays usable, opening new connections as needed.
+func (c *Client) Close() {
+	c.transport.CloseIdleConnections()
 }
 
 // Token performs the client-credentials grant. Scopes, when given, are sent
@@ -146,9 +162,10 @@ func (c *Client) Token(ctx context.Context, scopes []string) (*Token, error) {
 	if err != nil {
 		return nil, err
 	}
-	tok, err := parseToken(body, start)
+	secrets := c.sensitive()
+	tok, err := parseToken(body, start, secrets)
 	if err != nil {
-		return nil, c.redact(err)
+		return nil, redact(err, secrets)
 	}
 	return tok, nil
 }
@@ -201,20 +218,26 @@ func (c *Client) newRequest(ctx context.Context, endpoint string, form url.Value
 	return req, nil
 }
 
-// redact removes every form of the client secret, and of the extra values, from an
-// error's text. The tenant has no reason to echo them, but error bodies are quoted back
-// to Vault operators and readers, and a misbehaving proxy might reflect the request.
-func (c *Client) redact(err error, extra ...string) error {
+// sensitive lists every form of the client secret, and the extra values, longest first,
+// so that a form holding another is replaced whole rather than left in pieces.
+func (c *Client) sensitive(extra ...string) []string {
+	secrets := make([]string, 0, len(c.secrets)+len(extra))
+	for _, s := range append(slices.Clone(c.secrets), extra...) {
+		if s != "" {
+			secrets = append(secrets, s)
+		}
+	}
+	slices.SortStableFunc(secrets, func(a, b string) int { return len(b) - len(a) })
+	return secrets
+}
+
+// redact removes the secrets from an error's text. Tenant answers are redacted where
+// they are read (newError); this pass covers every other error on its way out. The
+// tenant has no reason to echo a secret, but error text reaches Vault operators and
+// readers, and a misbehaving proxy might reflect the request.
+func redact(err error, secrets []string) error {
 	if err == nil {
 		return nil
-	}
-	secrets := append(slices.Clone(c.secrets), extra...)
-	var te *Error
-	if errors.As(err, &te) {
-		te.Description = redactString(te.Description, secrets)
-		te.Body = redactString(te.Body, secrets)
-		te.Code = redactString(te.Code, secrets)
-		te.Location = redactString(te.Location, secrets)
 	}
 	if msg := err.Error(); redactString(msg, secrets) != msg {
 		return &redactedError{msg: redactString(msg, secrets), err: err}

@@ -1,7 +1,9 @@
 package client
 
 import (
+	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/pem"
 	"errors"
@@ -47,6 +49,7 @@ func newTenant(t *testing.T, handler func(w http.ResponseWriter, r *http.Request
 	tn := &tenant{handler: handler}
 	tn.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
+		r.Body = io.NopCloser(bytes.NewReader(body))
 		tn.mu.Lock()
 		tn.requests = append(tn.requests, recorded{time.Now(), r.Method, r.URL.Path, r.URL.RawQuery, r.Header.Clone(), string(body)})
 		n := len(tn.requests)
@@ -83,17 +86,13 @@ const okBody = `{"access_token":"eyJhbGciOiJSUzI1NiJ9.e30.c2ln","token_type":"Be
 
 func newTestClient(t *testing.T, tn *tenant, mutate func(*Config)) *Client {
 	t.Helper()
-	hc, err := NewHTTPClient("", 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
 	cfg := Config{
-		TokenURL:     tn.srv.URL + "/oauth2/token/vaultapp",
-		RevokeURL:    tn.srv.URL + "/oauth2/revoke/vaultapp",
-		ClientID:     testClientID,
-		ClientSecret: testClientSecret,
-		UserAgent:    "vault-plugin-secrets-cyberark/v9.9.9-test",
-		HTTPClient:   hc,
+		TokenURL:       tn.srv.URL + "/oauth2/token/vaultapp",
+		RevokeURL:      tn.srv.URL + "/oauth2/revoke/vaultapp",
+		ClientID:       testClientID,
+		ClientSecret:   testClientSecret,
+		UserAgent:      "vault-plugin-secrets-cyberark/v9.9.9-test",
+		RequestTimeout: 5 * time.Second,
 	}
 	if mutate != nil {
 		mutate(&cfg)
@@ -102,6 +101,7 @@ func newTestClient(t *testing.T, tn *tenant, mutate func(*Config)) *Client {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(c.Close)
 	return c
 }
 
@@ -197,24 +197,47 @@ func fakeJWT(exp int64) string {
 func TestTokenExpiresInForms(t *testing.T) {
 	t.Parallel()
 	now := time.Now()
+	maxSecs := int64(MaxTokenLifetime / time.Second)
+	notDecimal := "must be a decimal number of seconds"
 	cases := []struct {
-		name    string
-		body    string
-		want    int64
-		wantErr string
+		name     string
+		body     string
+		want     int64
+		wantErr  string
+		notInErr string
 	}{
-		{"integer", `{"access_token":"x","expires_in":3600}`, 3600, ""},
-		{"numeric string", `{"access_token":"x","expires_in":"3600"}`, 3600, ""},
-		{"float", `{"access_token":"x","expires_in":3600.0}`, 3600, ""},
-		{"absent, JWT exp", fmt.Sprintf(`{"access_token":%q}`, fakeJWT(now.Add(time.Hour).Unix())), 3600, ""},
-		{"absent, no exp", `{"access_token":"opaque"}`, 0, "without expires_in"},
-		{"zero", `{"access_token":"x","expires_in":0}`, 0, "already expired"},
-		{"negative", `{"access_token":"x","expires_in":-5}`, 0, "already expired"},
-		{"garbage", `{"access_token":"x","expires_in":"soon"}`, 0, "not a number"},
-		{"no token", `{"expires_in":60}`, 0, "without an access_token"},
-		{"not json", `<html>maintenance</html>`, 0, "not a JSON token response"},
-		{"truncated", `{"access_token":"secret-part`, 0, "not a JSON token response"},
-		{"scope list", `{"access_token":"x","expires_in":60,"scope":["a","b"]}`, 60, ""},
+		{"integer", `{"access_token":"x","expires_in":3600}`, 3600, "", ""},
+		{"numeric string", `{"access_token":"x","expires_in":"3600"}`, 3600, "", ""},
+		{"padded numeric string", `{"access_token":"x","expires_in":" 3600 "}`, 3600, "", ""},
+		{"float", `{"access_token":"x","expires_in":3600.0}`, 3600, "", ""},
+		{"exponent", `{"access_token":"x","expires_in":3.6e3}`, 3600, "", ""},
+		{"exponent string", `{"access_token":"x","expires_in":"36E+2"}`, 3600, "", ""},
+		{"absent, JWT exp", fmt.Sprintf(`{"access_token":%q}`, fakeJWT(now.Add(time.Hour).Unix())), 3600, "", ""},
+		{"absent, no exp", `{"access_token":"opaque"}`, 0, "without expires_in", ""},
+		{"zero", `{"access_token":"x","expires_in":0}`, 0, "already expired", ""},
+		{"half a second", `{"access_token":"x","expires_in":0.5}`, 0, "already expired", ""},
+		{"negative", `{"access_token":"x","expires_in":-5}`, 0, "already expired", ""},
+		{"garbage", `{"access_token":"x","expires_in":"soon"}`, 0, notDecimal, ""},
+		// strconv.ParseFloat takes all of these.
+		{"hex float", `{"access_token":"x","expires_in":"0x1p12"}`, 0, notDecimal, ""},
+		{"hex float with underscore", `{"access_token":"x","expires_in":"0x1_0p0"}`, 0, notDecimal, ""},
+		{"plus sign", `{"access_token":"x","expires_in":"+5"}`, 0, notDecimal, ""},
+		{"hex integer", `{"access_token":"x","expires_in":"0x10"}`, 0, notDecimal, ""},
+		{"underscore", `{"access_token":"x","expires_in":"1_000"}`, 0, notDecimal, ""},
+		{"infinity", `{"access_token":"x","expires_in":"Inf"}`, 0, notDecimal, ""},
+		{"NaN", `{"access_token":"x","expires_in":"NaN"}`, 0, notDecimal, ""},
+		{"long garbage is cut", `{"access_token":"x","expires_in":"` + strings.Repeat("9x", 100) + `"}`, 0, notDecimal, strings.Repeat("9x", 21)},
+		{"at the limit", fmt.Sprintf(`{"access_token":"x","expires_in":%d}`, maxSecs), maxSecs, "", ""},
+		{"over the limit", fmt.Sprintf(`{"access_token":"x","expires_in":%d}`, maxSecs+1), 0, fmt.Sprintf("out of range: the limit is %d seconds", maxSecs), ""},
+		{"huge", `{"access_token":"x","expires_in":1e999}`, 0, "out of range", ""},
+		{"long huge number is cut", `{"access_token":"x","expires_in":` + strings.Repeat("9", 100) + `}`, 0, "out of range", strings.Repeat("9", 41)},
+		{"absent, JWT exp within the limit", fmt.Sprintf(`{"access_token":%q}`, fakeJWT(now.Add(MaxTokenLifetime-time.Hour).Unix())), maxSecs - 3600, "", ""},
+		{"absent, JWT exp beyond the limit", fmt.Sprintf(`{"access_token":%q}`, fakeJWT(now.Add(MaxTokenLifetime+time.Hour).Unix())), 0, fmt.Sprintf("more than %d seconds", maxSecs), ""},
+		{"absent, JWT exp absurd", fmt.Sprintf(`{"access_token":%q}`, "eyJhbGciOiJSUzI1NiJ9."+base64.RawURLEncoding.EncodeToString([]byte(`{"exp":1e300}`))+".c2ln"), 0, "MaxTokenLifetime", ""},
+		{"no token", `{"expires_in":60}`, 0, "without an access_token", ""},
+		{"not json", `<html>maintenance</html>`, 0, "not a JSON token response", ""},
+		{"truncated", `{"access_token":"secret-part`, 0, "not a JSON token response", ""},
+		{"scope list", `{"access_token":"x","expires_in":60,"scope":["a","b"]}`, 60, "", ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -226,8 +249,14 @@ func TestTokenExpiresInForms(t *testing.T) {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("error = %v, want one containing %q", err, tc.wantErr)
 				}
+				if tc.wantErr == notDecimal && !strings.Contains(err.Error(), "expires_in") {
+					t.Errorf("error %q does not name expires_in", err)
+				}
 				if strings.Contains(err.Error(), "secret-part") {
 					t.Error("error quotes the response body")
+				}
+				if tc.notInErr != "" && strings.Contains(err.Error(), tc.notInErr) {
+					t.Errorf("error quotes more than 40 characters of expires_in: %.100s", err)
 				}
 				return
 			}
@@ -369,13 +398,9 @@ func hangingTenant(t *testing.T) *tenant {
 func TestSlowTenantHitsTheTimeout(t *testing.T) {
 	t.Parallel()
 	tn := hangingTenant(t)
-	hc, err := NewHTTPClient("", 300*time.Millisecond)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := newTestClient(t, tn, func(cfg *Config) { cfg.HTTPClient = hc })
+	c := newTestClient(t, tn, func(cfg *Config) { cfg.RequestTimeout = 300 * time.Millisecond })
 	start := time.Now()
-	_, err = c.Token(context.Background(), nil)
+	_, err := c.Token(context.Background(), nil)
 	var ne net.Error
 	if !errors.As(err, &ne) || !ne.Timeout() {
 		t.Fatalf("error = %v, want a timeout", err)
@@ -423,11 +448,7 @@ func TestCustomCA(t *testing.T) {
 	t.Cleanup(srv.Close)
 	caPEM := pemOf(t, srv)
 
-	trusting, err := NewHTTPClient(caPEM, time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := New(Config{TokenURL: srv.URL + "/oauth2/token/a", ClientID: "id", ClientSecret: "s", HTTPClient: trusting})
+	c, err := New(Config{TokenURL: srv.URL + "/oauth2/token/a", ClientID: "id", ClientSecret: "s", CACert: caPEM})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -435,14 +456,28 @@ func TestCustomCA(t *testing.T) {
 		t.Fatalf("with the server's CA: %v", err)
 	}
 
-	systemRoots, _ := NewHTTPClient("", time.Second)
-	c2, _ := New(Config{TokenURL: srv.URL + "/oauth2/token/a", ClientID: "id", ClientSecret: "s", HTTPClient: systemRoots})
+	c2, err := New(Config{TokenURL: srv.URL + "/oauth2/token/a", ClientID: "id", ClientSecret: "s"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if _, err := c2.Token(context.Background(), nil); err == nil || !strings.Contains(err.Error(), "certificate") {
 		t.Fatalf("without the CA: error = %v, want a certificate error", err)
 	}
 
-	if _, err := NewHTTPClient("not a pem", time.Second); err == nil {
-		t.Error("a CA bundle without certificates was accepted")
+	// Neither bundle holds a certificate; the second has a PEM block that does not parse
+	// as one. An operator may paste the wrong thing, even a key: never quote it back.
+	for _, bundle := range []string{
+		"not a pem, maybe-a-secret-0123",
+		"-----BEGIN CERTIFICATE-----\nbWF5YmUtYS1zZWNyZXQtMDEyMw==\n-----END CERTIFICATE-----\n",
+	} {
+		_, err := New(Config{TokenURL: srv.URL + "/oauth2/token/a", ClientID: "id", CACert: bundle})
+		if err == nil {
+			t.Errorf("a CA bundle without a parsable certificate was accepted")
+			continue
+		}
+		if strings.Contains(err.Error(), "maybe-a-secret") || strings.Contains(err.Error(), "bWF5YmUtYS1zZWNyZXQ") {
+			t.Errorf("the CA bundle error quotes the bundle: %v", err)
+		}
 	}
 }
 
@@ -478,4 +513,74 @@ func TestTokenStringHidesTheAccessToken(t *testing.T) {
 func pemOf(t *testing.T, srv *httptest.Server) string {
 	t.Helper()
 	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}))
+}
+
+func TestNewBuildsItsHTTPClient(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		set, want time.Duration
+	}{{0, DefaultRequestTimeout}, {2 * time.Second, 2 * time.Second}} {
+		c, err := New(Config{TokenURL: "https://tenant.example/oauth2/token/a", ClientID: "id", RequestTimeout: tc.set})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.hc.Timeout != tc.want {
+			t.Errorf("RequestTimeout %s: HTTP client timeout = %s, want %s", tc.set, c.hc.Timeout, tc.want)
+		}
+		if v := c.transport.TLSClientConfig.MinVersion; v != tls.VersionTLS12 {
+			t.Errorf("TLS minimum version = %#x, want TLS 1.2", v)
+		}
+		if c.transport.Proxy == nil {
+			t.Error("the transport ignores proxy settings from the environment")
+		}
+		if c.transport.MaxIdleConnsPerHost < 2 {
+			t.Errorf("MaxIdleConnsPerHost = %d: not a pooled transport", c.transport.MaxIdleConnsPerHost)
+		}
+	}
+	if DefaultRequestTimeout != 30*time.Second {
+		t.Errorf("DefaultRequestTimeout = %s", DefaultRequestTimeout)
+	}
+}
+
+func TestCloseDropsIdleConnections(t *testing.T) {
+	t.Parallel()
+	tn := newTenant(t, jsonAnswer(200, okBody))
+	c := newTestClient(t, tn, nil)
+	for i := range 2 {
+		if _, err := c.Token(context.Background(), nil); err != nil {
+			t.Fatalf("call %d: %v", i+1, err)
+		}
+	}
+	c.Close()
+	if _, err := c.Token(context.Background(), nil); err != nil {
+		t.Fatalf("after Close: %v", err)
+	}
+	tn.mu.Lock()
+	defer tn.mu.Unlock()
+	if tn.conns != 2 {
+		t.Errorf("%d connections, want 2: one before Close, reused once, and one after", tn.conns)
+	}
+}
+
+func TestCloseLetsCallsInFlightFinish(t *testing.T) {
+	t.Parallel()
+	started := make(chan struct{})
+	release := make(chan struct{})
+	tn := newTenant(t, func(w http.ResponseWriter, _ *http.Request, _ int) {
+		close(started)
+		<-release
+		io.WriteString(w, okBody)
+	})
+	c := newTestClient(t, tn, nil)
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Token(context.Background(), nil)
+		done <- err
+	}()
+	<-started
+	c.Close()
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatalf("a call in flight during Close failed: %v", err)
+	}
 }

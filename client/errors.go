@@ -1,8 +1,10 @@
 package client
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"mime"
 	"net/http"
 	"strconv"
@@ -27,7 +29,7 @@ type Error struct {
 	ContentType string
 	// RetryAfter is the wait the tenant asked for with Retry-After, if any.
 	RetryAfter time.Duration
-	// Location is where a redirect pointed.
+	// Location is where a redirect pointed, redacted and cut like Body.
 	Location string
 	// Attempts is how many requests were made before giving up.
 	Attempts int
@@ -63,31 +65,89 @@ func (e *Error) Temporary() bool {
 	return e.StatusCode == http.StatusRequestTimeout || e.StatusCode == http.StatusTooManyRequests || e.StatusCode >= 500
 }
 
+// Refused reports whether the tenant gave a definite refusal that repeating the request
+// cannot fix: a redirect, or a 4xx other than 408 and 429. Callers should pass it on
+// rather than retry, since repeated failed logins can lock the service user.
+func (e *Error) Refused() bool {
+	return e.StatusCode >= 300 && e.StatusCode < 500 && !e.Temporary()
+}
+
 // maxExcerpt bounds how much of an unexpected body is quoted back in an error.
 const maxExcerpt = 200
 
-func newError(resp *http.Response, body []byte) *Error {
-	e := &Error{StatusCode: resp.StatusCode, RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())}
-	e.ContentType, _, _ = mime.ParseMediaType(resp.Header.Get("Content-Type"))
+// newError describes a non-2xx answer. Everything quoted from it is redacted of the
+// secrets before it is cut or folded: an excerpt could otherwise end inside a reflected
+// secret, or fold its white space so that it no longer matches, and leak a prefix.
+func newError(resp *http.Response, body []byte, now time.Time, secrets []string) *Error {
+	e := &Error{StatusCode: resp.StatusCode, RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), now)}
+	contentType, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	e.ContentType = excerpt(contentType, secrets)
 	if resp.StatusCode >= 300 && resp.StatusCode < 400 {
-		e.Location = resp.Header.Get("Location")
+		e.Location = excerpt(resp.Header.Get("Location"), secrets)
 	}
+	raw := []byte(redactString(string(body), secrets))
 	var oauth struct {
 		Error       string `json:"error"`
 		Description string `json:"error_description"`
 		// CyberArk's management APIs answer with this envelope instead.
 		Message string `json:"Message"`
 	}
-	if json.Unmarshal(body, &oauth) == nil && (oauth.Error != "" || oauth.Description != "" || oauth.Message != "") {
-		e.Code = printable(oauth.Error, maxExcerpt)
-		e.Description = printable(oauth.Description, maxExcerpt)
+	if json.Unmarshal(raw, &oauth) == nil && (oauth.Error != "" || oauth.Description != "" || oauth.Message != "") {
+		// excerpt redacts the decoded fields again: a JSON escape (\u0026, \/) inside a
+		// reflected secret hid it from the pass over the raw bytes.
+		e.Code = excerpt(oauth.Error, secrets)
+		e.Description = excerpt(oauth.Description, secrets)
 		if e.Description == "" {
-			e.Description = printable(oauth.Message, maxExcerpt)
+			e.Description = excerpt(oauth.Message, secrets)
 		}
 		return e
 	}
-	e.Body = printable(string(body), maxExcerpt)
+	e.Body = excerpt(string(redactJSON(raw, secrets)), secrets)
 	return e
+}
+
+// excerpt redacts s, then makes it printable and short. The second redaction catches a
+// secret whose pieces only folding white space brought together.
+func excerpt(s string, secrets []string) string {
+	return redactString(printable(redactString(s, secrets), maxExcerpt), secrets)
+}
+
+// redactJSON returns a JSON body re-encoded with the secrets removed from every decoded
+// string, so no escaping can hide one; anything that is not one JSON value comes back
+// as it was.
+func redactJSON(body []byte, secrets []string) []byte {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	var v any
+	if dec.Decode(&v) != nil || dec.Decode(new(any)) != io.EOF {
+		return body
+	}
+	var out bytes.Buffer
+	enc := json.NewEncoder(&out)
+	enc.SetEscapeHTML(false)
+	if enc.Encode(redactValue(v, secrets)) != nil {
+		return body
+	}
+	return bytes.TrimSuffix(out.Bytes(), []byte("\n"))
+}
+
+func redactValue(v any, secrets []string) any {
+	switch v := v.(type) {
+	case string:
+		return redactString(v, secrets)
+	case []any:
+		for i := range v {
+			v[i] = redactValue(v[i], secrets)
+		}
+		return v
+	case map[string]any:
+		out := make(map[string]any, len(v))
+		for k, x := range v {
+			out[redactString(k, secrets)] = redactValue(x, secrets)
+		}
+		return out
+	}
+	return v
 }
 
 // printable folds white space and drops control characters, so a tenant's answer

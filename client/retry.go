@@ -29,46 +29,43 @@ type RetryPolicy struct {
 	Budget time.Duration
 }
 
-// attempts records, per call, what the tenant said on each attempt, so the final error
-// can report the tenant's last answer even when the budget ran out during a wait.
-type attempts struct {
+// call is the state of one Token or Revoke call: what the tenant said on each attempt,
+// so the final error can report its last answer even when the budget ran out during a
+// wait, and the values to redact from it.
+type call struct {
+	secrets []string
+
 	mu    sync.Mutex
 	count int
 	last  error
 }
 
-func (a *attempts) record(err error) {
-	a.mu.Lock()
-	a.count++
-	a.last = err
-	a.mu.Unlock()
+func (cl *call) record(err error) {
+	cl.mu.Lock()
+	cl.count++
+	cl.last = err
+	cl.mu.Unlock()
 }
 
-func (a *attempts) result() (int, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.count, a.last
+func (cl *call) result() (int, error) {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	return cl.count, cl.last
 }
 
-type attemptsKey struct{}
-
-func (c *Client) retryClient() *retryablehttp.Client {
+// retryClient is a retryablehttp client for one call. It is cheap: it shares the
+// Client's HTTP client and pool, and only its CheckRetry belongs to the call.
+func (c *Client) retryClient(cl *call) *retryablehttp.Client {
 	p := c.cfg.Retry
-	// retryablehttp closes its client's idle connections after every failed call. The
-	// pool is shared by every reader of the engine, so one reader hanging up must not
-	// cost the others their connections: hide CloseIdleConnections from it.
-	hc := *c.cfg.HTTPClient
-	if hc.Transport == nil {
-		hc.Transport = http.DefaultTransport
-	}
-	hc.Transport = keepIdle{hc.Transport}
 	return &retryablehttp.Client{
-		HTTPClient:   &hc,
+		HTTPClient:   c.hc,
 		RetryMax:     p.MaxRetries,
 		RetryWaitMin: p.WaitMin,
 		RetryWaitMax: p.WaitMax,
-		CheckRetry:   c.checkRetry,
-		Backoff:      c.backoff,
+		CheckRetry: func(ctx context.Context, resp *http.Response, err error) (bool, error) {
+			return c.checkRetry(ctx, cl, resp, err)
+		},
+		Backoff: c.backoff,
 		// We read and report the last answer ourselves.
 		ErrorHandler: retryablehttp.PassthroughErrorHandler,
 	}
@@ -88,8 +85,7 @@ func (c *Client) post(ctx context.Context, endpoint string, form url.Values, ext
 		ctx, cancel = context.WithTimeout(ctx, c.cfg.Retry.Budget)
 		defer cancel()
 	}
-	log := &attempts{}
-	ctx = context.WithValue(ctx, attemptsKey{}, log)
+	cl := &call{secrets: c.sensitive(extra...)}
 
 	hreq, err := c.newRequest(ctx, endpoint, form)
 	if err != nil {
@@ -99,7 +95,7 @@ func (c *Client) post(ctx context.Context, endpoint string, form url.Values, ext
 	if err != nil {
 		return nil, fmt.Errorf("building request: %w", err)
 	}
-	resp, doErr := c.rc.Do(rreq)
+	resp, doErr := c.retryClient(cl).Do(rreq)
 	if resp != nil && resp.StatusCode >= 200 && resp.StatusCode < 300 {
 		defer resp.Body.Close()
 		return readLimited(resp.Body)
@@ -107,7 +103,7 @@ func (c *Client) post(ctx context.Context, endpoint string, form url.Values, ext
 	if resp != nil {
 		resp.Body.Close()
 	}
-	n, last := log.result()
+	n, last := cl.result()
 	if parent.Err() != nil {
 		return nil, fmt.Errorf("request to tenant abandoned: %w", parent.Err())
 	}
@@ -118,7 +114,7 @@ func (c *Client) post(ctx context.Context, endpoint string, form url.Values, ext
 		last = errors.New("no answer from tenant")
 	}
 	// Redact before wrapping: a wrapper's text is fixed when it is made.
-	last = c.redact(last, extra...)
+	last = redact(last, cl.secrets)
 	var te *Error
 	if errors.As(last, &te) {
 		te.Attempts = n
@@ -133,12 +129,9 @@ func (c *Client) post(ctx context.Context, endpoint string, form url.Values, ext
 }
 
 // checkRetry records every attempt's outcome and retries only what may pass later.
-func (c *Client) checkRetry(ctx context.Context, resp *http.Response, err error) (bool, error) {
-	log, _ := ctx.Value(attemptsKey{}).(*attempts)
+func (c *Client) checkRetry(ctx context.Context, cl *call, resp *http.Response, err error) (bool, error) {
 	if err != nil {
-		if log != nil {
-			log.record(transportError(err))
-		}
+		cl.record(transportError(err))
 		if ctx.Err() != nil {
 			return false, ctx.Err()
 		}
@@ -153,10 +146,8 @@ func (c *Client) checkRetry(ctx context.Context, resp *http.Response, err error)
 	if readErr != nil {
 		body = nil
 	}
-	te := newError(resp, body)
-	if log != nil {
-		log.record(te)
-	}
+	te := newError(resp, body, c.cfg.Now(), cl.secrets)
+	cl.record(te)
 	if ctx.Err() != nil {
 		return false, ctx.Err()
 	}
@@ -166,7 +157,7 @@ func (c *Client) checkRetry(ctx context.Context, resp *http.Response, err error)
 // backoff waits what Retry-After asks, capped, or an exponential step with full jitter.
 func (c *Client) backoff(minWait, maxWait time.Duration, attempt int, resp *http.Response) time.Duration {
 	if resp != nil && (resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable) {
-		if d := parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()); d > 0 {
+		if d := parseRetryAfter(resp.Header.Get("Retry-After"), c.cfg.Now()); d > 0 {
 			if limit := c.cfg.Retry.MaxRetryAfter; limit > 0 && d > limit {
 				d = limit
 			}

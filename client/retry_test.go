@@ -5,7 +5,9 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -170,4 +172,79 @@ func TestFailedCallKeepsPooledConnections(t *testing.T) {
 	if tn.conns != 1 {
 		t.Errorf("%d connections for 3 requests; the failed call closed the pool", tn.conns)
 	}
+}
+
+// The configured clock runs an hour behind the real one, so a Retry-After date shortly
+// after it lies in the real past: read with time.Now, it asks for no wait at all.
+func TestRetryAfterDateUsesTheConfiguredClock(t *testing.T) {
+	t.Parallel()
+	now := time.Now().Add(-time.Hour).Truncate(time.Second)
+	clock := func() time.Time { return now }
+	date := func(d time.Duration) string { return now.Add(d).UTC().Format(http.TimeFormat) }
+
+	t.Run("error", func(t *testing.T) {
+		t.Parallel()
+		tn := newTenant(t, failThen(1, 429, date(time.Minute)))
+		c := newTestClient(t, tn, func(cfg *Config) { cfg.Now = clock })
+		_, err := c.Token(context.Background(), nil)
+		var te *Error
+		if !errors.As(err, &te) || te.RetryAfter != time.Minute {
+			t.Fatalf("err = %v, want a 429 asking for a 1m wait", err)
+		}
+	})
+	t.Run("backoff", func(t *testing.T) {
+		t.Parallel()
+		tn := newTenant(t, failThen(1, 503, date(time.Second)))
+		c := newTestClient(t, tn, func(cfg *Config) {
+			retrying(3, 10*time.Second)(cfg)
+			cfg.Now = clock
+		})
+		if _, err := c.Token(context.Background(), nil); err != nil {
+			t.Fatal(err)
+		}
+		reqs := tn.got()
+		if gap := reqs[1].at.Sub(reqs[0].at); gap < 900*time.Millisecond || gap > 2500*time.Millisecond {
+			t.Errorf("retry came %s after a Retry-After one second ahead of the configured clock", gap)
+		}
+	})
+}
+
+// Concurrent calls on one Client each count their own attempts.
+func TestConcurrentCallsCountTheirOwnAttempts(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	seen := map[string]int{}
+	// Call i (its scope) gets i%3 answers of 503, then a refusal.
+	tn := newTenant(t, func(w http.ResponseWriter, r *http.Request, _ int) {
+		scope := r.PostFormValue("scope")
+		i, _ := strconv.Atoi(scope)
+		mu.Lock()
+		seen[scope]++
+		n := seen[scope]
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		if n <= i%3 {
+			w.WriteHeader(503)
+			io.WriteString(w, `{"error":"temporarily_unavailable"}`)
+			return
+		}
+		w.WriteHeader(400)
+		io.WriteString(w, `{"error":"invalid_scope","error_description":"call `+scope+`"}`)
+	})
+	c := newTestClient(t, tn, retrying(3, 10*time.Second))
+	var wg sync.WaitGroup
+	for i := range 24 {
+		wg.Go(func() {
+			_, err := c.Token(context.Background(), []string{strconv.Itoa(i)})
+			var te *Error
+			if !errors.As(err, &te) || te.StatusCode != 400 || te.Description != "call "+strconv.Itoa(i) {
+				t.Errorf("call %d: err = %v, want its own 400", i, err)
+				return
+			}
+			if want := i%3 + 1; te.Attempts != want {
+				t.Errorf("call %d: Attempts = %d, want %d", i, te.Attempts, want)
+			}
+		})
+	}
+	wg.Wait()
 }

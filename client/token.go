@@ -6,11 +6,17 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
 )
+
+// MaxTokenLifetime is the longest lifetime a token is accepted with. No tenant issues a
+// client-credentials token for longer; a larger expires_in, or an exp claim further out,
+// comes from a misbehaving tenant, and the engine would otherwise hand out leases that
+// outlive any sensible rotation.
+const MaxTokenLifetime = 366 * 24 * time.Hour
 
 // Token is an access token issued by the tenant. Its String and GoString methods leave
 // the access token out, so a stray %v in a log line or a test failure cannot print it.
@@ -46,7 +52,9 @@ type tokenResponse struct {
 	Scope       json.RawMessage `json:"scope"`
 }
 
-func parseToken(body []byte, sentAt time.Time) (*Token, error) {
+// parseToken reads a 2xx token response. Secrets are redacted from anything an error
+// quotes.
+func parseToken(body []byte, sentAt time.Time, secrets []string) (*Token, error) {
 	var tr tokenResponse
 	if err := json.Unmarshal(body, &tr); err != nil {
 		return nil, fmt.Errorf("tenant answered 200 with a body that is not a JSON token response (%d bytes): %w", len(body), jsonErr(err))
@@ -64,7 +72,7 @@ func parseToken(body []byte, sentAt time.Time) (*Token, error) {
 	}
 	tok.Scope = scope
 
-	secs, err := parseSeconds(tr.ExpiresIn)
+	secs, err := parseSeconds(tr.ExpiresIn, secrets)
 	if err != nil {
 		return nil, err
 	}
@@ -74,18 +82,28 @@ func parseToken(body []byte, sentAt time.Time) (*Token, error) {
 		if !ok {
 			return nil, errors.New("tenant answered 200 without expires_in, and the access token carries no exp claim")
 		}
-		secs = int64(exp.Sub(sentAt).Seconds())
-		if secs <= 0 {
+		// In float seconds, so that an absurd exp cannot overflow a time.Duration.
+		life := exp - float64(sentAt.UnixNano())/1e9
+		if life < 1 {
 			return nil, errors.New("tenant issued an access token that has already expired")
 		}
+		if life > MaxTokenLifetime.Seconds() {
+			return nil, fmt.Errorf("tenant answered without expires_in and the access token's exp claim lies more than %d seconds (MaxTokenLifetime) after the request", int64(MaxTokenLifetime.Seconds()))
+		}
+		secs = int64(life)
 	}
 	tok.ExpiresIn = secs
 	tok.Expiry = sentAt.Add(time.Duration(secs) * time.Second)
 	return tok, nil
 }
 
+// decimalSeconds is JSON number syntax, with no sign other than a minus (which the
+// range check then refuses as expired). strconv.ParseFloat alone would also take hex
+// floats, underscores, a plus sign, Inf and NaN, none of which a tenant means.
+var decimalSeconds = regexp.MustCompile(`^-?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?$`)
+
 // parseSeconds reads expires_in as a JSON number or a numeric string; absent is 0.
-func parseSeconds(raw json.RawMessage) (int64, error) {
+func parseSeconds(raw json.RawMessage, secrets []string) (int64, error) {
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 || string(raw) == "null" {
 		return 0, nil
@@ -93,19 +111,22 @@ func parseSeconds(raw json.RawMessage) (int64, error) {
 	s := string(raw)
 	if raw[0] == '"' {
 		if err := json.Unmarshal(raw, &s); err != nil {
-			return 0, fmt.Errorf("tenant answered an unreadable expires_in: %w", err)
+			return 0, fmt.Errorf("tenant answered an unreadable expires_in: %w", jsonErr(err))
 		}
 		s = strings.TrimSpace(s)
 	}
-	f, err := strconv.ParseFloat(s, 64)
-	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
-		return 0, fmt.Errorf("tenant answered expires_in %.40q, which is not a number of seconds", s)
+	if !decimalSeconds.MatchString(s) {
+		return 0, fmt.Errorf("tenant answered expires_in %.40q: it must be a decimal number of seconds", redactString(s, secrets))
 	}
+	// The syntax is checked, so the only error left is a range error, and then f is
+	// ±Inf or 0, which the checks below refuse.
+	f, _ := strconv.ParseFloat(s, 64)
+	s = redactString(s, secrets) // a reflected secret may be all digits
 	if f < 1 {
-		return 0, fmt.Errorf("tenant answered expires_in %s: the token is already expired, or expires within a second", s)
+		return 0, fmt.Errorf("tenant answered expires_in %.40s: the token is already expired, or expires within a second", s)
 	}
-	if f > math.MaxInt32 {
-		return 0, fmt.Errorf("tenant answered expires_in %s, which is out of range", s)
+	if limit := MaxTokenLifetime.Seconds(); f > limit {
+		return 0, fmt.Errorf("tenant answered expires_in %.40s, which is out of range: the limit is %d seconds (MaxTokenLifetime)", s, int64(limit))
 	}
 	return int64(f), nil
 }
@@ -127,28 +148,29 @@ func parseScope(raw json.RawMessage) (string, error) {
 	return "", errors.New("tenant answered a scope that is neither a string nor a list of strings")
 }
 
-// jwtExpiry reads the exp claim without verifying the signature: it only serves as a
-// lifetime hint when the tenant leaves out expires_in, never to trust the token.
-func jwtExpiry(token string) (time.Time, bool) {
+// jwtExpiry reads the exp claim, in seconds since the epoch, without verifying the
+// signature: it only serves as a lifetime hint when the tenant leaves out expires_in,
+// never to trust the token.
+func jwtExpiry(token string) (float64, bool) {
 	parts := strings.Split(token, ".")
 	if len(parts) != 3 {
-		return time.Time{}, false
+		return 0, false
 	}
 	payload, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(parts[1], "="))
 	if err != nil {
-		return time.Time{}, false
+		return 0, false
 	}
 	var claims struct {
 		Exp json.Number `json:"exp"`
 	}
 	if err := json.Unmarshal(payload, &claims); err != nil || claims.Exp == "" {
-		return time.Time{}, false
+		return 0, false
 	}
 	f, err := claims.Exp.Float64()
 	if err != nil {
-		return time.Time{}, false
+		return 0, false
 	}
-	return time.Unix(int64(f), 0), true
+	return f, true
 }
 
 // jsonErr keeps the position of a syntax error but not the bytes around it, which could
