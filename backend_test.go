@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"go/build"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -313,4 +315,20 @@ func counter(sink *metrics.InmemSink, name string) int {
 		iv.RUnlock()
 	}
 	return total
+}
+
+// TestPluginDoesNotImportTheEmulator: the emulator is a test tool. internal/ keeps other
+// modules from importing it; this keeps the plugin's own packages from doing so.
+func TestPluginDoesNotImportTheEmulator(t *testing.T) {
+	t.Parallel()
+	const emulatorPath = "github.com/idsec-labs/vault-plugin-secrets-cyberark/internal/emulator"
+	for _, dir := range []string{".", "client", "cmd/vault-plugin-secrets-cyberark"} {
+		pkg, err := build.ImportDir(dir, 0)
+		if err != nil {
+			t.Fatalf("%s: %v", dir, err)
+		}
+		if slices.Contains(pkg.Imports, emulatorPath) {
+			t.Errorf("%s imports the emulator outside its tests", dir)
+		}
+	}
 }

@@ -462,8 +462,12 @@ func (b *backend) verifyConfig(ctx context.Context, cfg *cyberarkConfig) (*logic
 	if err != nil {
 		b.Logger().Warn("config not stored: verification grant failed", "token_endpoint", cfg.tokenEndpoint(cfg.AppID), "error", err)
 		var te *client.Error
-		if errors.As(err, &te) && te.Refused() {
+		switch {
+		case errors.As(err, &te) && te.Refused():
 			return logical.ErrorResponse("verify_connection: the tenant refused a token request with these settings, nothing was stored: %s", err), nil
+		case te != nil && te.StatusCode == http.StatusTooManyRequests:
+			return nil, logical.CodedError(http.StatusTooManyRequests,
+				fmt.Sprintf("verify_connection: the tenant is rate limiting token requests, nothing was stored; try again later: %s", err))
 		}
 		return nil, logical.CodedError(http.StatusBadGateway,
 			fmt.Sprintf("verify_connection: could not get a token from the tenant, nothing was stored (set verify_connection=false to store anyway): %s", err))

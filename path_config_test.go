@@ -412,3 +412,21 @@ func TestConfigTokenURLWithoutTenantURL(t *testing.T) {
 		t.Errorf("config = %v; want no tenant_url, revocation off, total_timeout 45", got)
 	}
 }
+
+// TestConfigVerifyRateLimitedIsA429: a rate limit is neither the writer's mistake nor an
+// outage; the writer should wait, as a 429 tells it to.
+func TestConfigVerifyRateLimitedIsA429(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	e.emu.AddFaults(emulator.Fault{Endpoint: "token", Status: 429, RetryAfter: "3"})
+	data := e.configData()
+	data["max_retries"] = 0
+	_, err := e.request(t, logical.CreateOperation, "config", data)
+	var coded logical.HTTPCodedError
+	if !errors.As(err, &coded) || coded.Code() != http.StatusTooManyRequests {
+		t.Fatalf("err = %v, want a 429 coded error", err)
+	}
+	if storedJSON(t, e.storage, "config") != "" {
+		t.Error("config stored although verification failed")
+	}
+}

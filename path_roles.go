@@ -249,7 +249,12 @@ func (b *backend) pathRoleRead(ctx context.Context, req *logical.Request, d *fra
 func (b *backend) pathRoleDelete(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	name, resp := roleName(d, "name")
 	if resp != nil {
-		return resp, nil
+		// Earlier releases accepted names such as "_x" that are no longer canonical; a
+		// role stored under exactly this key may still be deleted, and nothing else is.
+		name = d.Get("name").(string)
+		if legacy, err := readRole(ctx, req.Storage, name); err != nil || legacy == nil {
+			return resp, err
+		}
 	}
 	b.roleMu.Lock()
 	defer b.roleMu.Unlock()

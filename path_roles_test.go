@@ -133,6 +133,19 @@ func TestRoleNameHasOneSpelling(t *testing.T) {
 	if n := e.emu.Stats().TokenRequests; n != 0 {
 		t.Errorf("the tenant got %d token requests from refused names", n)
 	}
+	// A role stored by an earlier release under a name no longer canonical can still be
+	// deleted, under exactly its stored key.
+	legacy, err := logical.StorageEntryJSON("roles/_legacy", &roleEntry{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.storage.Put(t.Context(), legacy); err != nil {
+		t.Fatal(err)
+	}
+	e.mustRequest(t, logical.DeleteOperation, "roles/_legacy", nil)
+	if storedJSON(t, e.storage, "roles/_legacy") != "" {
+		t.Error("the legacy role was not deleted")
+	}
 	// The longest canonical name is accepted.
 	e.mustRequest(t, logical.CreateOperation, "roles/"+strings.Repeat("a", maxRoleNameLength), map[string]any{"scopes": "read"})
 }

@@ -18,12 +18,16 @@ import (
 const (
 	secretAccessTokenType = "cyberark_access_token"
 
-	// Vault's expiration manager tries a revocation 6 times, 10s, 20s, 40s, 80s and 160s
-	// apart (each +-50%), and then keeps the lease as irrevocable. We give up before it
-	// does, by whichever comes first: our 5th failure for a token (counted in memory,
-	// so lost on a plugin restart), the token's expiry (at most 60s after the lease's
-	// end), or 2 minutes past the lease's end, which Vault's 6th attempt always is. A
-	// tenant that stays down can never leave a lease stuck.
+	// Vault's expiration manager (vault/expiration.go, 1.19) tries a revocation up to 6
+	// times, waiting (1<<n) x 10s, +-50%, after the n-th failure: 20s, 40s, 80s, 160s
+	// and 320s. Then it marks the lease irrevocable, which leaves it stuck until an
+	// operator forces it. We end the lease first, by whichever comes first: our 5th
+	// failure for a token (counted in memory, so a plugin restart starts the count
+	// again), the token's expiry (at most 60s after the lease's natural end), or 2
+	// minutes past the lease's natural end, which Vault's 4th or 5th attempt always is.
+	// A lease revoked early (vault lease revoke, a revoked Vault token) has its natural
+	// end far ahead, so only the count protects it: a plugin restart during its ten
+	// minutes of retries can still let Vault mark it irrevocable.
 	maxRevokeAttempts = 5
 	revokeGiveUpAfter = 2 * time.Minute
 )

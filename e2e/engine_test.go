@@ -79,30 +79,60 @@ func TestConfigRolesTokensLeases(t *testing.T) {
 	if got := cfg.Data["scopes"]; !reflect.DeepEqual(got, []any{"read", "write"}) {
 		t.Errorf("config scopes = %v, want [read write]", got)
 	}
+	if got := intField(t, cfg.Data, "total_timeout"); got != 45 {
+		t.Errorf("config total_timeout = %d, want the default 45", got)
+	}
 
 	// Roles: write, read, list; unknown fields are refused.
 	e.writeRole("reader", map[string]any{"scopes": "read"})
 	e.writeRole("writer", map[string]any{"scopes": "write", "allowed_scopes": "read,write", "ttl": "2m"})
 	e.writeRole("other", map[string]any{"scopes": "read", "app_id": otherAppID})
+	e.writeRole("inherit", map[string]any{"ttl": "1m"})
 	role, err := c.Logical().ReadWithContext(e.ctx, mountPath+"/roles/writer")
 	if err != nil || role == nil {
 		t.Fatalf("reading role writer: %v", err)
 	}
-	if got := role.Data["scopes"]; !reflect.DeepEqual(got, []any{"write"}) {
-		t.Errorf("role scopes = %v, want [write]", got)
-	}
-	if got := role.Data["allowed_scopes"]; !reflect.DeepEqual(got, []any{"read", "write"}) {
-		t.Errorf("role allowed_scopes = %v, want [read write]", got)
-	}
 	if got := intField(t, role.Data, "ttl"); got != 120 {
 		t.Errorf("role ttl = %d, want 120", got)
+	}
+	// A role read shows what is stored and, beside it, what a token read will use and
+	// where that comes from.
+	for _, tc := range []struct {
+		role string
+		want map[string]any // nil: JSON null
+	}{
+		{"writer", map[string]any{
+			"scopes": []any{"write"}, "allowed_scopes": []any{"read", "write"},
+			"effective_scopes": []any{"write"}, "effective_allowed_scopes": []any{"read", "write"},
+			"scopes_source": "role", "allowed_scopes_source": "role",
+		}},
+		{"reader", map[string]any{
+			"scopes": []any{"read"}, "allowed_scopes": nil,
+			"effective_scopes": []any{"read"}, "effective_allowed_scopes": []any{"read"},
+			"scopes_source": "role", "allowed_scopes_source": "scopes",
+		}},
+		{"inherit", map[string]any{
+			"allowed_scopes":   nil,
+			"effective_scopes": []any{"read", "write"}, "effective_allowed_scopes": []any{"read", "write"},
+			"scopes_source": "config", "allowed_scopes_source": "scopes",
+		}},
+	} {
+		role, err := c.Logical().ReadWithContext(e.ctx, mountPath+"/roles/"+tc.role)
+		if err != nil || role == nil {
+			t.Fatalf("reading role %s: %v", tc.role, err)
+		}
+		for field, want := range tc.want {
+			if got, ok := role.Data[field]; !ok || !reflect.DeepEqual(got, want) {
+				t.Errorf("role %s %s = %v (present: %t), want %v", tc.role, field, got, ok, want)
+			}
+		}
 	}
 	list, err := c.Logical().ListWithContext(e.ctx, mountPath+"/roles")
 	if err != nil || list == nil {
 		t.Fatalf("listing roles: %v", err)
 	}
-	if got := list.Data["keys"]; !reflect.DeepEqual(got, []any{"other", "reader", "writer"}) {
-		t.Errorf("role list = %v, want [other reader writer]", got)
+	if got := list.Data["keys"]; !reflect.DeepEqual(got, []any{"inherit", "other", "reader", "writer"}) {
+		t.Errorf("role list = %v, want [inherit other reader writer]", got)
 	}
 	_, err = c.Logical().WriteWithContext(e.ctx, mountPath+"/roles/reader", map[string]any{"scopes": "read", "sopes": "write"})
 	if re := responseError(t, err); re.StatusCode != http.StatusBadRequest || !strings.Contains(strings.Join(re.Errors, " "), "sopes") {

@@ -50,11 +50,28 @@ type env struct {
 	client *api.Client
 }
 
+// envOptions are the settings a test may change from newEnv's defaults.
+type envOptions struct {
+	// logLevel is the Vault server's -log-level; debug unless a test asks otherwise.
+	logLevel string
+}
+
+type envOption func(*envOptions)
+
+// withLogLevel runs the Vault server at level instead of debug, as an operator would.
+func withLogLevel(level string) envOption {
+	return func(o *envOptions) { o.logLevel = level }
+}
+
 // newEnv starts everything a test needs and registers its teardown. Teardown runs in
 // reverse: processes stop first, then the emulator, then the log checks, so the checks
 // see complete logs and every token the tenant issued.
-func newEnv(t *testing.T, expiresIn int) *env {
+func newEnv(t *testing.T, expiresIn int, opts ...envOption) *env {
 	t.Helper()
+	o := envOptions{logLevel: "debug"}
+	for _, opt := range opts {
+		opt(&o)
+	}
 	bin := vaultBin(t)
 	// The temporary directory is created first so that it is removed last, after the
 	// log checks have read the logs in it.
@@ -72,7 +89,7 @@ func newEnv(t *testing.T, expiresIn int) *env {
 	ctx, cancel = context.WithTimeout(context.Background(), testTimeout)
 	t.Cleanup(cancel)
 	e.ctx = ctx
-	e.vault = startVault(t, ctx, bin, dir, e.guard)
+	e.vault = startVault(t, ctx, bin, dir, o.logLevel, e.guard)
 	e.client = e.vault.client
 	e.vault.register(t, b)
 	e.vault.mount(t, mountPath, versionV1)
@@ -98,7 +115,13 @@ func (e *env) writeRole(name string, data map[string]any) {
 // one the tenant issued.
 func (e *env) readToken(path string, params map[string][]string) *api.Secret {
 	e.t.Helper()
-	s, err := e.client.Logical().ReadWithDataWithContext(e.ctx, mountPath+"/"+path, params)
+	return e.readTokenAs(e.client, path, params)
+}
+
+// readTokenAs is readToken through c, which may hold a token other than root.
+func (e *env) readTokenAs(c *api.Client, path string, params map[string][]string) *api.Secret {
+	e.t.Helper()
+	s, err := c.Logical().ReadWithDataWithContext(e.ctx, mountPath+"/"+path, params)
 	if err != nil {
 		e.t.Fatalf("reading %s: %v", path, err)
 	}
@@ -278,8 +301,8 @@ func (tn *tenant) lastTokenRequest(t testing.TB) emulator.Request {
 	return emulator.Request{}
 }
 
-// vaultServer is a Vault dev server on a loopback port, logging at debug level, which
-// includes the plugin's own log lines.
+// vaultServer is a Vault dev server on a loopback port. At the debug level that most
+// tests use, its log includes all of the plugin's own log lines.
 type vaultServer struct {
 	addr   string
 	token  string
@@ -287,7 +310,7 @@ type vaultServer struct {
 	proc   *process
 }
 
-func startVault(t *testing.T, ctx context.Context, bin, dir string, guard *logGuard) *vaultServer {
+func startVault(t *testing.T, ctx context.Context, bin, dir, logLevel string, guard *logGuard) *vaultServer {
 	t.Helper()
 	home := filepath.Join(dir, "home")
 	if err := os.Mkdir(home, 0o700); err != nil {
@@ -312,7 +335,7 @@ func startVault(t *testing.T, ctx context.Context, bin, dir string, guard *logGu
 			// server would otherwise also register each file in the directory, unversioned.
 			"-dev-plugin-init=false",
 			"-dev-no-store-token",
-			"-log-level=debug",
+			"-log-level="+logLevel,
 		)
 		if err != nil {
 			t.Fatal(err)

@@ -15,9 +15,9 @@ import (
 func main() {
 	// Vault reads a plugin's stderr as JSON log lines and re-emits them at their own
 	// level; a line in any other format is demoted to DEBUG, where a server at the
-	// default info level drops it. Vault filters by its own level, so we log everything.
+	// default info level drops it. Vault filters by its own level, so we log everything,
+	// and it names the lines after the plugin itself.
 	logger := hclog.New(&hclog.LoggerOptions{
-		Name:       "vault-plugin-secrets-cyberark",
 		Level:      hclog.Trace,
 		Output:     os.Stderr,
 		JSONFormat: true,
