@@ -421,7 +421,7 @@ func (c *cyberarkConfig) validate(creating bool) fieldErrors {
 		problems.add("client_secret", "is required when the config is created")
 	}
 	if c.ClientAuth != clientAuthBasic && c.ClientAuth != clientAuthPost {
-		problems.add("client_auth", "must be %q or %q, got %q", clientAuthBasic, clientAuthPost, c.ClientAuth)
+		problems.add("client_auth", "must be %q or %q, got %s", clientAuthBasic, clientAuthPost, quoteShort(c.ClientAuth))
 	}
 	if len(c.CACert) > maxCACertBytes {
 		problems.add("ca_cert", "must be at most %d bytes, got %d", maxCACertBytes, len(c.CACert))

@@ -246,6 +246,14 @@ func TestConfigInvalidInput(t *testing.T) {
 		{"app_id line separator", map[string]any{"app_id": "App\u2028"}, nil, "app_id"},
 		{"app_id bidi override", map[string]any{"app_id": "\u202eppA"}, nil, "app_id"},
 		{"client_id NEL", map[string]any{"client_id": "svc\u0085@x"}, nil, "client_id"},
+		{"client_id CSI", map[string]any{"client_id": "svc\u009b@x"}, nil, "client_id"},
+		{"client_id line separator", map[string]any{"client_id": "svc\u2028@x"}, nil, "client_id"},
+		{"client_id grapheme joiner", map[string]any{"client_id": "svc\u034f@x"}, nil, "client_id"},
+		{"client_id hangul filler", map[string]any{"client_id": "svc\u3164@x"}, nil, "client_id"},
+		{"client_secret variation selector", map[string]any{"client_secret": "Secret\ufe0fValue"}, nil, "client_secret"},
+		{"client_secret hangul choseong filler", map[string]any{"client_secret": "Secret\u115fValue"}, nil, "client_secret"},
+		{"client_secret no-break space", map[string]any{"client_secret": "Secret\u00a0Value"}, nil, "client_secret"},
+		{"client_auth 1 MB", map[string]any{"client_auth": strings.Repeat("x", 1<<20)}, nil, "client_auth"},
 		{"client_id zero-width space", map[string]any{"client_id": "svc\u200b@x"}, nil, "client_id"},
 		{"client_id bidi override", map[string]any{"client_id": "svc@x\u202e"}, nil, "client_id"},
 		{"client_id leading space", map[string]any{"client_id": " " + testClientID}, nil, "client_id"},
@@ -281,6 +289,9 @@ func TestConfigInvalidInput(t *testing.T) {
 			}
 			resp, err := e.request(t, logical.CreateOperation, "config", data)
 			assertBadRequest(t, resp, err, tc.field)
+			if n := len(resp.Error().Error()); n > 4096 {
+				t.Errorf("the error message is %d bytes long: it must not grow with the input", n)
+			}
 			if secret, _ := data["client_secret"].(string); len(secret) >= 8 && strings.Contains(resp.Error().Error(), secret) {
 				t.Error("the error message quotes the client secret")
 			}

@@ -240,6 +240,11 @@ func (b *backend) pathRoleRead(ctx context.Context, req *logical.Request, d *fra
 	if ruleErr != nil {
 		resp.AddWarning("token reads of this role are refused until this is fixed: " + ruleErr.Error())
 	}
+	if cfg != nil {
+		for _, problem := range r.configConflicts(cfg) {
+			resp.AddWarning(problem)
+		}
+	}
 	if cfg == nil {
 		resp.AddWarning("the engine is not configured: effective scopes will include the config's once it is")
 	}
@@ -335,8 +340,8 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 	if _, err := effectiveScopes(cfg, r); err != nil {
 		problems.add("allowed_scopes", "%s", err)
 	}
-	if cfg != nil && r.RevokeTokens != nil && *r.RevokeTokens && cfg.revokeEndpoint(appFor(cfg, r)) == "" {
-		problems.add("revoke_tokens", "cannot be true: the config sets token_url without revoke_url, so there is no revocation endpoint; set revoke_url in the config first")
+	if cfg != nil {
+		problems = append(problems, r.configConflicts(cfg)...)
 	}
 	if resp := problems.response(); resp != nil {
 		return resp, nil
@@ -350,6 +355,20 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 	}
 	b.cache.resetRole(name)
 	return nil, nil
+}
+
+// configConflicts lists what in the role the config cannot honour. A role write with
+// any of them is refused; a role read shows them, since the config may have changed
+// after the role was written.
+func (r *roleEntry) configConflicts(cfg *cyberarkConfig) []string {
+	var problems []string
+	if r.AppID != "" && cfg.TokenURL != "" {
+		problems = append(problems, "app_id: the config's token_url replaces per-application endpoints, so token reads of a role with its own app_id are refused; remove one of them")
+	}
+	if r.RevokeTokens != nil && *r.RevokeTokens && cfg.revokeEndpoint(appFor(cfg, r)) == "" {
+		problems = append(problems, "revoke_tokens: cannot be true while the config sets token_url without revoke_url: there is no revocation endpoint, so tokens of this role are not revoked; set revoke_url in the config")
+	}
+	return problems
 }
 
 // appFor is the application a role's tokens come from: its own app_id, else the

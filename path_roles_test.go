@@ -76,6 +76,7 @@ func TestRoleInvalidInput(t *testing.T) {
 		{"reuse_min_fraction negative", map[string]any{"reuse_min_fraction": -0.1}, "reuse_min_fraction"},
 		{"token_reuse not bool", map[string]any{"token_reuse": "often"}, "token_reuse"},
 		{"unknown field", map[string]any{"scope": "read"}, "scope"},
+		{"revoke_tokens is not a bool", map[string]any{"revoke_tokens": "sometimes"}, "revoke_tokens"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

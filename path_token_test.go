@@ -476,10 +476,17 @@ func TestTokenRoleScopesFallBackToConfig(t *testing.T) {
 func TestTokenRoleAppIDWithTokenURLIsABadRequest(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t)
-	data := e.configData()
-	data["token_url"] = e.url + "/oauth2/token/" + testAppID
-	e.mustRequest(t, logical.CreateOperation, "config", data)
+	e.configure(t)
 	e.mustRequest(t, logical.CreateOperation, "roles/other", map[string]any{"app_id": "OtherApp"})
+	e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{
+		"token_url": e.url + "/oauth2/token/" + testAppID, "client_secret": testClientSecret,
+	})
 	resp, err := e.request(t, logical.ReadOperation, "token/other", nil)
+	assertBadRequest(t, resp, err, "app_id")
+	// The role read says so, and a role written now with its own app_id is refused.
+	if w := e.mustRequest(t, logical.ReadOperation, "roles/other", nil).Warnings; len(w) != 1 || !strings.HasPrefix(w[0], "app_id:") {
+		t.Errorf("role read warnings = %v, want one about app_id", w)
+	}
+	resp, err = e.request(t, logical.CreateOperation, "roles/other2", map[string]any{"app_id": "OtherApp"})
 	assertBadRequest(t, resp, err, "app_id")
 }

@@ -43,21 +43,30 @@ func checkRoleName(name string) error {
 	if roleNamePattern.MatchString(name) {
 		return nil
 	}
-	shown := name
-	if utf8.RuneCountInString(shown) > 64 {
-		shown = string([]rune(shown)[:64]) + "..."
+	return fmt.Errorf("%s is not a role name in canonical form: use lower-case letters, digits, '-', '_' and '.', starting and ending with a letter or digit, at most %d characters; names are never folded to lower case, so that a Vault policy on one spelling cannot be escaped with another",
+		quoteShort(name), maxRoleNameLength)
+}
+
+// quoteShort quotes a value a request supplied for an error message, cut to 64
+// characters: an error must not grow with the input.
+func quoteShort(s string) string {
+	if utf8.RuneCountInString(s) > 64 {
+		return strconv.Quote(string([]rune(s)[:64])) + "..."
 	}
-	return fmt.Errorf("%q is not a role name in canonical form: use lower-case letters, digits, '-', '_' and '.', starting and ending with a letter or digit, at most %d characters; names are never folded to lower case, so that a Vault policy on one spelling cannot be escaped with another",
-		shown, maxRoleNameLength)
+	return strconv.Quote(s)
 }
 
 // unsafeRune reports characters that have no place in an identifier or a password:
 // C0 and C1 controls, format characters (zero-width and bidirectional controls such as
-// U+200B and U+202E, which make a value look other than it is), line and paragraph
-// separators, private-use and surrogate code points, and U+FFFD, which is what bytes
-// that were not UTF-8 become.
+// U+200B and U+202E, which make a value look other than it is), other characters that
+// render as nothing (U+034F, U+115F, U+3164, variation selectors), spaces other than
+// U+0020 (a no-break space looks like one), line and paragraph separators, private-use
+// and surrogate code points, and U+FFFD, which is what bytes that were not UTF-8 become.
 func unsafeRune(r rune) bool {
-	return unicode.IsControl(r) || unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp, unicode.Co, unicode.Cs) || r == utf8.RuneError
+	return unicode.IsControl(r) || r == utf8.RuneError ||
+		unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp, unicode.Co, unicode.Cs,
+			unicode.Other_Default_Ignorable_Code_Point, unicode.Variation_Selector) ||
+		unicode.Is(unicode.Zs, r) && r != ' '
 }
 
 // checkText bounds the length of an identifier or secret and refuses unsafe characters.
@@ -87,6 +96,13 @@ func unknownFields(req *logical.Request, d *framework.FieldData) *logical.Respon
 		return nil
 	}
 	sort.Strings(unknown)
+	// A request may carry any number of names of any length: quote a bounded sample.
+	if len(unknown) > 10 {
+		unknown = append(unknown[:10], fmt.Sprintf("and %d more", len(unknown)-10))
+	}
+	for i, name := range unknown {
+		unknown[i] = quoteShort(name)
+	}
 	allowed := make([]string, 0, len(d.Schema))
 	for k := range d.Schema {
 		allowed = append(allowed, k)
