@@ -27,6 +27,7 @@ func Factory(ctx context.Context, conf *logical.BackendConfig) (logical.Backend,
 	if err := b.Setup(ctx, conf); err != nil {
 		return nil, err
 	}
+	b.storage = conf.StorageView
 	return b, nil
 }
 
@@ -44,6 +45,14 @@ type backend struct {
 
 	cache *cache
 
+	// storage is the mount's storage, for the rotation scheduler's timer, which has no
+	// request to take it from.
+	storage logical.Storage
+	// schedule fires scheduled root rotations where Vault's rotation manager does not.
+	schedule *scheduler
+	// afterRotationStep, when set by a test, is called after each step of a rotation.
+	afterRotationStep func(step string)
+
 	revokeFailures *failureCounter
 
 	metrics *metrics.Metrics // nil: go-metrics' global sink
@@ -54,6 +63,7 @@ type backend struct {
 func newBackend() *backend {
 	b := &backend{
 		revokeFailures: newFailureCounter(),
+		schedule:       &scheduler{},
 		now:            time.Now,
 	}
 	b.cache = newCache(b.newTenantClient)
@@ -64,14 +74,17 @@ func newBackend() *backend {
 			SealWrapStorage: []string{configPath},
 		},
 		Paths: framework.PathAppend(
-			[]*framework.Path{pathConfig(b)},
+			[]*framework.Path{pathConfig(b), pathRotateRoot(b)},
 			pathRoles(b),
 			pathToken(b),
 		),
 		Secrets:        []*framework.Secret{secretAccessToken(b)},
-		Invalidate:     b.invalidate,
-		Clean:          b.clean,
-		RunningVersion: Version,
+		Invalidate:       b.invalidate,
+		Clean:            b.clean,
+		InitializeFunc:   b.initialize,
+		PeriodicFunc:     b.periodic,
+		RotateCredential: b.rotateCredential,
+		RunningVersion:   Version,
 	}
 	return b
 }
@@ -87,5 +100,41 @@ func (b *backend) invalidate(_ context.Context, key string) {
 }
 
 func (b *backend) clean(_ context.Context) {
+	b.schedule.stop()
 	b.cache.resetAll()
+}
+
+// initialize runs when the engine is mounted or its plugin (re)started: a rotation that
+// a crash interrupted is settled, and the rotation schedule armed.
+func (b *backend) initialize(ctx context.Context, req *logical.InitializationRequest) error {
+	if !b.WriteSafeReplicationState() {
+		return nil
+	}
+	if err := b.settle(ctx, req.Storage, true); err != nil {
+		// The mount must still come up: tokens are served with the stored secret,
+		// and the periodic function tries again.
+		b.Logger().Error("could not settle an interrupted root rotation at start", "error", err)
+	}
+	cfg, err := readConfig(ctx, req.Storage)
+	if err != nil {
+		b.Logger().Error("could not read the config to arm the rotation schedule", "error", err)
+		return nil
+	}
+	b.armSchedule(cfg)
+	return nil
+}
+
+// periodic runs about once a minute on the active node (Vault's rollback manager).
+func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
+	if err := b.settle(ctx, req.Storage, false); err != nil {
+		b.Logger().Error("could not settle an interrupted root rotation", "error", err)
+	}
+	return b.rotateIfDue(ctx, req.Storage)
+}
+
+// rotateCredential is what Vault's rotation manager (Enterprise) calls when the job
+// registered by a config write is due.
+func (b *backend) rotateCredential(ctx context.Context, req *logical.Request) error {
+	_, err := b.rotateRoot(ctx, req.Storage)
+	return err
 }

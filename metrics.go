@@ -19,6 +19,7 @@ var (
 	metricReuse         = []string{"cyberark", "reuse"}
 	metricRevoke        = []string{"cyberark", "revoke"}
 	metricRevokeLatency = []string{"cyberark", "revoke", "duration"}
+	metricRotation      = []string{"cyberark", "rotation"}
 )
 
 // count and measure go to b.metrics when a test set one, else to go-metrics' global

@@ -1,6 +1,7 @@
 package cyberark
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -10,7 +11,9 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/helper/automatedrotationutil"
 	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/hashicorp/vault/sdk/rotation"
 
 	"github.com/idsec-labs/vault-plugin-secrets-cyberark/client"
 )
@@ -54,6 +57,17 @@ type cyberarkConfig struct {
 	RevokeURL      string        `json:"revoke_url,omitempty"`
 	// RevokeTokens is nil until set, so the default can follow token_url and revoke_url.
 	RevokeTokens *bool `json:"revoke_tokens,omitempty"`
+
+	// RotationScopes are asked for in the grant whose token authorises the password
+	// change: the app must grant a scope whose allowed REST APIs include
+	// UserMgmt/ChangeUserPassword.
+	RotationScopes []string `json:"rotation_scopes,omitempty"`
+	// PasswordPolicy names a Vault password policy for new secrets; empty uses ours.
+	PasswordPolicy string `json:"password_policy,omitempty"`
+	// PasswordLength is the length of our generated secrets; 0 means the default.
+	PasswordLength int `json:"password_length,omitempty"`
+	automatedrotationutil.AutomatedRotationParams
+	Rotation rotationState `json:"rotation"`
 }
 
 // revokeEndpoint is where revocations for appID go, or "" when there is none: revoke_url
@@ -109,7 +123,7 @@ func (c *cyberarkConfig) authStyle() client.AuthStyle {
 }
 
 func pathConfig(b *backend) *framework.Path {
-	return &framework.Path{
+	p := &framework.Path{
 		Pattern: configPath,
 		DisplayAttrs: &framework.DisplayAttributes{
 			OperationPrefix: operationPrefix,
@@ -174,6 +188,19 @@ func pathConfig(b *backend) *framework.Path {
 				Type:        framework.TypeString,
 				Description: "Absolute URL of an RFC 7009 revocation endpoint, overriding <tenant_url>/oauth2/revoke/<app_id>.",
 			},
+			"rotation_scopes": {
+				Type:        framework.TypeCommaStringSlice,
+				Description: "Scopes asked for in the grant whose token authorises a root rotation: the app must grant one whose allowed REST APIs include UserMgmt/ChangeUserPassword. Empty: the grant asks for no scope.",
+			},
+			"password_policy": {
+				Type:        framework.TypeString,
+				Description: "Name of a Vault password policy that generates new secrets for root rotation. Empty: letters and digits, password_length long, with at least one digit, one upper-case and one lower-case letter.",
+			},
+			"password_length": {
+				Type:        framework.TypeInt,
+				Description: "Length of secrets generated for root rotation when no password_policy is set; 16 to 64.",
+				Default:     defaultPasswordLength,
+			},
 			"verify_connection": {
 				Type:        framework.TypeBool,
 				Description: "Fetch one token with the new settings before storing them, and refuse the write if the tenant does. Not stored.",
@@ -207,8 +234,15 @@ changes where the secret or tokens are sent (tenant_url, token_url, revoke_url,
 client_id, client_auth, ca_cert, or app_id when it moves an endpoint) must carry
 client_secret too: a stored secret is never sent to a new destination. Unless
 verify_connection=false, a write first fetches a token with the new settings and is
-refused, storing nothing, if the tenant refuses.`,
+refused, storing nothing, if the tenant refuses. A write of client_secret is the manual
+rotation: change the secret at the tenant, then write it here.
+
+Root rotation (config/rotate-root) is scheduled with rotation_period or
+rotation_schedule (cron, with rotation_window). On Vault Enterprise, Vault's rotation
+manager runs the schedule; elsewhere the engine does, on the active node.`,
 	}
+	automatedrotationutil.AddAutomatedRotationFieldsWithGroup(p.Fields, "Rotation")
+	return p
 }
 
 func (b *backend) pathConfigExists(ctx context.Context, req *logical.Request, _ *framework.FieldData) (bool, error) {
@@ -237,17 +271,57 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 		"revoke_tokens":     cfg.revokes(),
 		"revoke_url":        cfg.RevokeURL,
 		"revoke_endpoint":   cfg.revokeEndpoint(cfg.AppID),
+		"rotation_scopes":   nonNil(cfg.RotationScopes),
+		"password_policy":   cfg.PasswordPolicy,
+		"password_length":   cmp.Or(cfg.PasswordLength, defaultPasswordLength),
+		"rotation_state":    cfg.Rotation.status(),
 	}
-	return &logical.Response{Data: data}, nil
+	cfg.PopulateSetAutomatedRotationData(data)
+	info := automatedrotationutil.RotationInfoResponseParams{
+		LastVaultRotation: cfg.Rotation.LastRotation,
+		NextVaultRotation: cfg.Rotation.NextRotation,
+		RotationID:        cfg.Rotation.RotationID,
+	}
+	info.PopulateRotationInfo(data)
+	if cfg.Rotation.RotationID != "" {
+		// Vault's rotation manager holds the schedule and knows the next time.
+		if ri, err := b.System().GetRotationInformation(ctx, &rotation.RotationInfoRequest{ReqPath: configPath}); err == nil && ri != nil && !ri.NextVaultRotation.IsZero() {
+			data["next_vault_rotation"] = ri.NextVaultRotation.UTC()
+		}
+	}
+	resp := &logical.Response{Data: data}
+	if !cfg.Rotation.PendingSince.IsZero() {
+		data["rotation_pending_since"] = cfg.Rotation.PendingSince.UTC()
+	}
+	if cfg.Rotation.LastError != "" {
+		data["last_rotation_error"] = cfg.Rotation.LastError
+	}
+	switch cfg.Rotation.status() {
+	case rotationStatePending:
+		resp.AddWarning("a root rotation did not finish: a new secret is stored beside the current one, and the engine keeps whichever the tenant accepts at its next check (on start, and about once a minute)")
+	case rotationStateUnresolved:
+		resp.AddWarning("a root rotation is unresolved: the tenant refused both the current and the new secret. Check the service user at the tenant (locked, disabled, or its password changed elsewhere), then write the secret it accepts to client_secret")
+	}
+	return resp, nil
 }
 
 func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
 	b.configMu.Lock()
 	defer b.configMu.Unlock()
+	cfg, err := readConfig(ctx, req.Storage)
+	if err != nil {
+		return nil, err
+	}
+	if cfg != nil && cfg.Rotation.RotationID != "" {
+		if err := b.System().DeregisterRotationJob(ctx, &rotation.RotationJobDeregisterRequest{MountPoint: req.MountPoint, ReqPath: configPath}); err != nil {
+			return nil, fmt.Errorf("removing the rotation job from Vault's rotation manager: %w", err)
+		}
+	}
 	if err := req.Storage.Delete(ctx, configPath); err != nil {
 		return nil, fmt.Errorf("deleting config: %w", err)
 	}
 	b.cache.resetConfig()
+	b.armSchedule(nil)
 	return nil, nil
 }
 
@@ -331,6 +405,21 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		revoke := v.(bool)
 		cfg.RevokeTokens = &revoke
 	}
+	if v, ok := d.GetOk("rotation_scopes"); ok {
+		cfg.RotationScopes = splitScopes(v.([]string))
+		if err := checkScopes(cfg.RotationScopes); err != nil {
+			problems.add("rotation_scopes", "%s", err)
+		}
+	}
+	if v, ok := d.GetOk("password_policy"); ok {
+		cfg.PasswordPolicy = v.(string)
+	}
+	if v, ok := d.GetOk("password_length"); ok {
+		cfg.PasswordLength = v.(int)
+	}
+	if err := cfg.ParseAutomatedRotationFields(d); err != nil {
+		problems = append(problems, err.Error())
+	}
 	problems = append(problems, cfg.validate(creating)...)
 	if !creating && !secretGiven {
 		if moved := old.destinationChanges(cfg); len(moved) > 0 {
@@ -347,16 +436,75 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 			return resp, err
 		}
 	}
-
-	entry, err := logical.StorageEntryJSON(configPath, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("encoding config: %w", err)
+	if secretGiven {
+		// A written secret is the manual rotation: it settles any rotation under way.
+		cfg.Rotation.PendingSecret, cfg.Rotation.PendingSince = "", time.Time{}
+		cfg.Rotation.Unresolved, cfg.Rotation.LastError = false, ""
 	}
-	if err := req.Storage.Put(ctx, entry); err != nil {
+	if creating || rotationFieldsGiven(d) {
+		if err := b.scheduleRotation(ctx, req, cfg); err != nil {
+			return nil, err
+		}
+	}
+	if err := b.storeConfig(ctx, req.Storage, cfg); err != nil {
 		return nil, fmt.Errorf("storing config: %w", err)
 	}
-	b.cache.resetConfig()
+	b.armSchedule(cfg)
 	return nil, nil
+}
+
+// rotationFieldsGiven says whether a write touches the rotation schedule.
+func rotationFieldsGiven(d *framework.FieldData) bool {
+	for _, f := range []string{"rotation_period", "rotation_schedule", "rotation_window", "disable_automated_rotation", "rotation_policy"} {
+		if _, ok := d.GetOk(f); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// scheduleRotation hands the rotation schedule to Vault's rotation manager where there
+// is one (Vault Enterprise), and otherwise to the engine's own scheduler.
+func (b *backend) scheduleRotation(ctx context.Context, req *logical.Request, cfg *cyberarkConfig) error {
+	if cfg.ShouldDeregisterRotationJob() {
+		if cfg.Rotation.RotationID != "" {
+			err := b.System().DeregisterRotationJob(ctx, &rotation.RotationJobDeregisterRequest{MountPoint: req.MountPoint, ReqPath: configPath})
+			if err != nil {
+				return fmt.Errorf("removing the rotation job from Vault's rotation manager: %w", err)
+			}
+		}
+		cfg.Rotation.RotationID, cfg.Rotation.NextRotation = "", time.Time{}
+		return nil
+	}
+	id, err := b.System().RegisterRotationJob(ctx, &rotation.RotationJobConfigureRequest{
+		Name:             "root",
+		MountPoint:       req.MountPoint,
+		ReqPath:          configPath,
+		RotationSchedule: cfg.RotationSchedule,
+		RotationWindow:   cfg.RotationWindow,
+		RotationPeriod:   cfg.RotationPeriod,
+		RotationPolicy:   cfg.RotationPolicy,
+	})
+	switch {
+	case err == nil:
+		cfg.Rotation.RotationID, cfg.Rotation.NextRotation = id, time.Time{}
+	case rotationManagerMissing(err):
+		cfg.Rotation.RotationID = ""
+		cfg.Rotation.NextRotation = cfg.nextRotation(b.now(), time.Time{})
+	default:
+		return fmt.Errorf("registering the rotation job with Vault's rotation manager: %w", err)
+	}
+	return nil
+}
+
+// rotationManagerMissing recognises Vault Community Edition's answer to a rotation job,
+// and an older Vault that does not know the call at all. Errors lose their type on
+// the way from Vault to the plugin, so the text is what can be compared.
+func rotationManagerMissing(err error) bool {
+	msg := err.Error()
+	return errors.Is(err, automatedrotationutil.ErrRotationManagerUnsupported) ||
+		strings.Contains(msg, automatedrotationutil.ErrRotationManagerUnsupported.Error()) ||
+		strings.Contains(msg, "not implemented") || strings.Contains(msg, "Unimplemented")
 }
 
 // destinationChanges names the fields whose change from c to next moves where the
@@ -435,6 +583,29 @@ func (c *cyberarkConfig) validate(creating bool) fieldErrors {
 	}
 	if c.TotalTimeout < time.Second || c.TotalTimeout > maxTotalTimeout {
 		problems.add("total_timeout", "must be between 1s and %s, got %s", maxTotalTimeout, c.TotalTimeout)
+	}
+	if c.PasswordLength != 0 && (c.PasswordLength < minPasswordLength || c.PasswordLength > maxPasswordLength) {
+		problems.add("password_length", "must be between %d and %d, got %d", minPasswordLength, maxPasswordLength, c.PasswordLength)
+	}
+	if c.PasswordPolicy != "" {
+		if err := checkText(c.PasswordPolicy, 128); err != nil {
+			problems.add("password_policy", "%s", err)
+		}
+	}
+	if c.RotationPeriod != 0 && c.RotationSchedule != "" {
+		problems.add("rotation_period", "cannot be set with rotation_schedule: choose one (set the other to its zero value in the same write)")
+	}
+	if c.RotationPeriod < 0 || c.RotationPeriod > 0 && c.RotationPeriod < minRotationPeriod {
+		problems.add("rotation_period", "must be 0 (off) or at least %s, got %s", minRotationPeriod, c.RotationPeriod)
+	}
+	if c.RotationWindow < 0 {
+		problems.add("rotation_window", "must not be negative")
+	}
+	if len(c.RotationSchedule) > 256 {
+		problems.add("rotation_schedule", "must be at most 256 characters")
+	}
+	if c.HasNonzeroRotationValues() && c.changePasswordURL() == "" {
+		problems.add("tenant_url", "is required for scheduled root rotation: the secret is changed through the tenant's UserMgmt/ChangeUserPassword")
 	}
 	if c.MaxRetries < 0 || c.MaxRetries > maxMaxRetries {
 		problems.add("max_retries", "must be between 0 and %d, got %d", maxMaxRetries, c.MaxRetries)

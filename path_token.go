@@ -107,21 +107,42 @@ func (b *backend) pathTokenRead(ctx context.Context, req *logical.Request, d *fr
 		return resp, nil
 	}
 
-	var tok *client.Token
-	if plan.shared {
-		var hit bool
-		tok, hit, err = b.cache.sharedToken(ctx, v, plan.reuseKey(),
-			func(t *client.Token) bool { return b.reusable(t, v.role) },
-			func(ctx context.Context) (*client.Token, error) { return b.grant(ctx, v.client, plan.scopes) })
-		b.count(metricReuse, "result", map[bool]string{true: "hit", false: "miss"}[hit])
-	} else {
-		tok, err = b.grant(ctx, v.client, plan.scopes)
+	tok, err := b.token(ctx, v, plan)
+	if b.refusedAfterRotation(err, v) {
+		// The tenant may hold the secret of a rotation that did not finish: settle it,
+		// and if that changed the stored secret, try once more with it.
+		if serr := b.settle(ctx, req.Storage, false); serr != nil {
+			b.Logger().Error("could not settle an interrupted root rotation", "error", serr)
+		} else if v, err = b.cache.view(ctx, req.Storage, name, ""); err == nil {
+			tok, err = b.token(ctx, v, plan)
+		}
 	}
 	if err != nil {
 		b.Logger().Error("token request failed", "role", name, "app_id", plan.appID, "error", err)
 		return nil, tenantFailure("getting a token", err)
 	}
 	return b.tokenLease(v, plan, tok)
+}
+
+// token gets the plan's token: from the reuse cache or a grant shared with concurrent
+// readers for a role with token_reuse, else a grant of its own.
+func (b *backend) token(ctx context.Context, v *view, plan *tokenPlan) (*client.Token, error) {
+	if plan.shared {
+		tok, hit, err := b.cache.sharedToken(ctx, v, plan.reuseKey(),
+			func(t *client.Token) bool { return b.reusable(t, v.role) },
+			func(ctx context.Context) (*client.Token, error) { return b.grant(ctx, v.client, plan.scopes) })
+		b.count(metricReuse, "result", map[bool]string{true: "hit", false: "miss"}[hit])
+		return tok, err
+	}
+	return b.grant(ctx, v.client, plan.scopes)
+}
+
+// refusedAfterRotation says whether err is the tenant refusing the stored secret while
+// a rotation is pending, which settling may mend.
+func (b *backend) refusedAfterRotation(err error, v *view) bool {
+	var te *client.Error
+	return err != nil && errors.As(err, &te) && te.Refused() &&
+		v.config.Rotation.PendingSecret != "" && !v.config.Rotation.Unresolved
 }
 
 // tokenPlan is what one token read asks the tenant for and how its lease behaves.

@@ -1,0 +1,123 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+)
+
+// ErrOutcomeUnknown marks a failed password change after which the tenant may or may
+// not hold the new password: the request may have reached it and its answer been lost.
+// The caller must find out which password the tenant accepts before forgetting either.
+var ErrOutcomeUnknown = errors.New("the tenant may or may not have changed the password")
+
+// ManagementError is a management API's refusal: CyberArk Identity answers HTTP 200
+// with {"success":false,...} and the password stays as it was. It carries the tenant's
+// words, never a password.
+type ManagementError struct {
+	// StatusCode is the HTTP status of the answer, 200 for the usual envelope.
+	StatusCode int
+	// Message is the tenant's explanation, e.g. a password policy rule.
+	Message string
+	// MessageID and ErrorID identify the message at the tenant.
+	MessageID string
+	ErrorID   string
+}
+
+func (e *ManagementError) Error() string {
+	msg := e.Message
+	if msg == "" {
+		msg = "no message"
+	}
+	s := fmt.Sprintf("tenant refused the password change (HTTP %d): %s", e.StatusCode, msg)
+	if e.MessageID != "" {
+		s += " (" + e.MessageID + ")"
+	}
+	return s
+}
+
+// envelope is the answer of CyberArk Identity's management APIs.
+type envelope struct {
+	Success   *bool  `json:"success"`
+	Message   string `json:"Message"`
+	MessageID string `json:"MessageID"`
+	ErrorID   string `json:"ErrorID"`
+}
+
+// ChangePassword changes the service user's own password (the client secret) to
+// newSecret at changeURL, CyberArk Identity's UserMgmt/ChangeUserPassword. It first
+// grants a token with the current secret and scopes, which must include one whose
+// allowed REST APIs cover the call, and sends it as the bearer.
+//
+// The change itself is sent once and never retried: it is not idempotent, and a retry
+// of a change that went through would be refused as a reused password. A failure before
+// the change was sent, or one the tenant answered, leaves the password as it was; any
+// other failure wraps ErrOutcomeUnknown.
+func (c *Client) ChangePassword(ctx context.Context, changeURL string, scopes []string, newSecret string) error {
+	if changeURL == "" {
+		return errors.New("no password change endpoint is configured")
+	}
+	if newSecret == "" || newSecret == c.cfg.ClientSecret {
+		return errors.New("the new password must differ from the current one")
+	}
+	tok, err := c.Token(ctx, scopes)
+	if err != nil {
+		return fmt.Errorf("getting a token to change the password: %w", err)
+	}
+	body, err := json.Marshal(map[string]string{"oldPassword": c.cfg.ClientSecret, "newPassword": newSecret})
+	if err != nil {
+		return fmt.Errorf("encoding the password change: %w", err)
+	}
+	secrets := c.sensitive(append(sensitiveForms(newSecret), tok.AccessToken)...)
+	if c.cfg.Retry.Budget > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.cfg.Retry.Budget)
+		defer cancel()
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, changeURL, bytes.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("building the password change request: %w", err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("Authorization", "Bearer "+tok.AccessToken)
+	if c.cfg.UserAgent != "" {
+		req.Header.Set("User-Agent", c.cfg.UserAgent)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrOutcomeUnknown, redact(transportError(err), secrets))
+	}
+	defer resp.Body.Close()
+	answer, readErr := readLimited(resp.Body)
+
+	var env envelope
+	if readErr == nil && json.Unmarshal(answer, &env) == nil && env.Success != nil {
+		if *env.Success && resp.StatusCode == http.StatusOK {
+			return nil
+		}
+		if !*env.Success {
+			return &ManagementError{
+				StatusCode: resp.StatusCode,
+				Message:    excerpt(env.Message, secrets),
+				MessageID:  excerpt(env.MessageID, secrets),
+				ErrorID:    excerpt(env.ErrorID, secrets),
+			}
+		}
+	}
+	if readErr != nil {
+		return fmt.Errorf("%w: %w", ErrOutcomeUnknown, redact(readErr, secrets))
+	}
+	te := newError(resp, answer, c.cfg.Now(), secrets)
+	if te.Refused() || te.StatusCode == http.StatusTooManyRequests {
+		// Refused or throttled before it was acted on.
+		return te
+	}
+	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		return fmt.Errorf("%w: tenant answered HTTP %d without a management envelope", ErrOutcomeUnknown, resp.StatusCode)
+	}
+	return fmt.Errorf("%w: %w", ErrOutcomeUnknown, te)
+}

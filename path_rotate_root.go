@@ -1,0 +1,60 @@
+package cyberark
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+func pathRotateRoot(b *backend) *framework.Path {
+	return &framework.Path{
+		Pattern: configPath + "/rotate-root",
+		DisplayAttrs: &framework.DisplayAttributes{
+			OperationPrefix: operationPrefix,
+			OperationVerb:   "rotate",
+			OperationSuffix: "root-credentials",
+		},
+		Operations: map[logical.Operation]framework.OperationHandler{
+			logical.UpdateOperation: &framework.PathOperation{
+				Callback: b.pathRotateRootUpdate,
+				// A rotation writes storage, so it must run where storage is written.
+				ForwardPerformanceStandby:   true,
+				ForwardPerformanceSecondary: true,
+				Responses: map[int][]framework.Response{
+					http.StatusOK: {{
+						Description: "The secret was changed at the tenant and stored.",
+						Fields: map[string]*framework.FieldSchema{
+							"rotated_at": {Type: framework.TypeTime, Description: "When the new secret was stored, RFC 3339 in UTC."},
+						},
+					}},
+				},
+			},
+		},
+		HelpSynopsis: "Rotate the client secret: Vault generates a new one and changes it at the tenant.",
+		HelpDescription: `Generates a new client secret (from password_policy, or letters and digits of
+password_length), stores it beside the current one, changes the service user's password
+at the tenant through UserMgmt/ChangeUserPassword with a token granted with the current
+secret and rotation_scopes, checks the new secret with a grant, and keeps it. The new
+secret is never returned. If the engine stops part way, it finds out on its next start,
+and about once a minute after, which secret the tenant accepts and keeps that one; a
+config read shows the state (rotation_state).`,
+	}
+}
+
+func (b *backend) pathRotateRootUpdate(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	cfg, err := b.rotateRoot(ctx, req.Storage)
+	var re *errRotation
+	if errors.As(err, &re) {
+		return logical.ErrorResponse("%s", re.Error()), nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &logical.Response{Data: map[string]any{
+		"rotated_at": cfg.Rotation.LastRotation.UTC().Format(time.RFC3339),
+	}}, nil
+}
