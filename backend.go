@@ -78,7 +78,7 @@ func newBackend() *backend {
 			pathRoles(b),
 			pathToken(b),
 		),
-		Secrets:        []*framework.Secret{secretAccessToken(b)},
+		Secrets:          []*framework.Secret{secretAccessToken(b)},
 		Invalidate:       b.invalidate,
 		Clean:            b.clean,
 		InitializeFunc:   b.initialize,

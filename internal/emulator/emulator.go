@@ -1,5 +1,6 @@
 // Package emulator plays a CyberArk Identity tenant's OAuth2 endpoints for one or more
-// custom applications, so that tests, end-to-end runs and demos need no real tenant.
+// custom applications, and the password-management APIs that rotate a service user's
+// password, so that tests, end-to-end runs and demos need no real tenant.
 //
 // It follows the tenant's documented behaviour (docs/tenant-api.md in this repository),
 // including its error bodies, and every failure a client should survive can
@@ -18,6 +19,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -45,6 +47,17 @@ type Config struct {
 	ExpiresInAsString bool `json:"expires_in_as_string"`
 	// OmitScope leaves "scope" out of token responses, which the tenant may do.
 	OmitScope bool `json:"omit_scope"`
+	// PasswordPolicy is what a new password set through the management APIs must meet;
+	// nil means DefaultPasswordPolicy. Secrets in the config are not checked against it.
+	PasswordPolicy *PasswordPolicy `json:"password_policy"`
+	// PasswordHistory is how many of a user's most recent passwords, the current one
+	// included, a new password may not repeat; 0 means DefaultPasswordHistory and a
+	// negative value turns the check off.
+	PasswordHistory int `json:"password_history"`
+	// RevokeTokensOnPasswordChange makes every token issued to a user before a password
+	// change inactive. Off, tokens stay valid until they expire. What the tenant does is
+	// unknown, so a client must survive both.
+	RevokeTokensOnPasswordChange bool `json:"revoke_tokens_on_password_change"`
 }
 
 // App is one OAuth2 custom application of the tenant.
@@ -60,9 +73,19 @@ type App struct {
 	AuthModes []string `json:"auth_modes"`
 	// ExpiresIn overrides Config.ExpiresIn for this app; 0 uses the tenant-wide value.
 	ExpiresIn int `json:"expires_in"`
+	// ScopeAPIs are the REST APIs each scope allows, as the tenant's "allowed REST APIs":
+	// scope name to Go regular expressions matched, case-insensitively and against the
+	// whole path without its leading slash, such as "UserMgmt/ChangeUserPassword" or
+	// "UserMgmt/.*". A management call succeeds only with a token one of whose scopes
+	// allows its path, so an app without ScopeAPIs issues tokens that can call none.
+	ScopeAPIs map[string][]string `json:"scope_apis"`
 }
 
 // Client is a confidential OAuth2 client: a service user whose password is the secret.
+//
+// The same service user may be listed under several apps. It is one user with one
+// password, so its entries must agree on Secret and, where set, on UUID; AllowedScopes
+// may differ per app.
 type Client struct {
 	// ID is the service user's login name, e.g. svc-vault@example.cyberark.cloud.
 	// It is matched exactly.
@@ -73,6 +96,9 @@ type Client struct {
 	UUID string `json:"uuid"`
 	// AllowedScopes limits the app's scopes for this client; empty allows all of them.
 	AllowedScopes []string `json:"allowed_scopes"`
+	// Admin gives the service user user-management rights, which ResetUserPassword
+	// needs. It belongs to the user: setting it on any one of its entries is enough.
+	Admin bool `json:"admin"`
 }
 
 // Stats counts what the emulator answered since it started or was last Reset.
@@ -91,6 +117,11 @@ type Stats struct {
 	Introspections int64 `json:"introspections"`
 	// FaultsServed counts requests that a queued Fault applied to.
 	FaultsServed int64 `json:"faults_served"`
+	// ManagementRequests counts every request to the password-management endpoints.
+	ManagementRequests int64 `json:"management_requests"`
+	// PasswordChanges counts successful ChangeUserPassword and ResetUserPassword calls,
+	// faulted ones with ApplyFirst included.
+	PasswordChanges int64 `json:"password_changes"`
 }
 
 // Request is a copy of one request the emulator received, for tests to assert on exactly
@@ -119,7 +150,11 @@ type Emulator struct {
 	// requests are small and the lock is never held across I/O or signing.
 	mu                sync.Mutex
 	apps              map[string]*app // by lower-cased app ID
-	expiresIn         int             // tenant-wide, changed by SetExpiresIn
+	users             *directory
+	policy            PasswordPolicy
+	history           int // passwords a new one may not repeat, current included; 0 = off
+	revokeOnChange    bool
+	expiresIn         int // tenant-wide, changed by SetExpiresIn
 	errorStatus       int
 	expiresInAsString bool
 	omitScope         bool
@@ -139,18 +174,22 @@ type app struct {
 	basic     bool
 	post      bool
 	expiresIn int
+	// scopeAPIs holds each scope's allowed REST APIs, compiled anchored and
+	// case-insensitive.
+	scopeAPIs map[string][]*regexp.Regexp
 }
 
+// client is a service user's entry on one app: the user itself is shared by every app
+// that lists it, so a password change reaches all of them.
 type client struct {
-	id      string
-	secret  string // guarded by Emulator.mu: SetClientSecret changes it
-	uuid    string
+	user    *user
 	allowed map[string]bool // nil = all of the app's scopes
 	// defaultScopes is what a request without "scope" gets.
 	defaultScopes []string
 }
 
-// tokenInfo is what the tenant remembers about an issued token, for introspection.
+// tokenInfo is what the tenant remembers about an issued token, for introspection and
+// for the bearer tokens of management calls.
 type tokenInfo struct {
 	appKey   string
 	clientID string
@@ -159,14 +198,31 @@ type tokenInfo struct {
 	iss      string
 	iat      int64
 	exp      int64
+	// epoch is the user's password epoch at issue; a token from an older epoch was
+	// invalidated by a password change (see Config.RevokeTokensOnPasswordChange).
+	epoch uint64
 }
 
 // New validates cfg and returns an emulator with a fresh RSA-2048 signing key.
 // The emulator keeps its own copy of cfg.
 func New(cfg Config) (*Emulator, error) {
-	apps, err := buildApps(cfg)
+	apps, users, err := buildApps(cfg)
 	if err != nil {
 		return nil, err
+	}
+	policy := DefaultPasswordPolicy
+	if cfg.PasswordPolicy != nil {
+		if err := cfg.PasswordPolicy.validate(); err != nil {
+			return nil, fmt.Errorf("password_policy: %w", err)
+		}
+		policy = *cfg.PasswordPolicy
+	}
+	history := cfg.PasswordHistory
+	switch {
+	case history == 0:
+		history = DefaultPasswordHistory
+	case history < 0:
+		history = 0
 	}
 	if cfg.ExpiresIn < 0 {
 		return nil, fmt.Errorf("expires_in %d is negative", cfg.ExpiresIn)
@@ -188,6 +244,10 @@ func New(cfg Config) (*Emulator, error) {
 		kid:               keyID(&key.PublicKey),
 		now:               time.Now,
 		apps:              apps,
+		users:             users,
+		policy:            policy,
+		history:           history,
+		revokeOnChange:    cfg.RevokeTokensOnPasswordChange,
 		expiresIn:         orDefault(cfg.ExpiresIn),
 		errorStatus:       errorStatus,
 		expiresInAsString: cfg.ExpiresInAsString,
@@ -205,23 +265,24 @@ func orDefault(seconds int) int {
 	return seconds
 }
 
-// buildApps checks cfg and turns it into lookup tables. Error messages name apps and
-// clients but never a secret.
-func buildApps(cfg Config) (map[string]*app, error) {
+// buildApps checks cfg and turns it into lookup tables, with the service users that the
+// apps share. Error messages name apps and clients but never a secret.
+func buildApps(cfg Config) (map[string]*app, *directory, error) {
 	if len(cfg.Apps) == 0 {
-		return nil, errors.New("config has no apps")
+		return nil, nil, errors.New("config has no apps")
 	}
+	users := newDirectory()
 	apps := make(map[string]*app, len(cfg.Apps))
 	for i, ac := range cfg.Apps {
 		if strings.TrimSpace(ac.ID) == "" || strings.ContainsAny(ac.ID, "/ ") {
-			return nil, fmt.Errorf("app %d: id %q must be non-empty without slashes or spaces", i, ac.ID)
+			return nil, nil, fmt.Errorf("app %d: id %q must be non-empty without slashes or spaces", i, ac.ID)
 		}
 		key := strings.ToLower(ac.ID)
 		if _, dup := apps[key]; dup {
-			return nil, fmt.Errorf("app %q: defined twice (app IDs are case-insensitive)", ac.ID)
+			return nil, nil, fmt.Errorf("app %q: defined twice (app IDs are case-insensitive)", ac.ID)
 		}
 		if ac.ExpiresIn < 0 {
-			return nil, fmt.Errorf("app %q: expires_in %d is negative", ac.ID, ac.ExpiresIn)
+			return nil, nil, fmt.Errorf("app %q: expires_in %d is negative", ac.ID, ac.ExpiresIn)
 		}
 		a := &app{
 			id:        ac.ID,
@@ -232,10 +293,15 @@ func buildApps(cfg Config) (map[string]*app, error) {
 		}
 		for _, s := range ac.Scopes {
 			if s == "" || strings.ContainsAny(s, " \t\r\n") {
-				return nil, fmt.Errorf("app %q: scope %q must be non-empty without whitespace", ac.ID, s)
+				return nil, nil, fmt.Errorf("app %q: scope %q must be non-empty without whitespace", ac.ID, s)
 			}
 			a.scopeSet[s] = true
 		}
+		apis, err := compileScopeAPIs(a, ac.ScopeAPIs)
+		if err != nil {
+			return nil, nil, fmt.Errorf("app %q: %w", ac.ID, err)
+		}
+		a.scopeAPIs = apis
 		if len(ac.AuthModes) == 0 {
 			a.basic, a.post = true, true
 		}
@@ -246,38 +312,65 @@ func buildApps(cfg Config) (map[string]*app, error) {
 			case "post":
 				a.post = true
 			default:
-				return nil, fmt.Errorf("app %q: auth mode %q: must be basic or post", ac.ID, m)
+				return nil, nil, fmt.Errorf("app %q: auth mode %q: must be basic or post", ac.ID, m)
 			}
 		}
 		if len(ac.Clients) == 0 {
-			return nil, fmt.Errorf("app %q: no clients", ac.ID)
+			return nil, nil, fmt.Errorf("app %q: no clients", ac.ID)
 		}
 		for j, cc := range ac.Clients {
-			c, err := buildClient(a, cc)
+			c, err := buildClient(a, cc, users)
 			if err != nil {
-				return nil, fmt.Errorf("app %q: client %d: %w", ac.ID, j, err)
+				return nil, nil, fmt.Errorf("app %q: client %d: %w", ac.ID, j, err)
 			}
-			if _, dup := a.clients[c.id]; dup {
-				return nil, fmt.Errorf("app %q: client %q defined twice", ac.ID, c.id)
+			if _, dup := a.clients[cc.ID]; dup {
+				return nil, nil, fmt.Errorf("app %q: client %q defined twice", ac.ID, cc.ID)
 			}
-			a.clients[c.id] = c
+			a.clients[cc.ID] = c
 		}
 		apps[key] = a
 	}
-	return apps, nil
+	if err := users.index(); err != nil {
+		return nil, nil, err
+	}
+	return apps, users, nil
 }
 
-func buildClient(a *app, cc Client) (*client, error) {
+// compileScopeAPIs anchors each expression: the tenant matches an allowed API against
+// the whole path, and an unanchored "UserMgmt/Get" would otherwise allow far more than
+// its author meant.
+func compileScopeAPIs(a *app, in map[string][]string) (map[string][]*regexp.Regexp, error) {
+	out := make(map[string][]*regexp.Regexp, len(in))
+	for scope, exprs := range in {
+		if !a.scopeSet[scope] {
+			return nil, fmt.Errorf("scope_apis: scope %q is not one of the app's scopes", scope)
+		}
+		for _, expr := range exprs {
+			if expr == "" {
+				return nil, fmt.Errorf("scope_apis: scope %q: empty expression", scope)
+			}
+			re, err := regexp.Compile(`(?i)^(?:` + expr + `)$`)
+			if err != nil {
+				return nil, fmt.Errorf("scope_apis: scope %q: %w", scope, err)
+			}
+			out[scope] = append(out[scope], re)
+		}
+	}
+	return out, nil
+}
+
+func buildClient(a *app, cc Client, users *directory) (*client, error) {
 	if cc.ID == "" {
 		return nil, errors.New("id is empty")
 	}
 	if cc.Secret == "" {
 		return nil, fmt.Errorf("client %q: secret is empty", cc.ID)
 	}
-	c := &client{id: cc.ID, secret: cc.Secret, uuid: cc.UUID, defaultScopes: a.scopes}
-	if c.uuid == "" {
-		c.uuid = newUUID()
+	u, err := users.add(cc)
+	if err != nil {
+		return nil, fmt.Errorf("client %q: %w", cc.ID, err)
 	}
+	c := &client{user: u, defaultScopes: a.scopes}
 	if len(cc.AllowedScopes) > 0 {
 		c.allowed = make(map[string]bool, len(cc.AllowedScopes))
 		for _, s := range cc.AllowedScopes {
@@ -318,9 +411,12 @@ func (e *Emulator) SetExpiresIn(seconds int) {
 	e.expiresIn = orDefault(seconds)
 }
 
-// SetClientSecret changes a client's secret, as a password change at the tenant would.
-// Tokens issued before stay valid until they expire: the tenant's behaviour here is
-// unknown, and a client must not count on either.
+// SetClientSecret changes a client's secret, as a password change at the tenant would:
+// the service user's password changes on every app that lists it, the old password
+// enters the history, and with Config.RevokeTokensOnPasswordChange the user's tokens
+// become inactive (otherwise they stay valid until they expire). Unlike the management
+// APIs it skips the password policy and history checks, so a test can set any secret.
+// appID only has to be one of the apps that list the client.
 func (e *Emulator) SetClientSecret(appID, clientID, secret string) error {
 	if secret == "" {
 		return errors.New("secret is empty")
@@ -335,7 +431,7 @@ func (e *Emulator) SetClientSecret(appID, clientID, secret string) error {
 	if !ok {
 		return fmt.Errorf("app %q: unknown client %q", appID, clientID)
 	}
-	c.secret = secret
+	e.setPassword(c.user, secret)
 	return nil
 }
 
@@ -373,8 +469,10 @@ func copyRequest(r Request) Request {
 
 // Reset clears the recorded requests, the counters, the fault queue, the revoked set and
 // the list that Issued returns, so one emulator can serve several scenarios. The
-// configuration, SetExpiresIn and SetClientSecret changes and the signing key stay, and
-// tokens issued before stay valid for introspection, as they would at a tenant.
+// configuration, SetExpiresIn changes, passwords and their history (however they were
+// changed) and the signing key stay, and tokens issued before keep their state for
+// introspection, as they would at a tenant: only tokens revoked at the revoke endpoint
+// become active again, since that record is what Reset clears.
 func (e *Emulator) Reset() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -386,7 +484,8 @@ func (e *Emulator) Reset() {
 }
 
 // Revoked reports whether token was sent to the revoke endpoint by an authenticated
-// client since the last Reset.
+// client, or invalidated by a password change (see Config.RevokeTokensOnPasswordChange),
+// since the last Reset.
 func (e *Emulator) Revoked(token string) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -403,12 +502,20 @@ func (e *Emulator) Issued() []string {
 
 // endpoint names, as used in Fault.Endpoint.
 const (
-	epToken      = "token"
-	epRevoke     = "revoke"
-	epIntrospect = "introspect"
-	epKeys       = "keys"
-	epDiscovery  = "discovery"
+	epToken          = "token"
+	epRevoke         = "revoke"
+	epIntrospect     = "introspect"
+	epKeys           = "keys"
+	epDiscovery      = "discovery"
+	epChangePassword = "change_password"
+	epResetPassword  = "reset_password"
 )
+
+// isManagement tells the endpoints that answer with the management envelope from the
+// OAuth ones.
+func isManagement(ep string) bool {
+	return ep == epChangePassword || ep == epResetPassword
+}
 
 const controlPrefix = "/_emulator/"
 
@@ -441,6 +548,8 @@ func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		e.stats.RevokeRequests++
 	case epIntrospect:
 		e.stats.Introspections++
+	case epChangePassword, epResetPassword:
+		e.stats.ManagementRequests++
 	}
 	var fault *Fault
 	if found {
@@ -455,22 +564,42 @@ func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
-	if fault != nil {
-		if handled := e.applyFault(w, r, *fault); handled {
-			return
+	req := &call{w: w, r: r, ep: ep, appID: appID, form: form, formErr: formErr, body: body, tooLarge: tooLarge}
+	switch {
+	case fault == nil:
+		e.serve(req)
+	case fault.ApplyFirst:
+		// The tenant acts before the fault strikes, so the caller may never learn of an
+		// effect that stands. The answer waits in memory; the request's context is not
+		// consulted until the fault's delay, so a caller that hangs up cannot undo it.
+		buf := newBufferedResponse()
+		req.w = buf
+		e.serve(req)
+		if handled := e.applyFault(w, r, ep, *fault); !handled {
+			buf.sendTo(w)
+		}
+	default:
+		if handled := e.applyFault(w, r, ep, *fault); !handled {
+			e.serve(req)
 		}
 	}
+}
 
-	req := &call{w: w, r: r, ep: ep, appID: appID, form: form}
-	if tooLarge {
+// serve runs the real handler for a routed request.
+func (e *Emulator) serve(req *call) {
+	if isManagement(req.ep) {
+		e.serveManagement(req)
+		return
+	}
+	if req.tooLarge {
 		e.oauthError(req, http.StatusRequestEntityTooLarge, "invalid_request", "request body too large")
 		return
 	}
-	if formErr != nil {
+	if req.formErr != nil {
 		e.oauthError(req, http.StatusBadRequest, "invalid_request", "malformed form body")
 		return
 	}
-	switch ep {
+	switch req.ep {
 	case epToken:
 		e.serveToken(req)
 	case epRevoke:
@@ -522,9 +651,23 @@ var endpointPrefixes = []struct{ prefix, ep string }{
 	{"/oauth2/keys/", epKeys},
 }
 
-// route maps a tenant path to an endpoint name and the app ID as sent. Matching is
-// case-insensitive because the tenant's is.
+// managementPaths are the management APIs, by their canonical spelling without the
+// leading slash, which is also what an app's scope_apis are matched against.
+var managementPaths = map[string]string{
+	epChangePassword: "UserMgmt/ChangeUserPassword",
+	epResetPassword:  "UserMgmt/ResetUserPassword",
+}
+
+// route maps a tenant path to an endpoint name and the app ID as sent (empty for the
+// management APIs, which are tenant-wide). Matching is case-insensitive because the
+// tenant's is.
 func route(path string) (ep, appID string, ok bool) {
+	trimmed := strings.TrimSuffix(strings.TrimPrefix(path, "/"), "/")
+	for name, p := range managementPaths {
+		if strings.EqualFold(trimmed, p) {
+			return name, "", true
+		}
+	}
 	for _, p := range endpointPrefixes {
 		if hasPrefixFold(path, p.prefix) {
 			id := strings.TrimSuffix(path[len(p.prefix):], "/")

@@ -12,11 +12,16 @@ import (
 
 // call carries one tenant request through the handlers.
 type call struct {
-	w     http.ResponseWriter
-	r     *http.Request
-	ep    string
-	appID string // as sent, for the "unknown app" message
-	form  url.Values
+	w       http.ResponseWriter
+	r       *http.Request
+	ep      string
+	appID   string // as sent, for the "unknown app" message
+	form    url.Values
+	formErr error
+	// body is the raw body, which the management APIs read as JSON; tooLarge says it
+	// was cut at maxBodyBytes.
+	body     []byte
+	tooLarge bool
 }
 
 // oauthError writes the tenant's flat error object. Only the token endpoint's errors are
@@ -69,7 +74,7 @@ func (e *Emulator) authenticate(c *call) (a *app, cl *client, ok bool) {
 		e.mu.Lock()
 		cl = a.clients[id]
 		if cl != nil {
-			want = cl.secret
+			want = cl.user.secret
 		}
 		e.mu.Unlock()
 	}
@@ -126,29 +131,34 @@ func (e *Emulator) serveToken(c *call) {
 	}
 	scope := strings.Join(scopes, " ")
 
+	u := cl.user
 	e.mu.Lock()
 	ttl := a.expiresIn
 	if ttl == 0 {
 		ttl = e.expiresIn
 	}
 	asString, omitScope := e.expiresInAsString, e.omitScope
+	// Taken with the secret's check so close in time: a password change that lands
+	// while the token is being signed makes it stale, as it would at the tenant.
+	epoch := u.epoch
 	e.mu.Unlock()
 
 	iat := e.now().Unix()
 	info := tokenInfo{
 		appKey:   strings.ToLower(a.id),
-		clientID: cl.id,
-		sub:      cl.uuid,
+		clientID: u.id,
+		sub:      u.uuid,
 		scope:    scope,
 		iss:      baseURL(c.r) + "/" + a.id + "/",
 		iat:      iat,
 		exp:      iat + int64(ttl),
+		epoch:    epoch,
 	}
 	token, err := e.sign(map[string]any{
 		"iss":         info.iss,
-		"aud":         cl.id,
-		"sub":         cl.uuid,
-		"unique_name": cl.id,
+		"aud":         u.id,
+		"sub":         u.uuid,
+		"unique_name": u.id,
 		"scope":       scope,
 		"iat":         iat,
 		"auth_time":   iat,
@@ -234,7 +244,7 @@ func (e *Emulator) serveRevoke(c *call) {
 		return
 	}
 	e.mu.Lock()
-	if info, issued := e.tokens[token]; issued && info.appKey == strings.ToLower(a.id) && info.clientID == cl.id {
+	if info, issued := e.tokens[token]; issued && info.appKey == strings.ToLower(a.id) && info.clientID == cl.user.id {
 		e.revoked[token] = struct{}{}
 	}
 	e.stats.Revocations++
@@ -267,7 +277,7 @@ func (e *Emulator) serveIntrospect(c *call) {
 	now := e.now().Unix()
 	e.mu.Lock()
 	info, issued := e.tokens[token]
-	_, revoked := e.revoked[token]
+	revoked := issued && e.tokenRevoked(token, info)
 	e.mu.Unlock()
 	if !issued || revoked || now >= info.exp || info.appKey != strings.ToLower(a.id) {
 		writeJSON(c.w, http.StatusOK, map[string]any{"active": false})
