@@ -1,0 +1,164 @@
+package client
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+const newTestSecret = "N3w-Secret-For-The-Test-9x"
+
+// passwordTenant answers the grant with okBody and the change with change.
+func passwordTenant(t *testing.T, change func(w http.ResponseWriter, r *http.Request)) *tenant {
+	t.Helper()
+	return newTenant(t, func(w http.ResponseWriter, r *http.Request, _ int) {
+		if strings.HasPrefix(r.URL.Path, "/oauth2/token/") {
+			jsonAnswer(200, okBody)(w, r, 0)
+			return
+		}
+		change(w, r)
+	})
+}
+
+func changeURL(tn *tenant) string { return tn.srv.URL + "/UserMgmt/ChangeUserPassword" }
+
+func TestChangePasswordOnTheWire(t *testing.T) {
+	t.Parallel()
+	tn := passwordTenant(t, func(w http.ResponseWriter, _ *http.Request) {
+		io.WriteString(w, `{"success":true,"Result":null,"Message":null}`)
+	})
+	c := newTestClient(t, tn, nil)
+	if err := c.ChangePassword(t.Context(), changeURL(tn), []string{"rotate"}, newTestSecret); err != nil {
+		t.Fatal(err)
+	}
+	reqs := tn.got()
+	if len(reqs) != 2 {
+		t.Fatalf("got %d requests, want the grant and the change", len(reqs))
+	}
+	if got := reqs[0].body; got != "grant_type=client_credentials&scope=rotate" {
+		t.Errorf("the grant asked %q, want the rotation scope", got)
+	}
+	change := reqs[1]
+	if change.method != http.MethodPost || change.path != "/UserMgmt/ChangeUserPassword" {
+		t.Errorf("change went to %s %s", change.method, change.path)
+	}
+	if got := change.header.Get("Authorization"); got != "Bearer eyJhbGciOiJSUzI1NiJ9.e30.c2ln" {
+		t.Error("the change did not carry the granted token as its bearer")
+	}
+	if ct := change.header.Get("Content-Type"); ct != "application/json" {
+		t.Errorf("Content-Type %q", ct)
+	}
+	var body map[string]string
+	if err := json.Unmarshal([]byte(change.body), &body); err != nil {
+		t.Fatalf("the change body is not JSON: %v", err)
+	}
+	if body["oldPassword"] != testClientSecret || body["newPassword"] != newTestSecret || len(body) != 2 {
+		t.Error("the change body is not {oldPassword: current secret, newPassword: new secret}")
+	}
+}
+
+// TestChangePasswordOutcomes: what the caller may conclude from each failure. A refusal
+// the tenant answered, or a failure before the change was sent, leaves the password as
+// it was; anything else might have changed it. The change is never sent twice.
+func TestChangePasswordOutcomes(t *testing.T) {
+	t.Parallel()
+	reflect := `{"success":false,"Result":null,"Message":"Password ` + newTestSecret + ` was used recently (old ` + testClientSecret + `)","MessageID":"_I18N_PasswordHistory","ErrorID":"E1"}`
+	cases := []struct {
+		name     string
+		change   func(w http.ResponseWriter, r *http.Request)
+		unknown  bool
+		want     string
+		envelope bool
+	}{
+		{"refused in the envelope", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, reflect) }, false, "was used recently", true},
+		{"unauthorised", func(w http.ResponseWriter, _ *http.Request) {
+			w.WriteHeader(http.StatusUnauthorized)
+			io.WriteString(w, `{"success":false,"Message":"Not authorized"}`)
+		}, false, "Not authorized", true},
+		{"forbidden without an envelope", func(w http.ResponseWriter, _ *http.Request) {
+			w.WriteHeader(http.StatusForbidden)
+			io.WriteString(w, "<html>denied</html>")
+		}, false, "HTTP 403", false},
+		{"server error", func(w http.ResponseWriter, _ *http.Request) {
+			w.WriteHeader(http.StatusBadGateway)
+			io.WriteString(w, "<html>bad gateway</html>")
+		}, true, "HTTP 502", false},
+		{"connection dropped", func(w http.ResponseWriter, _ *http.Request) {
+			conn, _, err := w.(http.Hijacker).Hijack()
+			if err == nil {
+				conn.Close()
+			}
+		}, true, "contacting tenant", false},
+		{"200 without an envelope", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok") }, true, "without a management envelope", false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			tn := passwordTenant(t, tc.change)
+			c := newTestClient(t, tn, func(cfg *Config) {
+				cfg.Retry = RetryPolicy{MaxRetries: 3, WaitMin: time.Millisecond, WaitMax: time.Millisecond}
+			})
+			err := c.ChangePassword(t.Context(), changeURL(tn), nil, newTestSecret)
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if got := errors.Is(err, ErrOutcomeUnknown); got != tc.unknown {
+				t.Errorf("outcome unknown = %t, want %t (%v)", got, tc.unknown, err)
+			}
+			var me *ManagementError
+			if got := errors.As(err, &me); got != tc.envelope {
+				t.Errorf("management error = %t, want %t", got, tc.envelope)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q lacks %q", err, tc.want)
+			}
+			for name, secret := range map[string]string{"new secret": newTestSecret, "old secret": testClientSecret, "bearer token": "eyJhbGciOiJSUzI1NiJ9.e30.c2ln"} {
+				if strings.Contains(err.Error(), secret) {
+					t.Errorf("the error shows the %s", name)
+				}
+			}
+			changes := 0
+			for _, r := range tn.got() {
+				if r.path == "/UserMgmt/ChangeUserPassword" {
+					changes++
+				}
+			}
+			if changes != 1 {
+				t.Errorf("the change was sent %d times, want exactly once", changes)
+			}
+		})
+	}
+}
+
+func TestChangePasswordGrantRefusedChangesNothing(t *testing.T) {
+	t.Parallel()
+	tn := newTenant(t, jsonAnswer(400, `{"error":"invalid_client","error_description":"invalid client creds or client not allowed"}`))
+	c := newTestClient(t, tn, nil)
+	err := c.ChangePassword(t.Context(), changeURL(tn), nil, newTestSecret)
+	var te *Error
+	if !errors.As(err, &te) || !te.Refused() || errors.Is(err, ErrOutcomeUnknown) {
+		t.Fatalf("err = %v, want the grant's refusal, with the outcome known", err)
+	}
+	if n := len(tn.got()); n != 1 {
+		t.Errorf("%d requests, want only the grant", n)
+	}
+}
+
+func TestChangePasswordRefusesNoChange(t *testing.T) {
+	t.Parallel()
+	tn := newTenant(t, jsonAnswer(200, okBody))
+	c := newTestClient(t, tn, nil)
+	if err := c.ChangePassword(t.Context(), changeURL(tn), nil, testClientSecret); err == nil {
+		t.Error("changing the password to itself was accepted")
+	}
+	if err := c.ChangePassword(t.Context(), "", nil, newTestSecret); err == nil {
+		t.Error("a change without an endpoint was accepted")
+	}
+	if n := len(tn.got()); n != 0 {
+		t.Errorf("%d requests reached the tenant", n)
+	}
+}
