@@ -56,13 +56,23 @@ func (s *syncBuffer) String() string {
 
 func newTestEnv(tb testing.TB) *testEnv {
 	tb.Helper()
-	emu, err := emulator.New(emulator.Config{
+	return newTestEnvWith(tb, nil)
+}
+
+// newTestEnvWith lets a test change the emulated tenant before it starts.
+func newTestEnvWith(tb testing.TB, tenant func(*emulator.Config)) *testEnv {
+	tb.Helper()
+	cfg := emulator.Config{
 		ExpiresIn: 3600,
 		Apps: []emulator.App{
 			{ID: testAppID, Scopes: []string{"read", "write", "admin"}, Clients: []emulator.Client{{ID: testClientID, Secret: testClientSecret}}},
 			{ID: "OtherApp", Scopes: []string{"other"}, Clients: []emulator.Client{{ID: testClientID, Secret: testClientSecret}}},
 		},
-	})
+	}
+	if tenant != nil {
+		tenant(&cfg)
+	}
+	emu, err := emulator.New(cfg)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -85,7 +95,27 @@ func newTestEnv(tb testing.TB) *testEnv {
 	}
 	env := &testEnv{b: b.(*backend), storage: conf.StorageView, emu: emu, url: srv.URL, caPEM: string(ca.CertPEM()), logs: logs}
 	tb.Cleanup(func() { env.assertNoSecretsLogged(tb) })
+	tb.Cleanup(env.b.schedule.stop)
 	return env
+}
+
+// restart replaces the backend with a new one on the same storage, as when Vault
+// restarts a plugin that died, and initialises it as Vault does.
+func (e *testEnv) restart(tb testing.TB) {
+	tb.Helper()
+	e.b.schedule.stop()
+	conf := logical.TestBackendConfig()
+	conf.StorageView = e.storage
+	conf.Logger = hclog.New(&hclog.LoggerOptions{Output: e.logs, Level: hclog.Trace})
+	b, err := Factory(context.Background(), conf)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	e.b = b.(*backend)
+	tb.Cleanup(e.b.schedule.stop)
+	if err := e.b.Initialize(context.Background(), &logical.InitializationRequest{Storage: e.storage}); err != nil {
+		tb.Fatal(err)
+	}
 }
 
 // assertNoSecretsLogged fails if the client secret or any token the tenant issued
@@ -95,6 +125,14 @@ func (e *testEnv) assertNoSecretsLogged(tb testing.TB) {
 	logs := e.logs.String()
 	if strings.Contains(logs, testClientSecret) {
 		tb.Error("the client secret appears in the backend's log")
+	}
+	// Secrets that rotation made, current and pending.
+	if cfg, err := readConfig(context.Background(), e.storage); err == nil && cfg != nil {
+		for name, s := range map[string]string{"the stored client secret": cfg.ClientSecret, "the pending client secret": cfg.Rotation.PendingSecret} {
+			if s != "" && strings.Contains(logs, s) {
+				tb.Errorf("%s appears in the backend's log", name)
+			}
+		}
 	}
 	for i, tok := range e.emu.Issued() {
 		if strings.Contains(logs, tok) {

@@ -18,7 +18,7 @@ func (f *fixture) control(t *testing.T, method, path, body string) (int, []byte)
 	req.Header.Set("Content-Type", "application/json")
 	status, _, respBody := do(t, f.srv.Client(), req)
 	if strings.Contains(string(respBody), testSecret) || strings.Contains(string(respBody), limitedSecret) {
-		t.Errorf("%s %s echoes a client secret: %s", method, path, respBody)
+		t.Errorf("%s %s echoes a client secret", method, path)
 	}
 	return status, respBody
 }
@@ -69,8 +69,19 @@ func TestControlFaults(t *testing.T) {
 		t.Errorf("revoke after DELETE: %d", s)
 	}
 
+	f.control(t, http.MethodDelete, "/_emulator/faults", "")
+	status, body = f.control(t, http.MethodPost, "/_emulator/faults",
+		`[{"endpoint":"change_password","times":1,"apply_first":true,"drop_connection":true},{"endpoint":"Reset_Password","status":503}]`)
+	if status != http.StatusOK || string(body) != `{"queued":2}` {
+		t.Fatalf("post management faults: %d %s", status, body)
+	}
+	f.control(t, http.MethodDelete, "/_emulator/faults", "")
+
 	bad := []string{
 		``,
+		`[{"endpoint":"change-password"}]`,
+		`[{"endpoint":"usermgmt"}]`,
+		`[{"apply_first":"yes"}]`,
 		`[]`,
 		`[{"status":500},{"stauts":500}]`,
 		`[{"endpoint":"tokens"}]`,

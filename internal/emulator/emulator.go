@@ -48,7 +48,7 @@ type Config struct {
 	// OmitScope leaves "scope" out of token responses, which the tenant may do.
 	OmitScope bool `json:"omit_scope"`
 	// PasswordPolicy is what a new password set through the management APIs must meet;
-	// nil means DefaultPasswordPolicy. Secrets in the config are not checked against it.
+	// nil means DefaultPasswordPolicy(). Secrets in the config are not checked against it.
 	PasswordPolicy *PasswordPolicy `json:"password_policy"`
 	// PasswordHistory is how many of a user's most recent passwords, the current one
 	// included, a new password may not repeat; 0 means DefaultPasswordHistory and a
@@ -125,7 +125,8 @@ type Stats struct {
 }
 
 // Request is a copy of one request the emulator received, for tests to assert on exactly
-// what crossed the wire. It holds credentials as sent: keep it out of logs.
+// what crossed the wire. It holds credentials as sent, and the old and new passwords of
+// management calls: keep it out of logs.
 type Request struct {
 	Time   time.Time
 	Method string
@@ -210,7 +211,7 @@ func New(cfg Config) (*Emulator, error) {
 	if err != nil {
 		return nil, err
 	}
-	policy := DefaultPasswordPolicy
+	policy := DefaultPasswordPolicy()
 	if cfg.PasswordPolicy != nil {
 		if err := cfg.PasswordPolicy.validate(); err != nil {
 			return nil, fmt.Errorf("password_policy: %w", err)

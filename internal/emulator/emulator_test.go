@@ -308,7 +308,11 @@ func TestTokenPathCaseInsensitive(t *testing.T) {
 	}
 	reqs := f.emu.Requests()
 	if len(reqs) != 4 || reqs[1].Path != "/OAuth2/Token/"+testApp {
-		t.Errorf("recorded paths lose the original case: %+v", reqs)
+		paths := make([]string, len(reqs))
+		for i, r := range reqs {
+			paths[i] = r.Path
+		}
+		t.Errorf("recorded paths lose the original case: %q", paths) // not the requests: they hold the secret
 	}
 	for _, path := range []string{"/oauth2/token/", "/oauth2/token/a/b", "/oauth2/other/" + testApp, "/"} {
 		if status, _, _ := f.post(t, path, "", nil); status != http.StatusNotFound {
@@ -675,7 +679,9 @@ func TestRequestsRecorded(t *testing.T) {
 	r := reqs[0]
 	if r.Method != http.MethodPost || r.Path != "/OAuth2/Token/"+testApp || r.Header.Get("Authorization") != auth ||
 		r.Form.Get("scope") != "read" || string(r.Body) != "grant_type=client_credentials&scope=read" || r.Time.IsZero() {
-		t.Errorf("recorded %+v", r)
+		t.Errorf("recorded %s %s at %v, form scope %q, Authorization as sent: %v, body as sent: %v",
+			r.Method, r.Path, r.Time, r.Form.Get("scope"), r.Header.Get("Authorization") == auth,
+			string(r.Body) == "grant_type=client_credentials&scope=read")
 	}
 	// Callers get copies: changing one must not change the record.
 	r.Header.Set("Authorization", "x")
@@ -721,27 +727,43 @@ func TestSetClientSecret(t *testing.T) {
 	if status, _, body := f.post(t, "/oauth2/token/"+testApp, basicHeader(testClient, newSecret), grant); status != 200 {
 		t.Errorf("new secret: %d %s", status, body)
 	}
-	// The same client on another app keeps its own secret.
-	if status, _, body := f.post(t, "/oauth2/token/"+overrideApp, basicHeader(testClient, testSecret), grant); status != 200 {
-		t.Errorf("other app: %d %s", status, body)
+	// The service user has one password, whichever app lists it.
+	if status, _, body := f.post(t, "/oauth2/token/"+overrideApp, basicHeader(testClient, testSecret), grant); status != 400 {
+		t.Errorf("other app, old secret: %d %s", status, body)
+	}
+	if status, _, body := f.post(t, "/oauth2/token/"+overrideApp, basicHeader(testClient, newSecret), grant); status != 200 {
+		t.Errorf("other app, new secret: %d %s", status, body)
+	}
+	if !f.emu.ClientSecretIs(testClient, newSecret) || f.emu.ClientSecretIs(testClient, testSecret) {
+		t.Error("ClientSecretIs does not follow SetClientSecret")
 	}
 	_, _, body := f.post(t, "/oauth2/introspect/"+testApp, basicHeader(testClient, newSecret), url.Values{"token": {old}})
 	if !strings.Contains(string(body), `"active":true`) {
 		t.Errorf("token issued before the change: %s", body)
 	}
-	for _, tc := range []struct{ app, client, secret string }{
-		{"nope", testClient, "x"}, {testApp, "nobody", "x"}, {testApp, testClient, ""},
+	for _, tc := range []struct{ label, app, client, secret string }{
+		{"unknown app", "nope", testClient, "x"},
+		{"unknown client", testApp, "nobody", "x"},
+		{"empty secret", testApp, testClient, ""},
+		{"client not on that app", postOnlyApp, limitedClient, "x"},
 	} {
 		if err := f.emu.SetClientSecret(tc.app, tc.client, tc.secret); err == nil {
-			t.Errorf("SetClientSecret(%q, %q, %q) succeeded", tc.app, tc.client, tc.secret)
+			t.Errorf("SetClientSecret with %s succeeded", tc.label)
 		}
+	}
+	if st := f.emu.Stats(); st.PasswordChanges != 0 || st.ManagementRequests != 0 {
+		t.Errorf("SetClientSecret counted as a management call: %+v", st)
 	}
 }
 
 func TestNewValidates(t *testing.T) {
 	t.Parallel()
 	const secret = "Do-Not-Print-Me-1"
+	const otherSecret = "Do-Not-Print-Me-2"
 	client := Client{ID: "c", Secret: secret}
+	app := func(id string, scopes []string, apis map[string][]string) App {
+		return App{ID: id, Scopes: scopes, ScopeAPIs: apis, Clients: []Client{client}}
+	}
 	tests := []struct {
 		name string
 		cfg  Config
@@ -760,6 +782,18 @@ func TestNewValidates(t *testing.T) {
 		{"negative expiry", Config{ExpiresIn: -1, Apps: []App{{ID: "a", Clients: []Client{client}}}}},
 		{"negative app expiry", Config{Apps: []App{{ID: "a", ExpiresIn: -1, Clients: []Client{client}}}}},
 		{"error status 403", Config{ErrorStatus: 403, Apps: []App{{ID: "a", Clients: []Client{client}}}}},
+		{"scope_apis for an undefined scope", Config{Apps: []App{app("a", []string{"x"}, map[string][]string{"y": {"UserMgmt/.*"}})}}},
+		{"scope_apis with a bad expression", Config{Apps: []App{app("a", []string{"x"}, map[string][]string{"x": {"UserMgmt/("}})}}},
+		{"scope_apis with an empty expression", Config{Apps: []App{app("a", []string{"x"}, map[string][]string{"x": {""}})}}},
+		{"one user, two secrets", Config{Apps: []App{
+			{ID: "a", Clients: []Client{{ID: "c", Secret: otherSecret}}}, {ID: "b", Clients: []Client{client}}}}},
+		{"one user, two uuids", Config{Apps: []App{
+			{ID: "a", Clients: []Client{{ID: "c", Secret: secret, UUID: "u-1"}}},
+			{ID: "b", Clients: []Client{{ID: "c", Secret: secret, UUID: "u-2"}}}}}},
+		{"two users, one uuid", Config{Apps: []App{{ID: "a", Clients: []Client{
+			{ID: "c", Secret: secret, UUID: "AB-1"}, {ID: "d", Secret: otherSecret, UUID: "ab-1"}}}}}},
+		{"negative min_length", Config{PasswordPolicy: &PasswordPolicy{MinLength: -1}, Apps: []App{{ID: "a", Clients: []Client{client}}}}},
+		{"max_length below min_length", Config{PasswordPolicy: &PasswordPolicy{MinLength: 9, MaxLength: 8}, Apps: []App{{ID: "a", Clients: []Client{client}}}}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -768,8 +802,8 @@ func TestNewValidates(t *testing.T) {
 			if err == nil {
 				t.Fatal("New accepted an invalid config")
 			}
-			if strings.Contains(err.Error(), secret) {
-				t.Errorf("error leaks the secret: %v", err)
+			if strings.Contains(err.Error(), secret) || strings.Contains(err.Error(), otherSecret) {
+				t.Error("error leaks a secret")
 			}
 		})
 	}
@@ -781,8 +815,11 @@ func TestLoadConfig(t *testing.T) {
 	good := filepath.Join(dir, "good.json")
 	const doc = `{
 	  "apps": [{"id": "VaultApp", "scopes": ["all"], "auth_modes": ["basic"], "expires_in": 30,
-	            "clients": [{"id": "svc@x", "secret": "s:%", "uuid": "u-1", "allowed_scopes": ["all"]}]}],
-	  "expires_in": 120, "error_status": 401, "expires_in_as_string": true, "omit_scope": true
+	            "scope_apis": {"all": ["UserMgmt/.*"]},
+	            "clients": [{"id": "svc@x", "secret": "s:%", "uuid": "u-1", "allowed_scopes": ["all"], "admin": true}]}],
+	  "expires_in": 120, "error_status": 401, "expires_in_as_string": true, "omit_scope": true,
+	  "password_policy": {"min_length": 12, "max_length": 40, "require_digit": true, "require_upper": false, "require_lower": true},
+	  "password_history": 5, "revoke_tokens_on_password_change": true
 	}`
 	if err := os.WriteFile(good, []byte(doc), 0o600); err != nil {
 		t.Fatal(err)
@@ -793,11 +830,14 @@ func TestLoadConfig(t *testing.T) {
 	}
 	want := Config{
 		Apps: []App{{ID: "VaultApp", Scopes: []string{"all"}, AuthModes: []string{"basic"}, ExpiresIn: 30,
-			Clients: []Client{{ID: "svc@x", Secret: "s:%", UUID: "u-1", AllowedScopes: []string{"all"}}}}},
+			ScopeAPIs: map[string][]string{"all": {"UserMgmt/.*"}},
+			Clients:   []Client{{ID: "svc@x", Secret: "s:%", UUID: "u-1", AllowedScopes: []string{"all"}, Admin: true}}}},
 		ExpiresIn: 120, ErrorStatus: 401, ExpiresInAsString: true, OmitScope: true,
+		PasswordPolicy:  &PasswordPolicy{MinLength: 12, MaxLength: 40, RequireDigit: true, RequireLower: true},
+		PasswordHistory: 5, RevokeTokensOnPasswordChange: true,
 	}
 	if !reflect.DeepEqual(cfg, want) {
-		t.Errorf("loaded %+v\nwant   %+v", cfg, want)
+		t.Errorf("loaded %+v\nwant   %+v", withoutSecrets(cfg), withoutSecrets(want))
 	}
 	if _, err := New(cfg); err != nil {
 		t.Errorf("New(loaded): %v", err)
@@ -819,6 +859,22 @@ func TestLoadConfig(t *testing.T) {
 	if _, err := LoadConfig(filepath.Join(dir, "missing.json")); err == nil {
 		t.Error("missing file: no error")
 	}
+}
+
+// withoutSecrets copies cfg with every secret blanked, for failure messages.
+func withoutSecrets(cfg Config) Config {
+	apps := make([]App, len(cfg.Apps))
+	for i, a := range cfg.Apps {
+		a.Clients = append([]Client(nil), a.Clients...)
+		for j := range a.Clients {
+			if a.Clients[j].Secret != "" {
+				a.Clients[j].Secret = "<redacted>"
+			}
+		}
+		apps[i] = a
+	}
+	cfg.Apps = apps
+	return cfg
 }
 
 func TestResetKeepsConfig(t *testing.T) {

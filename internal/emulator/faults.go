@@ -14,12 +14,14 @@ import (
 
 // Fault is a failure to inject into the answers of the tenant endpoints. A fault with
 // only Delay (and perhaps RetryAfter) serves the real answer late; one with Status, Body,
-// MalformedJSON or OversizeBytes replaces the answer; DropConnection sends none.
+// MalformedJSON or OversizeBytes replaces the answer; DropConnection sends none. A
+// faulted request has no effect at the tenant unless ApplyFirst is set.
 //
 // In JSON, Delay is a Go duration string ("250ms", "2s") or a number of nanoseconds.
 type Fault struct {
-	// Endpoint limits the fault to "token", "revoke", "introspect", "keys" or "discovery";
-	// empty matches all of them. Control endpoints are never faulted.
+	// Endpoint limits the fault to "token", "revoke", "introspect", "keys", "discovery",
+	// "change_password" or "reset_password"; empty matches all of them. Control endpoints
+	// are never faulted.
 	Endpoint string `json:"endpoint"`
 	// Times is how many matching requests the fault applies to; 0 (or less) keeps it
 	// until ClearFaults.
@@ -46,6 +48,11 @@ type Fault struct {
 	OversizeBytes int `json:"oversize_bytes"`
 	// DropConnection closes the connection without answering (on HTTP/2, resets the stream).
 	DropConnection bool `json:"drop_connection"`
+	// ApplyFirst lets the tenant handle the request for real before the fault strikes, and
+	// its effects stand: a password is changed, a token issued or revoked, even when the
+	// fault then drops the connection, replaces the answer, or delays it past the
+	// caller's patience. It plays "the tenant did it but the caller never heard".
+	ApplyFirst bool `json:"apply_first"`
 }
 
 // faultPlain has Fault's fields without its methods, so the JSON methods can reuse the
@@ -125,9 +132,10 @@ func parseDelay(raw json.RawMessage) (time.Duration, error) {
 // return an error, so only the control endpoint applies it.
 func (f Fault) validate() error {
 	switch strings.ToLower(f.Endpoint) {
-	case "", epToken, epRevoke, epIntrospect, epKeys, epDiscovery:
+	case "", epToken, epRevoke, epIntrospect, epKeys, epDiscovery, epChangePassword, epResetPassword:
 	default:
-		return fmt.Errorf("endpoint %q: want token, revoke, introspect, keys, discovery or empty", f.Endpoint)
+		return fmt.Errorf("endpoint %q: want token, revoke, introspect, keys, discovery, %s, %s or empty",
+			f.Endpoint, epChangePassword, epResetPassword)
 	}
 	if f.Times < 0 {
 		return fmt.Errorf("times %d is negative", f.Times)
@@ -194,8 +202,9 @@ func (e *Emulator) takeFault(ep string) *Fault {
 	return nil
 }
 
-// applyFault plays f. It reports false when the real answer should follow.
-func (e *Emulator) applyFault(w http.ResponseWriter, r *http.Request, f Fault) (handled bool) {
+// applyFault plays f on a request to endpoint ep. It reports false when the real answer
+// should follow.
+func (e *Emulator) applyFault(w http.ResponseWriter, r *http.Request, ep string, f Fault) (handled bool) {
 	if f.Delay > 0 {
 		t := time.NewTimer(f.Delay)
 		defer t.Stop()
@@ -235,13 +244,17 @@ func (e *Emulator) applyFault(w http.ResponseWriter, r *http.Request, f Fault) (
 	case f.Body != "":
 		writeRaw(w, status, f.ContentType, []byte(f.Body))
 	case f.MalformedJSON:
-		// A real-looking prefix cut off mid-string: clients must fail to parse it rather
-		// than pick fields out of it.
-		writeRaw(w, status, f.ContentType, []byte(`{"access_token":"eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJ`))
+		// A real-looking prefix cut off mid-value: clients must fail to parse it rather
+		// than pick fields out of it, even a "success":true.
+		truncated := `{"access_token":"eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJ`
+		if isManagement(ep) {
+			truncated = `{"success":true,"Result":nu`
+		}
+		writeRaw(w, status, f.ContentType, []byte(truncated))
 	case f.OversizeBytes > 0:
-		writeOversize(w, status, f.ContentType, f.OversizeBytes)
+		writeOversize(w, status, f.ContentType, ep, f.OversizeBytes)
 	default:
-		body, ct := defaultFaultBody(status)
+		body, ct := defaultFaultBody(ep, status)
 		if f.ContentType != "" {
 			ct = f.ContentType
 		}
@@ -298,13 +311,18 @@ func sniffContentType(body []byte) string {
 }
 
 // defaultFaultBody mimics who would really send such a status: the tenant's OAuth layer
-// for 4xx, a front proxy's HTML page for redirects and 5xx.
-func defaultFaultBody(status int) ([]byte, string) {
+// (or, on the management APIs, a failed envelope) for 2xx and 4xx there, a front proxy's
+// HTML page for redirects and 5xx.
+func defaultFaultBody(ep string, status int) ([]byte, string) {
 	text := http.StatusText(status)
 	if text == "" {
 		text = "Status " + strconv.Itoa(status)
 	}
 	switch {
+	case isManagement(ep) && (status < 300 || status >= 400 && status < 500):
+		msg, id, errID := text+".", "InjectedFault", newUUID()
+		body, _ := json.Marshal(envelope{Message: &msg, MessageID: &id, ErrorID: &errID})
+		return body, "application/json"
 	case status >= 400 && status < 500:
 		code := "invalid_request"
 		switch status {
@@ -327,13 +345,15 @@ func defaultFaultBody(status int) ([]byte, string) {
 	}
 }
 
-// writeOversize streams a valid token-shaped object padded past size bytes without
-// holding it in memory, so multi-megabyte faults stay cheap.
-func writeOversize(w http.ResponseWriter, status int, contentType string, size int) {
-	const (
-		prefix = `{"access_token":"oversize.response.padding","token_type":"Bearer","expires_in":3600,"padding":"`
-		suffix = `"}`
-	)
+// writeOversize streams a valid object shaped like the endpoint's answer (a token, or a
+// management envelope) padded past size bytes without holding it in memory, so
+// multi-megabyte faults stay cheap.
+func writeOversize(w http.ResponseWriter, status int, contentType, ep string, size int) {
+	prefix := `{"access_token":"oversize.response.padding","token_type":"Bearer","expires_in":3600,"padding":"`
+	if isManagement(ep) {
+		prefix = `{"success":true,"Result":null,"Message":null,"padding":"`
+	}
+	const suffix = `"}`
 	pad := max(size-len(prefix)-len(suffix), 0)
 	if contentType == "" {
 		contentType = "application/json"
@@ -353,4 +373,44 @@ func writeOversize(w http.ResponseWriter, status int, contentType string, size i
 		pad -= n
 	}
 	_, _ = io.WriteString(w, suffix)
+}
+
+// bufferedResponse holds a real answer while an ApplyFirst fault decides whether the
+// caller gets it.
+type bufferedResponse struct {
+	header http.Header
+	status int
+	body   bytes.Buffer
+}
+
+func newBufferedResponse() *bufferedResponse {
+	return &bufferedResponse{header: make(http.Header)}
+}
+
+func (b *bufferedResponse) Header() http.Header { return b.header }
+
+func (b *bufferedResponse) WriteHeader(status int) {
+	if b.status == 0 {
+		b.status = status
+	}
+}
+
+func (b *bufferedResponse) Write(p []byte) (int, error) {
+	b.WriteHeader(http.StatusOK)
+	return b.body.Write(p)
+}
+
+// sendTo forwards the held answer, keeping headers the fault has set (Retry-After,
+// Location) where the answer has none of its own.
+func (b *bufferedResponse) sendTo(w http.ResponseWriter) {
+	h := w.Header()
+	for k, v := range b.header {
+		h[k] = v
+	}
+	status := b.status
+	if status == 0 {
+		status = http.StatusOK
+	}
+	w.WriteHeader(status)
+	_, _ = w.Write(b.body.Bytes())
 }

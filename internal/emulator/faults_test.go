@@ -364,9 +364,11 @@ func TestFaultJSON(t *testing.T) {
 		{in: `{"delay":null,"status":429}`, want: Fault{Status: 429}},
 		{in: `{"delay":""}`, want: Fault{}},
 		{in: `{"endpoint":"token","times":2,"status":503,"retry_after":"2","location":"/x","body":"b","content_type":"t",` +
-			`"malformed_json":true,"oversize_bytes":5,"drop_connection":true,"delay":"250ms"}`,
+			`"malformed_json":true,"oversize_bytes":5,"drop_connection":true,"delay":"250ms","apply_first":true}`,
 			want: Fault{Endpoint: "token", Times: 2, Status: 503, RetryAfter: "2", Location: "/x", Body: "b", ContentType: "t",
-				MalformedJSON: true, OversizeBytes: 5, DropConnection: true, Delay: 250 * time.Millisecond}},
+				MalformedJSON: true, OversizeBytes: 5, DropConnection: true, Delay: 250 * time.Millisecond, ApplyFirst: true}},
+		{in: `{"endpoint":"change_password","apply_first":true,"drop_connection":true}`,
+			want: Fault{Endpoint: "change_password", ApplyFirst: true, DropConnection: true}},
 		{in: `{"delay":"soon"}`, wantErr: true},
 		{in: `{"delay":"-1s"}`, wantErr: true},
 		{in: `{"delay":1.5}`, wantErr: true},

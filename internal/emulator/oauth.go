@@ -22,6 +22,9 @@ type call struct {
 	// was cut at maxBodyBytes.
 	body     []byte
 	tooLarge bool
+	// epoch is the authenticated user's password epoch, read with its secret, so that a
+	// token granted on a password that changes meanwhile is born stale.
+	epoch uint64
 }
 
 // oauthError writes the tenant's flat error object. Only the token endpoint's errors are
@@ -74,7 +77,7 @@ func (e *Emulator) authenticate(c *call) (a *app, cl *client, ok bool) {
 		e.mu.Lock()
 		cl = a.clients[id]
 		if cl != nil {
-			want = cl.user.secret
+			want, c.epoch = cl.user.secret, cl.user.epoch
 		}
 		e.mu.Unlock()
 	}
@@ -138,9 +141,6 @@ func (e *Emulator) serveToken(c *call) {
 		ttl = e.expiresIn
 	}
 	asString, omitScope := e.expiresInAsString, e.omitScope
-	// Taken with the secret's check so close in time: a password change that lands
-	// while the token is being signed makes it stale, as it would at the tenant.
-	epoch := u.epoch
 	e.mu.Unlock()
 
 	iat := e.now().Unix()
@@ -152,7 +152,7 @@ func (e *Emulator) serveToken(c *call) {
 		iss:      baseURL(c.r) + "/" + a.id + "/",
 		iat:      iat,
 		exp:      iat + int64(ttl),
-		epoch:    epoch,
+		epoch:    c.epoch,
 	}
 	token, err := e.sign(map[string]any{
 		"iss":         info.iss,
@@ -173,6 +173,10 @@ func (e *Emulator) serveToken(c *call) {
 	e.mu.Lock()
 	e.issued = append(e.issued, token)
 	e.tokens[token] = info
+	if info.epoch != u.epoch {
+		// A password change revoked the user's tokens while this one was being signed.
+		e.revoked[token] = struct{}{}
+	}
 	e.stats.Grants++
 	e.mu.Unlock()
 

@@ -1,0 +1,67 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/idsec-labs/vault-plugin-secrets-cyberark/internal/emulator"
+)
+
+// The config file is the command's only way to set the password-management options, so
+// each of them must load and reach a working emulator.
+func TestBuildConfigPasswordManagement(t *testing.T) {
+	t.Parallel()
+	const doc = `{
+	  "apps": [{
+	    "id": "VaultApp",
+	    "scopes": ["all", "read"],
+	    "scope_apis": {"all": ["UserMgmt/.*"]},
+	    "clients": [
+	      {"id": "svc-vault@example.cyberark.cloud", "secret": "Initial-Secret-1"},
+	      {"id": "svc-admin@example.cyberark.cloud", "secret": "Admin-Secret-1", "admin": true}
+	    ]
+	  }],
+	  "password_policy": {"min_length": 16, "max_length": 64, "require_digit": true, "require_upper": true, "require_lower": true},
+	  "password_history": 5,
+	  "revoke_tokens_on_password_change": true
+	}`
+	path := filepath.Join(t.TempDir(), "emulator.json")
+	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := buildConfig(options{config: path}, map[string]bool{"config": true})
+	if err != nil {
+		t.Fatalf("buildConfig: %v", err)
+	}
+	p := cfg.PasswordPolicy
+	if p == nil || p.MinLength != 16 || p.MaxLength != 64 || !p.RequireDigit || !p.RequireUpper || !p.RequireLower {
+		t.Errorf("password_policy loaded as %+v", p)
+	}
+	if cfg.PasswordHistory != 5 || !cfg.RevokeTokensOnPasswordChange {
+		t.Errorf("password_history %d, revoke_tokens_on_password_change %v", cfg.PasswordHistory, cfg.RevokeTokensOnPasswordChange)
+	}
+	a := cfg.Apps[0]
+	if len(a.ScopeAPIs["all"]) != 1 || a.ScopeAPIs["all"][0] != "UserMgmt/.*" || !a.Clients[1].Admin || a.Clients[0].Admin {
+		t.Errorf("app loaded as %+v", a.ScopeAPIs)
+	}
+	emu, err := emulator.New(cfg)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	if !emu.ClientSecretIs("svc-vault@example.cyberark.cloud", "Initial-Secret-1") {
+		t.Error("the configured secret is not the one the emulator accepts")
+	}
+}
+
+func TestBuildConfigRejectsUnknownPasswordField(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "emulator.json")
+	doc := `{"apps": [{"id": "a", "clients": [{"id": "c", "secret": "s"}]}], "password_histroy": 2}`
+	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := buildConfig(options{config: path}, map[string]bool{"config": true}); err == nil {
+		t.Error("a misspelt field loaded")
+	}
+}
