@@ -98,7 +98,15 @@ func (e *errRotation) Error() string { return e.msg }
 func (b *backend) rotateRoot(ctx context.Context, s logical.Storage) (*cyberarkConfig, error) {
 	b.configMu.Lock()
 	defer b.configMu.Unlock()
+	cfg, err := b.rotateRootLocked(ctx, s)
+	if err == nil {
+		b.armSchedule(cfg)
+	}
+	return cfg, err
+}
 
+// rotateRootLocked is rotateRoot for a caller that holds configMu.
+func (b *backend) rotateRootLocked(ctx context.Context, s logical.Storage) (*cyberarkConfig, error) {
 	cfg, err := readConfig(ctx, s)
 	switch {
 	case err != nil:
@@ -392,9 +400,7 @@ func (b *backend) armSchedule(cfg *cyberarkConfig) {
 	b.schedule.arm(due, b.now(), func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*maxTotalTimeout)
 		defer cancel()
-		if err := b.rotateIfDue(ctx, b.storage); err != nil {
-			b.Logger().Error("scheduled root rotation failed", "error", err)
-		}
+		_ = b.rotateIfDue(ctx, b.storage) // it logs its own failures
 	})
 }
 
@@ -406,59 +412,52 @@ func (b *backend) rotateIfDue(ctx context.Context, s logical.Storage) error {
 	if s == nil || !b.WriteSafeReplicationState() {
 		return nil
 	}
+	// The due time is read and acted on under one lock, so the timer and the periodic
+	// function arriving together rotate once.
+	b.configMu.Lock()
+	defer b.configMu.Unlock()
 	cfg, err := readConfig(ctx, s)
 	if err != nil || cfg == nil {
+		b.armSchedule(nil)
 		return err
 	}
+	defer func() {
+		if cfg, err := readConfig(ctx, s); err == nil {
+			b.armSchedule(cfg)
+		}
+	}()
 	now := b.now()
 	due := cfg.Rotation.NextRotation
 	if due.IsZero() || now.Before(due) {
-		b.armSchedule(cfg)
 		return nil
 	}
 	if cfg.RotationSchedule != "" && cfg.RotationWindow > 0 && now.After(due.Add(cfg.RotationWindow)) {
 		// The window for this due time has passed: skip to the next one.
 		b.Logger().Warn("scheduled root rotation skipped: its window passed", "due", due.UTC(), "rotation_window", cfg.RotationWindow)
-		return b.reschedule(ctx, s, func(c *cyberarkConfig) { c.Rotation.NextRotation = c.nextRotation(now, due) })
+		cfg.Rotation.NextRotation = cfg.nextRotation(now, due)
+		return b.storeConfig(ctx, s, cfg)
 	}
 	b.Logger().Info("scheduled root rotation", "due", due.UTC())
-	_, rerr := b.rotateRoot(ctx, s)
-	if rerr != nil {
+	if _, rerr := b.rotateRootLocked(ctx, s); rerr != nil {
+		b.count(metricRotation, "outcome", "failed")
+		b.Logger().Error("scheduled root rotation failed; trying again later", "error", rerr)
 		retry := rotationRetryDelay
 		if cfg.RotationPeriod > 0 {
 			retry = min(retry, cfg.RotationPeriod)
 		}
-		b.count(metricRotation, "outcome", "failed")
-		if err := b.reschedule(ctx, s, func(c *cyberarkConfig) {
-			if c.Rotation.NextRotation.Equal(due) {
-				c.Rotation.NextRotation = now.Add(retry)
-			}
-			c.Rotation.LastError = rerr.Error()
-		}); err != nil {
-			b.Logger().Error("could not store the next rotation time", "error", err)
+		cfg, err := readConfig(ctx, s)
+		if err != nil || cfg == nil {
+			return errors.Join(rerr, err)
+		}
+		if cfg.Rotation.NextRotation.Equal(due) {
+			cfg.Rotation.NextRotation = now.Add(retry)
+		}
+		cfg.Rotation.LastError = rerr.Error()
+		if err := b.storeConfig(ctx, s, cfg); err != nil {
+			return errors.Join(rerr, fmt.Errorf("storing the next rotation time: %w", err))
 		}
 		return rerr
 	}
-	cfg, err = readConfig(ctx, s)
-	if err == nil {
-		b.armSchedule(cfg)
-	}
-	return err
-}
-
-// reschedule changes the stored rotation state under configMu and re-arms the timer.
-func (b *backend) reschedule(ctx context.Context, s logical.Storage, change func(*cyberarkConfig)) error {
-	b.configMu.Lock()
-	defer b.configMu.Unlock()
-	cfg, err := readConfig(ctx, s)
-	if err != nil || cfg == nil {
-		return err
-	}
-	change(cfg)
-	if err := b.storeConfig(ctx, s, cfg); err != nil {
-		return err
-	}
-	b.armSchedule(cfg)
 	return nil
 }
 

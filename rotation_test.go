@@ -1,0 +1,206 @@
+package cyberark
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/hashicorp/vault/sdk/rotation"
+)
+
+// TestScheduledRotationOncePerDueTime walks a fake clock through a rotation period: one
+// rotation per due time, none before it, one for several missed due times, and the
+// grid kept.
+func TestScheduledRotationOncePerDueTime(t *testing.T) {
+	t.Parallel()
+	e := newRotationEnv(t, nil)
+	clock := newFakeClock(e)
+	start := clock.Now()
+	e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"rotation_period": "10s"})
+	due := e.stored(t).Rotation.NextRotation
+	if !due.Equal(start.Add(10 * time.Second)) {
+		t.Fatalf("first due time %s, want %s", due, start.Add(10*time.Second))
+	}
+	read := e.mustRequest(t, logical.ReadOperation, "config", nil).Data
+	if read["rotation_period"] != float64(10) || read["next_vault_rotation"] == nil {
+		t.Errorf("config read: rotation_period %v, next_vault_rotation %v", read["rotation_period"], read["next_vault_rotation"])
+	}
+
+	changes := func() int64 { return e.emu.Stats().PasswordChanges }
+	tick := func() {
+		t.Helper()
+		if err := e.b.periodic(t.Context(), &logical.Request{Storage: e.storage}); err != nil {
+			t.Fatalf("periodic: %v", err)
+		}
+	}
+	clock.Advance(9 * time.Second)
+	tick()
+	if n := changes(); n != 0 {
+		t.Fatalf("%d rotations before the due time", n)
+	}
+	clock.Advance(time.Second)
+	tick()
+	tick()
+	if n := changes(); n != 1 {
+		t.Fatalf("%d rotations at the due time, want exactly 1", n)
+	}
+	if next := e.stored(t).Rotation.NextRotation; !next.Equal(due.Add(10 * time.Second)) {
+		t.Errorf("next due %s, want %s: the grid must hold", next, due.Add(10*time.Second))
+	}
+	// Three due times pass unseen (the node was down): one rotation, back on the grid.
+	clock.Advance(35 * time.Second)
+	tick()
+	if n := changes(); n != 2 {
+		t.Fatalf("%d rotations after missed due times, want 2 in all", n)
+	}
+	if next := e.stored(t).Rotation.NextRotation; !next.Equal(due.Add(40 * time.Second)) {
+		t.Errorf("next due %s, want %s", next, due.Add(40*time.Second))
+	}
+	e.assertWorkingSecret(t)
+
+	e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"disable_automated_rotation": true})
+	if next := e.stored(t).Rotation.NextRotation; !next.IsZero() {
+		t.Errorf("disabled rotation still due at %s", next)
+	}
+	clock.Advance(time.Hour)
+	tick()
+	if n := changes(); n != 2 {
+		t.Errorf("a disabled schedule rotated (%d rotations)", n)
+	}
+}
+
+// TestScheduledRotationFiresOnTime uses the real clock: the engine's own timer rotates at
+// the due time, without waiting for Vault's once-a-minute periodic call.
+func TestScheduledRotationFiresOnTime(t *testing.T) {
+	t.Parallel()
+	e := newRotationEnv(t, nil)
+	e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"rotation_period": "5s"})
+	due := e.stored(t).Rotation.NextRotation
+	deadline := time.Now().Add(10 * time.Second)
+	for e.emu.Stats().PasswordChanges == 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if e.emu.Stats().PasswordChanges != 1 {
+		t.Fatal("the timer did not rotate within 5s of the due time")
+	}
+	var at time.Time
+	for _, r := range e.emu.Requests() {
+		if r.Path == "/UserMgmt/ChangeUserPassword" {
+			at = r.Time
+		}
+	}
+	if at.Before(due) {
+		t.Errorf("rotated at %s, before the due time %s", at, due)
+	}
+	t.Logf("rotation due %s, password changed %s after it", due.Format(time.RFC3339Nano), at.Sub(due))
+	// The secret settles before the next due time; wait for the store.
+	for e.stored(t).Rotation.LastRotation.IsZero() && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	e.assertWorkingSecret(t)
+}
+
+func TestRotationScheduleInvalid(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name  string
+		data  map[string]any
+		field string
+	}{
+		{"period and schedule", map[string]any{"rotation_period": "1h", "rotation_schedule": "0 * * * *"}, "rotation_schedule"},
+		{"period too short", map[string]any{"rotation_period": "2s"}, "rotation_period"},
+		{"schedule not cron", map[string]any{"rotation_schedule": "every day"}, "rotation_schedule"},
+		{"window without schedule", map[string]any{"rotation_window": "1h"}, "rotation_window"},
+		{"password_length too short", map[string]any{"password_length": 8}, "password_length"},
+		{"password_length too long", map[string]any{"password_length": 65}, "password_length"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newRotationEnv(t, nil)
+			before := storedJSON(t, e.storage, "config")
+			resp, err := e.request(t, logical.UpdateOperation, "config", tc.data)
+			assertBadRequest(t, resp, err, tc.field)
+			if storedJSON(t, e.storage, "config") != before {
+				t.Error("the config changed")
+			}
+		})
+	}
+	t.Run("period stored, schedule written", func(t *testing.T) {
+		t.Parallel()
+		e := newRotationEnv(t, nil)
+		e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"rotation_period": "1h"})
+		resp, err := e.request(t, logical.UpdateOperation, "config", map[string]any{"rotation_schedule": "0 * * * *"})
+		assertBadRequest(t, resp, err, "rotation_schedule")
+		e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"rotation_schedule": "0 * * * *", "rotation_period": 0})
+	})
+	t.Run("scheduled rotation without a tenant", func(t *testing.T) {
+		t.Parallel()
+		e := newTestEnv(t)
+		data := e.configData()
+		delete(data, "tenant_url")
+		delete(data, "app_id")
+		data["token_url"] = e.url + "/oauth2/token/" + testAppID
+		data["rotation_period"] = "1h"
+		resp, err := e.request(t, logical.CreateOperation, "config", data)
+		assertBadRequest(t, resp, err, "tenant_url")
+	})
+}
+
+// rotationManagerView plays Vault Enterprise's rotation manager for the plugin.
+type rotationManagerView struct {
+	logical.StaticSystemView
+	mu           sync.Mutex
+	registered   []rotation.RotationJobConfigureRequest
+	deregistered int
+}
+
+func (v *rotationManagerView) RegisterRotationJob(_ context.Context, req *rotation.RotationJobConfigureRequest) (string, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.registered = append(v.registered, *req)
+	return "rotation-id-1", nil
+}
+
+func (v *rotationManagerView) DeregisterRotationJob(context.Context, *rotation.RotationJobDeregisterRequest) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.deregistered++
+	return nil
+}
+
+// TestRotationManagerDrivesTheSchedule: where Vault has a rotation manager, the engine
+// registers the job with it, keeps no timer of its own, and rotates when it calls.
+func TestRotationManagerDrivesTheSchedule(t *testing.T) {
+	t.Parallel()
+	e := newRotationEnv(t, nil)
+	view := &rotationManagerView{StaticSystemView: logical.StaticSystemView{}}
+	if err := e.b.Setup(t.Context(), &logical.BackendConfig{Logger: e.b.Logger(), System: view, StorageView: e.storage}); err != nil {
+		t.Fatal(err)
+	}
+	e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"rotation_schedule": "0 3 * * *", "rotation_window": "1h"})
+	if len(view.registered) != 1 {
+		t.Fatalf("%d jobs registered, want 1", len(view.registered))
+	}
+	job := view.registered[0]
+	if job.ReqPath != "config" || job.RotationSchedule != "0 3 * * *" || job.RotationWindow != time.Hour {
+		t.Errorf("registered job %+v", job)
+	}
+	cfg := e.stored(t)
+	if cfg.Rotation.RotationID != "rotation-id-1" || !cfg.Rotation.NextRotation.IsZero() {
+		t.Errorf("rotation id %q, own next rotation %s: the manager must own the schedule", cfg.Rotation.RotationID, cfg.Rotation.NextRotation)
+	}
+	if err := e.b.rotateCredential(t.Context(), &logical.Request{Storage: e.storage, Path: "config"}); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.emu.Stats().PasswordChanges; n != 1 {
+		t.Errorf("%d rotations after the manager's call, want 1", n)
+	}
+	e.assertWorkingSecret(t)
+	e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"disable_automated_rotation": true})
+	if view.deregistered != 1 || e.stored(t).Rotation.RotationID != "" {
+		t.Errorf("disabling: %d deregistrations, rotation id %q", view.deregistered, e.stored(t).Rotation.RotationID)
+	}
+}
