@@ -48,10 +48,16 @@ config read shows the state (rotation_state).`,
 func (b *backend) pathRotateRootUpdate(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
 	cfg, err := b.rotateRoot(ctx, req.Storage)
 	var re *errRotation
-	if errors.As(err, &re) {
+	switch {
+	case errors.As(err, &re):
 		return logical.ErrorResponse("%s", re.Error()), nil
-	}
-	if err != nil {
+	case errors.Is(err, errUnresolved):
+		return nil, errUnresolved
+	case err != nil && outcome(err) != "invalid_response":
+		// The tenant could not be reached or failed: the rotation stays pending and is
+		// settled later.
+		return nil, logical.CodedError(http.StatusBadGateway, "root rotation: "+err.Error())
+	case err != nil:
 		return nil, err
 	}
 	return &logical.Response{Data: map[string]any{

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"net/http"
 	"strings"
 	"sync"
 	"time"
@@ -91,6 +92,12 @@ type errRotation struct{ msg string }
 
 func (e *errRotation) Error() string { return e.msg }
 
+// errUnresolved says the tenant accepts neither secret. It is a conflict with the
+// tenant's state, not a server failure: Vault clients retry 5xx answers, and every
+// retry would add two failed logins towards locking the service user.
+var errUnresolved = logical.CodedError(http.StatusConflict,
+	"root rotation unresolved: the tenant accepts neither the current nor the new secret, and both are kept; fix the service user at the tenant, then write the secret it accepts to client_secret (see the rotation runbook)")
+
 // rotateRoot changes the client secret: generate, store as pending, change at the
 // tenant, check with a grant, store as current. Each step is safe to die after: the
 // stored config always holds every secret the tenant may accept, and settle finds out
@@ -122,7 +129,7 @@ func (b *backend) rotateRootLocked(ctx context.Context, s logical.Storage) (*cyb
 			return nil, fmt.Errorf("settling an earlier rotation first: %w", err)
 		}
 		if cfg.Rotation.Unresolved {
-			return nil, &errRotation{"an earlier rotation is unresolved: the tenant accepts neither the current nor the new secret; write client_secret to set the one it accepts"}
+			return nil, errUnresolved
 		}
 	}
 
@@ -167,7 +174,7 @@ func (b *backend) rotateRootLocked(ctx context.Context, s logical.Storage) (*cyb
 	}
 	switch {
 	case cfg.Rotation.Unresolved:
-		return nil, fmt.Errorf("the tenant accepts neither the current nor the new secret; both are kept and settled later: %s", cfg.Rotation.LastError)
+		return nil, errUnresolved
 	case cfg.ClientSecret != secret:
 		return nil, &errRotation{"the tenant kept the current secret: " + cfg.Rotation.LastError}
 	}
