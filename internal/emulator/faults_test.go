@@ -233,17 +233,7 @@ func TestFaultDelayHonoursContext(t *testing.T) {
 	req := httptest.NewRequestWithContext(ctx, http.MethodPost, "/oauth2/token/"+testApp, strings.NewReader(grantForm.Encode()))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Authorization", basicHeader(testClient, testSecret))
-	rec := httptest.NewRecorder()
-	done := make(chan struct{})
-	go func() {
-		f.emu.ServeHTTP(rec, req)
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("handler kept sleeping after the client went away")
-	}
+	rec := serveAbandoned(t, f.emu, req)
 	if rec.Body.Len() != 0 || len(f.emu.Issued()) != 0 {
 		t.Errorf("answered a departed client: %q", rec.Body.String())
 	}
@@ -403,4 +393,22 @@ func TestFaultJSON(t *testing.T) {
 	if !strings.Contains(string(out), `"delay":"2s"`) {
 		t.Errorf("delay marshals as %s", out)
 	}
+}
+
+// serveAbandoned serves req, whose context ends while the handler sleeps in a Delay, and
+// fails the test if the handler keeps sleeping after the caller has gone.
+func serveAbandoned(t *testing.T, emu *Emulator, req *http.Request) *httptest.ResponseRecorder {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	done := make(chan struct{})
+	go func() {
+		emu.ServeHTTP(rec, req)
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("handler kept sleeping after the caller went away")
+	}
+	return rec
 }
