@@ -370,3 +370,49 @@ func TestGeneratePassword(t *testing.T) {
 		}
 	}
 }
+
+// TestRotateRootWithPasswordPolicyAndHistory: secrets come from the named Vault password
+// policy, and a secret the tenant's history refuses leaves the current one in place with
+// the tenant's message.
+func TestRotateRootWithPasswordPolicyAndHistory(t *testing.T) {
+	t.Parallel()
+	e := newRotationEnv(t, nil)
+	sequence := []string{"Policy-Made-Secret-A1", "Policy-Made-Secret-B2", "Policy-Made-Secret-A1"}
+	var mu sync.Mutex
+	view := logical.StaticSystemView{PasswordPolicies: map[string]logical.PasswordGenerator{
+		"fixed": func() (string, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			next := sequence[0]
+			sequence = sequence[1:]
+			return next, nil
+		},
+	}}
+	if err := e.b.Setup(t.Context(), &logical.BackendConfig{Logger: e.b.Logger(), System: view, StorageView: e.storage}); err != nil {
+		t.Fatal(err)
+	}
+	e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"password_policy": "fixed"})
+	e.mustRequest(t, logical.UpdateOperation, "config/rotate-root", nil)
+	if !e.emu.ClientSecretIs(testClientID, "Policy-Made-Secret-A1") {
+		t.Fatal("the tenant does not hold the policy's password")
+	}
+	e.mustRequest(t, logical.UpdateOperation, "config/rotate-root", nil)
+	resp, err := e.request(t, logical.UpdateOperation, "config/rotate-root", nil)
+	if err != nil || resp == nil || !resp.IsError() || !strings.Contains(resp.Error().Error(), "last 3 passwords") {
+		t.Fatalf("got (%v, %v), want a 400 with the tenant's history message", resp, err)
+	}
+	if cfg := e.stored(t); cfg.ClientSecret != "Policy-Made-Secret-B2" || cfg.Rotation.PendingSecret != "" {
+		t.Error("a refused rotation changed the stored secret or left it pending")
+	}
+	if read := e.mustRequest(t, logical.ReadOperation, "config", nil); !strings.Contains(read.Data["last_rotation_error"].(string), "last 3 passwords") {
+		t.Errorf("last_rotation_error = %v", read.Data["last_rotation_error"])
+	}
+	e.assertWorkingSecret(t)
+
+	resp, err = e.request(t, logical.UpdateOperation, "config", map[string]any{"password_policy": "missing"})
+	if err != nil || resp.IsError() {
+		t.Fatalf("naming a policy is not checked at write time: %v %v", resp, err)
+	}
+	resp, err = e.request(t, logical.UpdateOperation, "config/rotate-root", nil)
+	assertBadRequest(t, resp, err, "password_policy")
+}
