@@ -33,6 +33,9 @@ const (
 	appID      = "vault-e2e"
 	otherAppID = "vault-e2e-other"
 	clientID   = "svc-vault@e2e.cyberark.cloud"
+	// rotationScope is the scope of the config's app whose tokens may call
+	// UserMgmt/ChangeUserPassword, and the config's rotation_scopes.
+	rotationScope = "rotate"
 
 	// How long a test may take to talk to Vault, start to end.
 	testTimeout = 3 * time.Minute
@@ -54,6 +57,11 @@ type env struct {
 type envOptions struct {
 	// logLevel is the Vault server's -log-level; debug unless a test asks otherwise.
 	logLevel string
+	// tenant, when set, changes the emulator's config before the emulator starts.
+	tenant func(*emulator.Config)
+	// audit enables a file audit device, with Vault's default HMAC settings, before the
+	// plugin is mounted; the log guard checks its log as it checks the others.
+	audit bool
 }
 
 type envOption func(*envOptions)
@@ -61,6 +69,18 @@ type envOption func(*envOptions)
 // withLogLevel runs the Vault server at level instead of debug, as an operator would.
 func withLogLevel(level string) envOption {
 	return func(o *envOptions) { o.logLevel = level }
+}
+
+// withTenantConfig lets f change the emulator's config (password policy, history...)
+// before the emulator starts.
+func withTenantConfig(f func(*emulator.Config)) envOption {
+	return func(o *envOptions) { o.tenant = f }
+}
+
+// withAuditLog runs Vault with a file audit device, as production does: the audit log
+// is one more log that must hold no secret.
+func withAuditLog() envOption {
+	return func(o *envOptions) { o.audit = true }
 }
 
 // newEnv starts everything a test needs and registers its teardown. Teardown runs in
@@ -80,7 +100,7 @@ func newEnv(t *testing.T, expiresIn int, opts ...envOption) *env {
 	t.Cleanup(cancel)
 	e := &env{t: t, ctx: ctx}
 	e.guard = newLogGuard(t)
-	e.tenant = startTenant(t, expiresIn)
+	e.tenant = startTenant(t, expiresIn, o.tenant)
 	e.guard.addSecrets(e.tenant.secrets)
 	b := plugin(t, versionV1)
 	// The first test to get here builds the plugin while the others wait; their time
@@ -91,6 +111,9 @@ func newEnv(t *testing.T, expiresIn int, opts ...envOption) *env {
 	e.ctx = ctx
 	e.vault = startVault(t, ctx, bin, dir, o.logLevel, e.guard)
 	e.client = e.vault.client
+	if o.audit {
+		e.vault.enableAudit(t, filepath.Join(dir, "audit.log"), e.guard)
+	}
 	e.vault.register(t, b)
 	e.vault.mount(t, mountPath, versionV1)
 	return e
@@ -218,19 +241,32 @@ type tenant struct {
 	secret string
 }
 
-func startTenant(t *testing.T, expiresIn int) *tenant {
+// startTenant starts the emulator. The config's app defines a scope, rotationScope,
+// whose tokens may change the client's password, as root rotation needs; tweak, when
+// set, changes the config before the emulator starts.
+func startTenant(t *testing.T, expiresIn int, tweak func(*emulator.Config)) *tenant {
 	t.Helper()
 	// A ":" and "%" in the secret are what clients that URL-encode Basic credentials,
 	// or split them at the last colon, get wrong.
 	secret := "E2e:%40-" + randomHex(t, 16)
 	client := emulator.Client{ID: clientID, Secret: secret, AllowedScopes: []string{"read", "write"}}
-	emu, err := emulator.New(emulator.Config{
+	rotator := client
+	rotator.AllowedScopes = []string{"read", "write", rotationScope}
+	cfg := emulator.Config{
 		ExpiresIn: expiresIn,
 		Apps: []emulator.App{
-			{ID: appID, Scopes: []string{"read", "write", "admin"}, Clients: []emulator.Client{client}},
+			{
+				ID: appID, Scopes: []string{"read", "write", "admin", rotationScope},
+				ScopeAPIs: map[string][]string{rotationScope: {"UserMgmt/ChangeUserPassword"}},
+				Clients:   []emulator.Client{rotator},
+			},
 			{ID: otherAppID, Scopes: []string{"read", "write"}, Clients: []emulator.Client{client}},
 		},
-	})
+	}
+	if tweak != nil {
+		tweak(&cfg)
+	}
+	emu, err := emulator.New(cfg)
 	if err != nil {
 		t.Fatalf("emulator: %v", err)
 	}
@@ -254,6 +290,8 @@ func (tn *tenant) configData() map[string]any {
 		"client_secret": tn.secret,
 		"ca_cert":       tn.caPEM,
 		"scopes":        "read,write",
+		// Root rotation asks for this scope only, in the grant that changes the password.
+		"rotation_scopes": rotationScope,
 	}
 }
 
@@ -263,11 +301,22 @@ func (tn *tenant) basicCredentials() string {
 }
 
 // secrets lists what must never reach a log: the client secret in the forms a careless
-// log line would carry it, and every issued access token, whole and its signature.
+// log line would carry it, every password the tenant was asked to change from or to
+// (root rotation's secrets, which the test never otherwise sees), and every issued
+// access token, whole and its signature.
 func (tn *tenant) secrets() []namedSecret {
 	s := []namedSecret{
 		{"the client secret", tn.secret},
 		{"the Basic credentials", strings.TrimPrefix(tn.basicCredentials(), "Basic ")},
+	}
+	for i, pw := range tn.passwords() {
+		if pw == tn.secret {
+			continue
+		}
+		basic := base64.StdEncoding.EncodeToString([]byte(clientID + ":" + pw))
+		s = append(s,
+			namedSecret{fmt.Sprintf("password #%d sent to the tenant's password API", i+1), pw},
+			namedSecret{fmt.Sprintf("the Basic credentials with password #%d", i+1), basic})
 	}
 	for i, tok := range tn.emu.Issued() {
 		s = append(s, namedSecret{fmt.Sprintf("access token #%d", i+1), tok})
@@ -276,6 +325,30 @@ func (tn *tenant) secrets() []namedSecret {
 		}
 	}
 	return s
+}
+
+// passwords are the distinct old and new passwords of every password-management call
+// the tenant received, in the order first seen. The emulator records the bodies of those
+// calls; no other API tells what secret a rotation set.
+func (tn *tenant) passwords() []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, r := range tn.emu.Requests() {
+		if !strings.HasPrefix(strings.ToLower(r.Path), "/usermgmt/") {
+			continue
+		}
+		var body map[string]any
+		if json.Unmarshal(r.Body, &body) != nil {
+			continue
+		}
+		for _, k := range []string{"oldPassword", "newPassword"} {
+			if pw, _ := body[k].(string); pw != "" && !seen[pw] {
+				seen[pw] = true
+				out = append(out, pw)
+			}
+		}
+	}
+	return out
 }
 
 func (tn *tenant) mustHaveIssued(t testing.TB, token string) {
@@ -308,6 +381,8 @@ type vaultServer struct {
 	token  string
 	client *api.Client
 	proc   *process
+	// auditPath is the file audit device's log, when one is enabled.
+	auditPath string
 }
 
 func startVault(t *testing.T, ctx context.Context, bin, dir, logLevel string, guard *logGuard) *vaultServer {
@@ -396,6 +471,21 @@ func (v *vaultServer) waitHealthy(ctx context.Context) error {
 			return fmt.Errorf("%w (last: %v)", ctx.Err(), lastErr)
 		case <-time.After(100 * time.Millisecond):
 		}
+	}
+}
+
+// enableAudit turns on a file audit device writing to path, with Vault's default
+// settings (every string HMAC-ed), and hands its log to guard.
+func (v *vaultServer) enableAudit(t testing.TB, path string, guard *logGuard) {
+	t.Helper()
+	guard.addLog("vault audit", path)
+	v.auditPath = path
+	err := v.client.Sys().EnableAuditWithOptions("file", &api.EnableAuditOptions{
+		Type:    "file",
+		Options: map[string]string{"file_path": path},
+	})
+	if err != nil {
+		t.Fatalf("enabling the file audit device: %v", err)
 	}
 }
 
