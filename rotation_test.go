@@ -6,8 +6,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/vault/sdk/helper/consts"
 	"github.com/hashicorp/vault/sdk/logical"
 	"github.com/hashicorp/vault/sdk/rotation"
+
+	"github.com/idsec-labs/vault-plugin-secrets-cyberark/internal/emulator"
 )
 
 // TestScheduledRotationOncePerDueTime walks a fake clock through a rotation period: one
@@ -202,5 +205,55 @@ func TestRotationManagerDrivesTheSchedule(t *testing.T) {
 	e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"disable_automated_rotation": true})
 	if view.deregistered != 1 || e.stored(t).Rotation.RotationID != "" {
 		t.Errorf("disabling: %d deregistrations, rotation id %q", view.deregistered, e.stored(t).Rotation.RotationID)
+	}
+}
+
+// TestRotationOnlyWhereStorageIsWritten: a performance standby or secondary neither
+// settles nor rotates; the active node does.
+func TestRotationOnlyWhereStorageIsWritten(t *testing.T) {
+	t.Parallel()
+	e := newRotationEnv(t, nil)
+	clock := newFakeClock(e)
+	e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"rotation_period": "10s"})
+	clock.Advance(time.Minute)
+	for _, state := range []consts.ReplicationState{consts.ReplicationPerformanceStandby, consts.ReplicationPerformanceSecondary, consts.ReplicationDRSecondary} {
+		view := logical.StaticSystemView{ReplicationStateVal: state}
+		if err := e.b.Setup(t.Context(), &logical.BackendConfig{Logger: e.b.Logger(), System: view, StorageView: e.storage}); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.b.periodic(t.Context(), &logical.Request{Storage: e.storage}); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.b.Initialize(t.Context(), &logical.InitializationRequest{Storage: e.storage}); err != nil {
+			t.Fatal(err)
+		}
+		if n := e.emu.Stats().PasswordChanges; n != 0 {
+			t.Fatalf("a node in replication state %v rotated", state)
+		}
+	}
+	if err := e.b.Setup(t.Context(), &logical.BackendConfig{Logger: e.b.Logger(), System: logical.StaticSystemView{}, StorageView: e.storage}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.b.periodic(t.Context(), &logical.Request{Storage: e.storage}); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.emu.Stats().PasswordChanges; n != 1 {
+		t.Fatalf("the active node made %d rotations, want 1", n)
+	}
+}
+
+// TestRotationWhenTheTenantEndsOldTokens: whether or not the tenant ends tokens issued
+// before a password change, leases from before a rotation still end cleanly and new
+// reads work.
+func TestRotationWhenTheTenantEndsOldTokens(t *testing.T) {
+	t.Parallel()
+	for _, ends := range []bool{false, true} {
+		e := newRotationEnv(t, func(c *emulator.Config) { c.RevokeTokensOnPasswordChange = ends })
+		old := e.mustRequest(t, logical.ReadOperation, "token", nil)
+		e.mustRequest(t, logical.UpdateOperation, "config/rotate-root", nil)
+		if _, err := e.revoke(t, old.Secret); err != nil {
+			t.Errorf("tokens ended by the change %t: revoking a lease from before the rotation: %v", ends, err)
+		}
+		e.assertWorkingSecret(t)
 	}
 }
