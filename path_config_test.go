@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
 
@@ -439,5 +440,34 @@ func TestConfigVerifyRateLimitedIsA429(t *testing.T) {
 	}
 	if storedJSON(t, e.storage, "config") != "" {
 		t.Error("config stored although verification failed")
+	}
+}
+
+// TestConfigRetryAndBudgetReachTheClient: max_retries and total_timeout are not only
+// validated but govern the calls to the tenant.
+func TestConfigRetryAndBudgetReachTheClient(t *testing.T) {
+	t.Parallel()
+	for _, retries := range []int{0, 2} {
+		e := newTestEnv(t)
+		e.configure(t)
+		e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"max_retries": retries})
+		e.emu.Reset()
+		e.emu.AddFaults(emulator.Fault{Endpoint: "token", Status: 503})
+		if _, err := e.request(t, logical.ReadOperation, "token", nil); err == nil {
+			t.Fatal("a read through a failing tenant succeeded")
+		}
+		if got := e.emu.Stats().TokenRequests; got != int64(retries+1) {
+			t.Errorf("max_retries=%d made %d token requests, want %d", retries, got, retries+1)
+		}
+	}
+
+	e := newTestEnv(t)
+	e.configure(t)
+	e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"total_timeout": "1s", "max_retries": 10})
+	e.emu.AddFaults(emulator.Fault{Endpoint: "token", Delay: 5 * time.Second})
+	start := time.Now()
+	_, err := e.request(t, logical.ReadOperation, "token", nil)
+	if took := time.Since(start); err == nil || took > 3*time.Second {
+		t.Errorf("total_timeout=1s: the read took %s (err %v); it must give up after about 1s", took, err)
 	}
 }
