@@ -52,6 +52,9 @@ type backend struct {
 	schedule *scheduler
 	// afterRotationStep, when set by a test, is called after each step of a rotation.
 	afterRotationStep func(step string)
+	// rotating is held by a rotation from the tenant's change until the new secret is
+	// stored; token grants wait on it instead of failing with the old secret.
+	rotating sync.RWMutex
 
 	revokeFailures *failureCounter
 
@@ -63,7 +66,7 @@ type backend struct {
 func newBackend() *backend {
 	b := &backend{
 		revokeFailures: newFailureCounter(),
-		schedule:       &scheduler{},
+		schedule:       newScheduler(),
 		now:            time.Now,
 	}
 	b.cache = newCache(b.newTenantClient)
@@ -100,7 +103,9 @@ func (b *backend) invalidate(_ context.Context, key string) {
 }
 
 func (b *backend) clean(_ context.Context) {
-	b.schedule.stop()
+	// A rotation the timer started is cut short and waited for, so it cannot race the
+	// instance that takes over; what it stored is settled by that instance.
+	b.schedule.stop(30 * time.Second)
 	b.cache.resetAll()
 }
 
@@ -110,7 +115,7 @@ func (b *backend) initialize(ctx context.Context, req *logical.InitializationReq
 	if !b.WriteSafeReplicationState() {
 		return nil
 	}
-	if err := b.settle(ctx, req.Storage, true); err != nil {
+	if _, err := b.settle(ctx, req.Storage, settleOnStart); err != nil {
 		// The mount must still come up: tokens are served with the stored secret,
 		// and the periodic function tries again.
 		b.Logger().Error("could not settle an interrupted root rotation at start", "error", err)
@@ -126,7 +131,7 @@ func (b *backend) initialize(ctx context.Context, req *logical.InitializationReq
 
 // periodic runs about once a minute on the active node (Vault's rollback manager).
 func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
-	if err := b.settle(ctx, req.Storage, false); err != nil {
+	if _, err := b.settle(ctx, req.Storage, settlePeriodic); err != nil {
 		b.Logger().Error("could not settle an interrupted root rotation", "error", err)
 	}
 	return b.rotateIfDue(ctx, req.Storage)
@@ -135,6 +140,6 @@ func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
 // rotateCredential is what Vault's rotation manager (Enterprise) calls when the job
 // registered by a config write is due.
 func (b *backend) rotateCredential(ctx context.Context, req *logical.Request) error {
-	_, err := b.rotateRoot(ctx, req.Storage)
+	_, err := b.rotateRoot(ctx, req.Storage, false)
 	return err
 }

@@ -95,7 +95,7 @@ func newTestEnvWith(tb testing.TB, tenant func(*emulator.Config)) *testEnv {
 	}
 	env := &testEnv{b: b.(*backend), storage: conf.StorageView, emu: emu, url: srv.URL, caPEM: string(ca.CertPEM()), logs: logs}
 	tb.Cleanup(func() { env.assertNoSecretsLogged(tb) })
-	tb.Cleanup(env.b.schedule.stop)
+	tb.Cleanup(func() { env.b.schedule.stop(time.Second) })
 	return env
 }
 
@@ -103,7 +103,8 @@ func newTestEnvWith(tb testing.TB, tenant func(*emulator.Config)) *testEnv {
 // restarts a plugin that died, and initialises it as Vault does.
 func (e *testEnv) restart(tb testing.TB) {
 	tb.Helper()
-	e.b.schedule.stop()
+	e.b.schedule.stop(time.Second)
+	now := e.b.now
 	conf := logical.TestBackendConfig()
 	conf.StorageView = e.storage
 	conf.Logger = hclog.New(&hclog.LoggerOptions{Output: e.logs, Level: hclog.Trace})
@@ -112,7 +113,8 @@ func (e *testEnv) restart(tb testing.TB) {
 		tb.Fatal(err)
 	}
 	e.b = b.(*backend)
-	tb.Cleanup(e.b.schedule.stop)
+	e.b.now = now // the same clock, fake or not
+	tb.Cleanup(func() { e.b.schedule.stop(time.Second) })
 	if err := e.b.Initialize(context.Background(), &logical.InitializationRequest{Storage: e.storage}); err != nil {
 		tb.Fatal(err)
 	}

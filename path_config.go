@@ -322,6 +322,12 @@ func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, _ 
 	}
 	b.cache.resetConfig()
 	b.armSchedule(nil)
+	if cfg != nil && cfg.Rotation.PendingSecret != "" {
+		// After a rotation, Vault held the only copy of the password; say so loudly.
+		b.Logger().Warn("config deleted while a root rotation was pending: the secret the tenant accepts may be lost with it")
+		return &logical.Response{Warnings: []string{"the config was deleted while a root rotation was " + cfg.Rotation.status() +
+			": if the tenant had taken the new secret, no copy of it is left; set a new password for the service user at the tenant"}}, nil
+	}
 	return nil, nil
 }
 
@@ -431,7 +437,13 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		return resp, nil
 	}
 
-	if d.Get("verify_connection").(bool) {
+	verify := d.Get("verify_connection").(bool)
+	if secretGiven && !verify && (old.Rotation.PendingSecret != "" || old.Rotation.Unresolved) {
+		// This write ends the rotation and forgets its new secret, which the tenant may
+		// hold: only a secret the tenant is seen to accept may replace it.
+		return logical.ErrorResponse("verify_connection: must stay true while a root rotation is %s: the written secret replaces one the tenant may hold, so it is checked first", old.Rotation.status()), nil
+	}
+	if verify {
 		if resp, err := b.verifyConfig(ctx, cfg); resp != nil || err != nil {
 			return resp, err
 		}

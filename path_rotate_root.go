@@ -8,6 +8,8 @@ import (
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/idsec-labs/vault-plugin-secrets-cyberark/client"
 )
 
 func pathRotateRoot(b *backend) *framework.Path {
@@ -46,16 +48,18 @@ config read shows the state (rotation_state).`,
 }
 
 func (b *backend) pathRotateRootUpdate(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
-	cfg, err := b.rotateRoot(ctx, req.Storage)
+	cfg, err := b.rotateRoot(ctx, req.Storage, true)
 	var re *errRotation
+	var te *client.Error
 	switch {
 	case errors.As(err, &re):
 		return logical.ErrorResponse("%s", re.Error()), nil
-	case errors.Is(err, errUnresolved):
-		return nil, errUnresolved
-	case err != nil && outcome(err) != "invalid_response":
-		// The tenant could not be reached or failed: the rotation stays pending and is
-		// settled later.
+	case errors.Is(err, errUnresolved), errors.Is(err, errPending):
+		return nil, err
+	case errors.As(err, &te) && te.StatusCode == http.StatusTooManyRequests:
+		return nil, logical.CodedError(http.StatusTooManyRequests, "root rotation: "+err.Error())
+	case err != nil && (errors.Is(err, client.ErrOutcomeUnknown) || outcome(err) != "invalid_response"):
+		// The tenant could not be reached, failed, or left the outcome open.
 		return nil, logical.CodedError(http.StatusBadGateway, "root rotation: "+err.Error())
 	case err != nil:
 		return nil, err

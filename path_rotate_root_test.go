@@ -50,12 +50,18 @@ func (e *testEnv) stored(t *testing.T) *cyberarkConfig {
 // through a token read, and that no rotation is left pending.
 func (e *testEnv) assertWorkingSecret(t *testing.T) {
 	t.Helper()
-	cfg := e.stored(t)
-	if !e.emu.ClientSecretIs(testClientID, cfg.ClientSecret) {
-		t.Fatal("the tenant does not accept the stored secret")
-	}
-	if cfg.Rotation.PendingSecret != "" || cfg.Rotation.Unresolved {
+	e.assertServing(t)
+	if cfg := e.stored(t); cfg.Rotation.PendingSecret != "" || cfg.Rotation.Unresolved {
 		t.Errorf("rotation state %q after settling", cfg.Rotation.status())
+	}
+}
+
+// assertServing checks that the tenant accepts the stored secret, by a grant through a
+// token read, whatever the rotation state.
+func (e *testEnv) assertServing(t *testing.T) {
+	t.Helper()
+	if !e.emu.ClientSecretIs(testClientID, e.stored(t).ClientSecret) {
+		t.Fatal("the tenant does not accept the stored secret")
 	}
 	if tok := e.mustRequest(t, logical.ReadOperation, "token", nil); tok.Data["access_token"] == "" {
 		t.Fatal("no token")
@@ -196,6 +202,7 @@ func TestRotateRootSurvivesFailureAtEachStep(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			e := newRotationEnv(t, nil)
+			clock := newFakeClock(e)
 			e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"max_retries": 0})
 			s := &putFailingStorage{Storage: e.storage, n: tc.failPut}
 			if tc.fault != nil {
@@ -221,7 +228,7 @@ func TestRotateRootSurvivesFailureAtEachStep(t *testing.T) {
 						}
 					}
 				}
-				_, err := e.b.rotateRoot(t.Context(), s)
+				_, err := e.b.rotateRoot(t.Context(), s, true)
 				done <- err
 			}()
 			if err := <-done; (err == nil) != tc.settledAtOnce {
@@ -234,6 +241,15 @@ func TestRotateRootSurvivesFailureAtEachStep(t *testing.T) {
 
 			// Vault starts the plugin again; it settles what it finds.
 			e.restart(t)
+			e.assertServing(t)
+			if !tc.changed && e.stored(t).Rotation.PendingSecret != "" {
+				// A refused new secret is kept a while, in case the change was still on
+				// its way to the tenant; once that cannot be, it is dropped.
+				clock.Advance(pendingGrace + time.Minute)
+				if err := e.b.periodic(t.Context(), &logical.Request{Storage: e.storage}); err != nil {
+					t.Fatal(err)
+				}
+			}
 			e.assertWorkingSecret(t)
 			if tc.changed == (e.stored(t).ClientSecret == testClientSecret) {
 				t.Errorf("after settling, the stored secret is the old one: %t, want %t", !tc.changed, !tc.changed)
@@ -243,11 +259,13 @@ func TestRotateRootSurvivesFailureAtEachStep(t *testing.T) {
 }
 
 // TestRotateRootUnresolved: the tenant accepts neither secret (its password was
-// changed elsewhere mid-rotation). Both are kept, the state says so, token reads do not
-// add failed logins, and writing the secret that works ends it.
+// changed elsewhere mid-rotation). Both are kept; once a late change can no longer
+// explain it the state says unresolved; token reads, the periodic function and the
+// schedule add no failed logins; and writing the secret that works ends it.
 func TestRotateRootUnresolved(t *testing.T) {
 	t.Parallel()
 	e := newRotationEnv(t, nil)
+	clock := newFakeClock(e)
 	const elsewhere = "Changed-Elsewhere-42"
 	e.b.afterRotationStep = func(step string) {
 		if step == "tenant_changed" {
@@ -261,8 +279,23 @@ func TestRotateRootUnresolved(t *testing.T) {
 	}
 	e.b.afterRotationStep = nil
 	cfg := e.stored(t)
+	if cfg.Rotation.status() != rotationStatePending || cfg.ClientSecret != testClientSecret {
+		t.Fatalf("state %q right after: both secrets must be kept, pending", cfg.Rotation.status())
+	}
+	// Another try while it is pending is refused without a word to the tenant.
+	e.emu.Reset()
+	if _, err := e.request(t, logical.UpdateOperation, "config/rotate-root", nil); err == nil || !strings.Contains(err.Error(), "not settled yet") {
+		t.Errorf("rotate-root during a pending rotation: %v", err)
+	}
+	// A manual write must be verified while the rotation is open.
+	resp, err := e.request(t, logical.UpdateOperation, "config", map[string]any{"client_secret": "Typo-Secret-1", "verify_connection": false})
+	assertBadRequest(t, resp, err, "verify_connection")
+
+	clock.Advance(pendingGrace + time.Minute)
+	e.restart(t)
+	cfg = e.stored(t)
 	if !cfg.Rotation.Unresolved || cfg.Rotation.PendingSecret == "" || cfg.ClientSecret != testClientSecret {
-		t.Fatalf("state %q: both secrets must be kept", cfg.Rotation.status())
+		t.Fatalf("state %q after the grace: both secrets must be kept, unresolved", cfg.Rotation.status())
 	}
 	read := e.mustRequest(t, logical.ReadOperation, "config", nil)
 	if read.Data["rotation_state"] != rotationStateUnresolved || len(read.Warnings) == 0 {
@@ -279,9 +312,15 @@ func TestRotateRootUnresolved(t *testing.T) {
 	if n := e.emu.Stats().TokenRequests; n != 1 {
 		t.Errorf("a refused token read made %d token requests; an unresolved rotation must not add failed logins", n)
 	}
-	e.b.periodic(t.Context(), &logical.Request{Storage: e.storage})
+	e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"rotation_period": "10s", "verify_connection": false})
+	for range 5 {
+		clock.Advance(time.Minute)
+		if err := e.b.periodic(t.Context(), &logical.Request{Storage: e.storage}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if n := e.emu.Stats().TokenRequests; n != 1 {
-		t.Errorf("the periodic function retried an unresolved rotation (%d token requests)", n)
+		t.Errorf("the periodic function or the schedule retried an unresolved rotation (%d token requests)", n)
 	}
 
 	e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"client_secret": elsewhere})
@@ -304,7 +343,7 @@ func TestRotateRootSettlesOnARefusedRead(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_, _ = e.b.rotateRoot(t.Context(), e.storage)
+		_, _ = e.b.rotateRoot(t.Context(), e.storage, true)
 	}()
 	<-done
 	e.b.afterRotationStep = nil
@@ -415,4 +454,45 @@ func TestRotateRootWithPasswordPolicyAndHistory(t *testing.T) {
 	}
 	resp, err = e.request(t, logical.UpdateOperation, "config/rotate-root", nil)
 	assertBadRequest(t, resp, err, "password_policy")
+}
+
+// TestRotateRootLateChangeIsKept: the change reached the tenant only after the engine
+// had looked (a request cut off by a timeout, or a process that died, can still be
+// applied). The new secret was kept, so the first read the tenant refuses settles on it.
+func TestRotateRootLateChangeIsKept(t *testing.T) {
+	t.Parallel()
+	e := newRotationEnv(t, nil)
+	clock := newFakeClock(e)
+	e.b.afterRotationStep = func(step string) {
+		if step == "stored_pending" {
+			runtime.Goexit() // dies before the tenant hears of it
+		}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = e.b.rotateRoot(t.Context(), e.storage, true)
+	}()
+	<-done
+	e.b.afterRotationStep = nil
+	e.restart(t) // settles: the tenant refuses the new secret, for now
+	pending := e.stored(t).Rotation.PendingSecret
+	if pending == "" {
+		t.Fatal("the new secret was dropped while a late change could still land")
+	}
+	e.assertServing(t)
+
+	// The change lands at the tenant.
+	if err := e.emu.SetClientSecret(testAppID, testClientID, pending); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(readSettleInterval + time.Second)
+	e.emu.Reset()
+	if tok := e.mustRequest(t, logical.ReadOperation, "token", nil); tok.Data["access_token"] == "" {
+		t.Fatal("no token")
+	}
+	if n := e.emu.Stats().TokenRequests; n != 3 {
+		t.Errorf("%d token requests; want the refused read, the settle's grant and the read again", n)
+	}
+	e.assertWorkingSecret(t)
 }

@@ -88,6 +88,48 @@ func (b *backend) pathTokenRead(ctx context.Context, req *logical.Request, d *fr
 			return resp, nil
 		}
 	}
+	var asked []string
+	if raw, ok := d.GetOk("scope"); ok {
+		asked = splitScopes(raw.([]string))
+	}
+	resp, err := b.readToken(ctx, req, name, asked)
+	var refused *refusedDuringRotation
+	if errors.As(err, &refused) {
+		// The tenant may hold the secret of a rotation that did not finish: settle it,
+		// and if that changed the stored secret, read once more with it.
+		changed, serr := b.settle(ctx, req.Storage, settleOnRefusal)
+		switch {
+		case serr != nil:
+			b.Logger().Error("could not settle an interrupted root rotation", "error", serr)
+		case changed:
+			resp, err = b.readToken(ctx, req, name, asked)
+		}
+	}
+	if errors.As(err, &refused) {
+		b.Logger().Error("token request failed", "role", name, "app_id", refused.appID, "error", refused.err)
+		return nil, tenantFailure("getting a token", refused.err)
+	}
+	return resp, err
+}
+
+// refusedDuringRotation is a grant the tenant refused while a rotation was pending,
+// which settling the rotation may mend.
+type refusedDuringRotation struct {
+	appID string
+	err   error
+}
+
+func (e *refusedDuringRotation) Error() string { return e.err.Error() }
+func (e *refusedDuringRotation) Unwrap() error { return e.err }
+
+// readToken serves one read from one view of the settings. It holds the rotation gate
+// throughout, so that a read never takes a view from before a rotation's change and a
+// grant after it: it waits for the rotation to store the new secret instead. A refusal
+// while a rotation is pending comes back as refusedDuringRotation, for the caller to
+// settle the rotation (which needs the gate released) and read again.
+func (b *backend) readToken(ctx context.Context, req *logical.Request, name string, asked []string) (*logical.Response, error) {
+	b.rotating.RLock()
+	defer b.rotating.RUnlock()
 	v, err := b.cache.view(ctx, req.Storage, name, "")
 	if err != nil {
 		return nil, err
@@ -98,26 +140,16 @@ func (b *backend) pathTokenRead(ctx context.Context, req *logical.Request, d *fr
 	case name != "" && v.role == nil:
 		return logical.ErrorResponse("role: %q does not exist", name), nil
 	}
-	var asked []string
-	if raw, ok := d.GetOk("scope"); ok {
-		asked = splitScopes(raw.([]string))
-	}
 	plan, resp := newTokenPlan(v, name, asked)
 	if resp != nil {
 		return resp, nil
 	}
-
 	tok, err := b.token(ctx, v, plan)
-	if b.refusedAfterRotation(err, v) {
-		// The tenant may hold the secret of a rotation that did not finish: settle it,
-		// and if that changed the stored secret, try once more with it.
-		if serr := b.settle(ctx, req.Storage, false); serr != nil {
-			b.Logger().Error("could not settle an interrupted root rotation", "error", serr)
-		} else if v, err = b.cache.view(ctx, req.Storage, name, ""); err == nil {
-			tok, err = b.token(ctx, v, plan)
-		}
-	}
-	if err != nil {
+	var te *client.Error
+	switch {
+	case err != nil && errors.As(err, &te) && te.Refused() && v.config.Rotation.PendingSecret != "" && !v.config.Rotation.Unresolved:
+		return nil, &refusedDuringRotation{appID: plan.appID, err: err}
+	case err != nil:
 		b.Logger().Error("token request failed", "role", name, "app_id", plan.appID, "error", err)
 		return nil, tenantFailure("getting a token", err)
 	}
@@ -127,23 +159,17 @@ func (b *backend) pathTokenRead(ctx context.Context, req *logical.Request, d *fr
 // token gets the plan's token: from the reuse cache or a grant shared with concurrent
 // readers for a role with token_reuse, else a grant of its own.
 func (b *backend) token(ctx context.Context, v *view, plan *tokenPlan) (*client.Token, error) {
+	grant := func(ctx context.Context) (*client.Token, error) { return b.grant(ctx, v.client, plan.scopes) }
 	if plan.shared {
 		tok, hit, err := b.cache.sharedToken(ctx, v, plan.reuseKey(),
 			func(t *client.Token) bool { return b.reusable(t, v.role) },
-			func(ctx context.Context) (*client.Token, error) { return b.grant(ctx, v.client, plan.scopes) })
+			grant)
 		b.count(metricReuse, "result", map[bool]string{true: "hit", false: "miss"}[hit])
 		return tok, err
 	}
-	return b.grant(ctx, v.client, plan.scopes)
+	return grant(ctx)
 }
 
-// refusedAfterRotation says whether err is the tenant refusing the stored secret while
-// a rotation is pending, which settling may mend.
-func (b *backend) refusedAfterRotation(err error, v *view) bool {
-	var te *client.Error
-	return err != nil && errors.As(err, &te) && te.Refused() &&
-		v.config.Rotation.PendingSecret != "" && !v.config.Rotation.Unresolved
-}
 
 // tokenPlan is what one token read asks the tenant for and how its lease behaves.
 type tokenPlan struct {

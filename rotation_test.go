@@ -257,3 +257,99 @@ func TestRotationWhenTheTenantEndsOldTokens(t *testing.T) {
 		e.assertWorkingSecret(t)
 	}
 }
+
+// TestSchedulerHoldsOffAfterAFailure: a due time in the past whose rotation failed, and
+// whose next time could not be stored, must not make the timer fire again at once.
+func TestSchedulerHoldsOffAfterAFailure(t *testing.T) {
+	t.Parallel()
+	sc := newScheduler()
+	defer sc.stop(time.Second)
+	now := time.Now()
+	sc.holdOff(now.Add(time.Hour))
+	fired := make(chan struct{}, 1)
+	sc.arm(now.Add(-time.Minute), now, func(context.Context) { fired <- struct{}{} })
+	select {
+	case <-fired:
+		t.Fatal("the timer fired before the hold-off")
+	case <-time.After(200 * time.Millisecond):
+	}
+	sc.holdOff(time.Time{})
+	sc.arm(now.Add(-time.Minute), now, func(context.Context) { fired <- struct{}{} })
+	select {
+	case <-fired:
+	case <-time.After(2 * time.Second):
+		t.Fatal("a due time in the past did not fire once the hold-off was lifted")
+	}
+}
+
+// TestSchedulerStopWaitsForARunningRotation: stopping (unmount, reload, step-down) cuts
+// short a rotation the timer started and waits for it, so no rotation of this instance
+// runs on beside the next one.
+func TestSchedulerStopWaitsForARunningRotation(t *testing.T) {
+	t.Parallel()
+	sc := newScheduler()
+	started, finished := make(chan struct{}), make(chan struct{})
+	sc.arm(time.Now(), time.Now(), func(ctx context.Context) {
+		close(started)
+		<-ctx.Done()
+		time.Sleep(50 * time.Millisecond)
+		close(finished)
+	})
+	<-started
+	sc.stop(5 * time.Second)
+	select {
+	case <-finished:
+	default:
+		t.Fatal("stop returned while the rotation it started was still running")
+	}
+	sc.arm(time.Now(), time.Now(), func(context.Context) { t.Error("a stopped scheduler fired") })
+	time.Sleep(50 * time.Millisecond)
+}
+
+// TestManualRotationKeepsTheSchedule: a rotate-root between due times leaves the next
+// due time where it was.
+func TestManualRotationKeepsTheSchedule(t *testing.T) {
+	t.Parallel()
+	e := newRotationEnv(t, nil)
+	newFakeClock(e)
+	e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"rotation_period": "1h"})
+	due := e.stored(t).Rotation.NextRotation
+	e.mustRequest(t, logical.UpdateOperation, "config/rotate-root", nil)
+	if got := e.stored(t).Rotation.NextRotation; !got.Equal(due) {
+		t.Errorf("next due moved from %s to %s", due, got)
+	}
+}
+
+// TestReadsWaitForARotationInsteadOfFailing: token reads during a rotation's change wait
+// for the new secret rather than each making a failed login with the old one.
+func TestReadsWaitForARotationInsteadOfFailing(t *testing.T) {
+	t.Parallel()
+	e := newRotationEnv(t, nil)
+	e.b.afterRotationStep = func(step string) {
+		if step == "stored_pending" {
+			e.emu.Reset() // count from the change on
+			e.emu.AddFaults(emulator.Fault{Endpoint: "change_password", ApplyFirst: true, Delay: 400 * time.Millisecond, Times: 1})
+		}
+	}
+	rotated := make(chan error, 1)
+	go func() {
+		_, err := e.request(t, logical.UpdateOperation, "config/rotate-root", nil)
+		rotated <- err
+	}()
+	time.Sleep(150 * time.Millisecond) // the change is at the tenant, its answer delayed
+	var wg sync.WaitGroup
+	for range 5 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			e.mustRequest(t, logical.ReadOperation, "token", nil)
+		}()
+	}
+	wg.Wait()
+	if err := <-rotated; err != nil {
+		t.Fatal(err)
+	}
+	if n := e.emu.Stats().TokenErrors; n != 0 {
+		t.Errorf("%d token requests were refused during the rotation", n)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -184,11 +185,18 @@ func (c *Client) Revoke(ctx context.Context, accessToken string) error {
 	return err
 }
 
-// sensitiveForms is a value as sent: raw, and form encoded.
+// sensitiveForms is a value as it may come back: raw, form encoded, and escaped in a
+// JSON string (a body that reflects a request may not itself be JSON, so the JSON pass
+// over tenant bodies cannot always undo the escaping).
 func sensitiveForms(v string) []string {
 	forms := []string{v}
 	if enc := url.QueryEscape(v); enc != v {
 		forms = append(forms, enc)
+	}
+	if enc, err := json.Marshal(v); err == nil {
+		if inner := string(enc[1 : len(enc)-1]); inner != v {
+			forms = append(forms, inner)
+		}
 	}
 	return forms
 }

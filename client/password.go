@@ -56,22 +56,29 @@ type envelope struct {
 // of a change that went through would be refused as a reused password. A failure before
 // the change was sent, or one the tenant answered, leaves the password as it was; any
 // other failure wraps ErrOutcomeUnknown.
-func (c *Client) ChangePassword(ctx context.Context, changeURL string, scopes []string, newSecret string) error {
+//
+// It returns the bearer token it used, once granted, so that the caller can revoke it
+// with whichever secret the tenant takes afterwards.
+func (c *Client) ChangePassword(ctx context.Context, changeURL string, scopes []string, newSecret string) (bearer string, _ error) {
 	if changeURL == "" {
-		return errors.New("no password change endpoint is configured")
+		return "", errors.New("no password change endpoint is configured")
 	}
 	if newSecret == "" || newSecret == c.cfg.ClientSecret {
-		return errors.New("the new password must differ from the current one")
+		return "", errors.New("the new password must differ from the current one")
 	}
 	tok, err := c.Token(ctx, scopes)
 	if err != nil {
-		return fmt.Errorf("getting a token to change the password: %w", err)
+		return "", fmt.Errorf("getting a token to change the password: %w", err)
 	}
+	return tok.AccessToken, c.changePassword(ctx, changeURL, tok.AccessToken, newSecret)
+}
+
+func (c *Client) changePassword(ctx context.Context, changeURL, bearer, newSecret string) error {
 	body, err := json.Marshal(map[string]string{"oldPassword": c.cfg.ClientSecret, "newPassword": newSecret})
 	if err != nil {
 		return fmt.Errorf("encoding the password change: %w", err)
 	}
-	secrets := c.sensitive(append(sensitiveForms(newSecret), tok.AccessToken)...)
+	secrets := c.sensitive(append(sensitiveForms(newSecret), sensitiveForms(bearer)...)...)
 	if c.cfg.Retry.Budget > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.cfg.Retry.Budget)
@@ -83,16 +90,16 @@ func (c *Client) ChangePassword(ctx context.Context, changeURL string, scopes []
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "application/json")
-	req.Header.Set("Authorization", "Bearer "+tok.AccessToken)
+	req.Header.Set("Authorization", "Bearer "+bearer)
 	if c.cfg.UserAgent != "" {
 		req.Header.Set("User-Agent", c.cfg.UserAgent)
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrOutcomeUnknown, redact(transportError(err), secrets))
+		return fmt.Errorf("%w: %w", ErrOutcomeUnknown, redact(c.transportError(ctx, err), secrets))
 	}
 	defer resp.Body.Close()
-	answer, readErr := readLimited(resp.Body)
+	answer, readErr := c.readLimited(ctx, resp.Body)
 
 	var env envelope
 	if readErr == nil && json.Unmarshal(answer, &env) == nil && env.Success != nil {

@@ -32,7 +32,7 @@ func TestChangePasswordOnTheWire(t *testing.T) {
 		io.WriteString(w, `{"success":true,"Result":null,"Message":null}`)
 	})
 	c := newTestClient(t, tn, nil)
-	if err := c.ChangePassword(t.Context(), changeURL(tn), []string{"rotate"}, newTestSecret); err != nil {
+	if _, err := c.ChangePassword(t.Context(), changeURL(tn), []string{"rotate"}, newTestSecret); err != nil {
 		t.Fatal(err)
 	}
 	reqs := tn.got()
@@ -102,7 +102,7 @@ func TestChangePasswordOutcomes(t *testing.T) {
 			c := newTestClient(t, tn, func(cfg *Config) {
 				cfg.Retry = RetryPolicy{MaxRetries: 3, WaitMin: time.Millisecond, WaitMax: time.Millisecond}
 			})
-			err := c.ChangePassword(t.Context(), changeURL(tn), nil, newTestSecret)
+			_, err := c.ChangePassword(t.Context(), changeURL(tn), nil, newTestSecret)
 			if err == nil {
 				t.Fatal("no error")
 			}
@@ -138,7 +138,7 @@ func TestChangePasswordGrantRefusedChangesNothing(t *testing.T) {
 	t.Parallel()
 	tn := newTenant(t, jsonAnswer(400, `{"error":"invalid_client","error_description":"invalid client creds or client not allowed"}`))
 	c := newTestClient(t, tn, nil)
-	err := c.ChangePassword(t.Context(), changeURL(tn), nil, newTestSecret)
+	_, err := c.ChangePassword(t.Context(), changeURL(tn), nil, newTestSecret)
 	var te *Error
 	if !errors.As(err, &te) || !te.Refused() || errors.Is(err, ErrOutcomeUnknown) {
 		t.Fatalf("err = %v, want the grant's refusal, with the outcome known", err)
@@ -152,10 +152,10 @@ func TestChangePasswordRefusesNoChange(t *testing.T) {
 	t.Parallel()
 	tn := newTenant(t, jsonAnswer(200, okBody))
 	c := newTestClient(t, tn, nil)
-	if err := c.ChangePassword(t.Context(), changeURL(tn), nil, testClientSecret); err == nil {
+	if _, err := c.ChangePassword(t.Context(), changeURL(tn), nil, testClientSecret); err == nil {
 		t.Error("changing the password to itself was accepted")
 	}
-	if err := c.ChangePassword(t.Context(), "", nil, newTestSecret); err == nil {
+	if _, err := c.ChangePassword(t.Context(), "", nil, newTestSecret); err == nil {
 		t.Error("a change without an endpoint was accepted")
 	}
 	if n := len(tn.got()); n != 0 {
