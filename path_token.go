@@ -170,7 +170,6 @@ func (b *backend) token(ctx context.Context, v *view, plan *tokenPlan) (*client.
 	return grant(ctx)
 }
 
-
 // tokenPlan is what one token read asks the tenant for and how its lease behaves.
 type tokenPlan struct {
 	role     string
