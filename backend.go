@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/go-metrics"
 	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/helper/errutil"
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
@@ -142,4 +143,26 @@ func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
 func (b *backend) rotateCredential(ctx context.Context, req *logical.Request) error {
 	_, err := b.rotateRoot(ctx, req.Storage, false)
 	return err
+}
+
+// HandleRequest refuses a field of the wrong type before the framework does: the
+// framework's own message quotes the value whole, which may be a client secret sent as
+// a list, or a megabyte.
+func (b *backend) HandleRequest(ctx context.Context, req *logical.Request) (*logical.Response, error) {
+	if p := b.Route(req.Path); p != nil {
+		if resp := checkFieldTypes(p.Fields, req.Data); resp != nil {
+			return resp, nil
+		}
+	}
+	return b.Backend.HandleRequest(ctx, req)
+}
+
+// HandleExistenceCheck does the same for the check Vault runs before a write.
+func (b *backend) HandleExistenceCheck(ctx context.Context, req *logical.Request) (bool, bool, error) {
+	if p := b.Route(req.Path); p != nil {
+		if resp := checkFieldTypes(p.Fields, req.Data); resp != nil {
+			return true, false, errutil.UserError{Err: resp.Error().Error()}
+		}
+	}
+	return b.Backend.HandleExistenceCheck(ctx, req)
 }

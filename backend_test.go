@@ -263,32 +263,58 @@ func TestTokenReadsUseNoStorage(t *testing.T) {
 	e.mustRequest(t, logical.UpdateOperation, "roles/r", map[string]any{"scopes": "read"})
 	e.mustRequest(t, logical.ReadOperation, "token/r", nil)
 
-	// With the caches warm, a storage that fails every call must not matter.
-	failing := &failingStorage{}
-	resp, err := e.b.HandleRequest(context.Background(), &logical.Request{
-		Operation: logical.ReadOperation, Path: "token/r", Storage: failing, MountPoint: "cyberark/",
-	})
-	if err != nil || resp.IsError() {
-		t.Fatalf("warm token read touched storage: %v %v", err, resp.Error())
-	}
-	if failing.calls != 0 {
-		t.Errorf("warm token read made %d storage calls", failing.calls)
+	// With the caches warm, a storage that fails every call of every kind must not
+	// matter, and must not be called at all.
+	for _, path := range []string{"token/r", "token"} {
+		failing := &failingStorage{}
+		resp, err := e.b.HandleRequest(context.Background(), &logical.Request{
+			Operation: logical.ReadOperation, Path: path, Storage: failing, MountPoint: "cyberark/",
+		})
+		if err != nil || resp.IsError() {
+			t.Fatalf("warm read of %s touched storage: %v %v", path, err, resp.Error())
+		}
+		if calls := failing.made(); len(calls) != 0 {
+			t.Errorf("warm read of %s made %d storage calls: %v", path, len(calls), calls)
+		}
 	}
 }
 
+// failingStorage fails and records every call of every Storage method. It embeds
+// nothing, so a method added to logical.Storage does not pass through unseen.
 type failingStorage struct {
-	logical.InmemStorage
-	calls int
+	mu    sync.Mutex
+	calls []string
 }
 
-func (f *failingStorage) Get(context.Context, string) (*logical.StorageEntry, error) {
-	f.calls++
-	return nil, errStorage
-}
+var _ logical.Storage = (*failingStorage)(nil)
 
-func (f *failingStorage) Put(context.Context, *logical.StorageEntry) error {
-	f.calls++
+func (f *failingStorage) record(op, key string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, op+" "+key)
 	return errStorage
+}
+
+func (f *failingStorage) made() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.calls)
+}
+
+func (f *failingStorage) Get(_ context.Context, key string) (*logical.StorageEntry, error) {
+	return nil, f.record("Get", key)
+}
+
+func (f *failingStorage) Put(_ context.Context, entry *logical.StorageEntry) error {
+	return f.record("Put", entry.Key)
+}
+
+func (f *failingStorage) List(_ context.Context, prefix string) ([]string, error) {
+	return nil, f.record("List", prefix)
+}
+
+func (f *failingStorage) Delete(_ context.Context, key string) error {
+	return f.record("Delete", key)
 }
 
 var errStorage = &storageError{}

@@ -312,13 +312,15 @@ func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, _ 
 	if err != nil {
 		return nil, err
 	}
-	if cfg != nil && cfg.Rotation.RotationID != "" {
-		if err := b.System().DeregisterRotationJob(ctx, &rotation.RotationJobDeregisterRequest{MountPoint: req.MountPoint, ReqPath: configPath}); err != nil {
-			return nil, fmt.Errorf("removing the rotation job from Vault's rotation manager: %w", err)
-		}
-	}
 	if err := req.Storage.Delete(ctx, configPath); err != nil {
 		return nil, fmt.Errorf("deleting config: %w", err)
+	}
+	if cfg != nil && cfg.Rotation.RotationID != "" {
+		// After the delete: a job left behind finds no config and rotates nothing,
+		// while a config left behind would name a job that no longer runs.
+		if err := b.System().DeregisterRotationJob(ctx, &rotation.RotationJobDeregisterRequest{MountPoint: req.MountPoint, ReqPath: configPath}); err != nil {
+			b.Logger().Error("config deleted, but its rotation job could not be removed from Vault's rotation manager", "error", err)
+		}
 	}
 	b.cache.resetConfig()
 	b.armSchedule(nil)
@@ -422,9 +424,20 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	}
 	if v, ok := d.GetOk("password_length"); ok {
 		cfg.PasswordLength = v.(int)
+		if cfg.PasswordLength < minPasswordLength || cfg.PasswordLength > maxPasswordLength {
+			problems.add("password_length", "must be between %d and %d, got %d", minPasswordLength, maxPasswordLength, cfg.PasswordLength)
+		}
 	}
-	if err := cfg.ParseAutomatedRotationFields(d); err != nil {
-		problems = append(problems, err.Error())
+	if v, ok := d.GetOk("rotation_schedule"); ok && v.(string) != "" {
+		if err := checkRotationSchedule(v.(string), b.now()); err != nil {
+			problems.add("rotation_schedule", "%s", err)
+		}
+	}
+	if len(problems) == 0 {
+		// Its messages quote the schedule whole: it runs on a schedule already checked.
+		if err := cfg.ParseAutomatedRotationFields(d); err != nil {
+			problems = append(problems, err.Error())
+		}
 	}
 	problems = append(problems, cfg.validate(creating)...)
 	if !creating && !secretGiven {
@@ -453,12 +466,17 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		cfg.Rotation.PendingSecret, cfg.Rotation.PendingSince = "", time.Time{}
 		cfg.Rotation.Unresolved, cfg.Rotation.LastError = false, ""
 	}
-	if creating || rotationFieldsGiven(d) {
+	rescheduled := creating || rotationFieldsGiven(d)
+	if rescheduled {
 		if err := b.scheduleRotation(ctx, req, cfg); err != nil {
 			return nil, err
 		}
 	}
 	if err := b.storeConfig(ctx, req.Storage, cfg); err != nil {
+		if rescheduled {
+			// Put Vault's rotation manager back as the stored config has it.
+			b.restoreRotationJob(ctx, req, &old, cfg)
+		}
 		return nil, fmt.Errorf("storing config: %w", err)
 	}
 	b.armSchedule(cfg)
@@ -610,8 +628,11 @@ func (c *cyberarkConfig) validate(creating bool) fieldErrors {
 	if c.RotationPeriod < 0 || c.RotationPeriod > 0 && c.RotationPeriod < minRotationPeriod {
 		problems.add("rotation_period", "must be 0 (off) or at least %s, got %s", minRotationPeriod, c.RotationPeriod)
 	}
-	if c.RotationWindow < 0 {
-		problems.add("rotation_window", "must not be negative")
+	if c.RotationWindow < 0 || c.RotationWindow > 0 && c.RotationWindow < time.Hour {
+		problems.add("rotation_window", "must be 0 (the whole period) or at least 1h, as Vault's rotation manager requires, got %s", c.RotationWindow)
+	}
+	if err := checkText(c.RotationPolicy, maxPolicyNameLength); err != nil {
+		problems.add("rotation_policy", "%s", err)
 	}
 	if len(c.RotationSchedule) > 256 {
 		problems.add("rotation_schedule", "must be at most 256 characters")
@@ -703,4 +724,24 @@ func nonNil(s []string) []string {
 		return []string{}
 	}
 	return s
+}
+
+// restoreRotationJob puts Vault's rotation manager back as old (the stored config) has
+// it, after a write that changed the job failed to store next. Best effort: it logs
+// what it cannot undo.
+func (b *backend) restoreRotationJob(ctx context.Context, req *logical.Request, old, next *cyberarkConfig) {
+	var err error
+	switch {
+	case old.Rotation.RotationID != "":
+		_, err = b.System().RegisterRotationJob(ctx, &rotation.RotationJobConfigureRequest{
+			Name: "root", MountPoint: req.MountPoint, ReqPath: configPath,
+			RotationSchedule: old.RotationSchedule, RotationWindow: old.RotationWindow,
+			RotationPeriod: old.RotationPeriod, RotationPolicy: old.RotationPolicy,
+		})
+	case next.Rotation.RotationID != "":
+		err = b.System().DeregisterRotationJob(ctx, &rotation.RotationJobDeregisterRequest{MountPoint: req.MountPoint, ReqPath: configPath})
+	}
+	if err != nil {
+		b.Logger().Error("the config was not stored, and Vault's rotation manager could not be put back as it has it", "error", err)
+	}
 }

@@ -337,8 +337,11 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 	if err != nil {
 		return nil, err
 	}
-	if _, err := effectiveScopes(cfg, r); err != nil {
-		problems.add("allowed_scopes", "%s", err)
+	if len(problems) == 0 {
+		// Its message quotes every scope: only scopes that passed checkScopes.
+		if _, err := effectiveScopes(cfg, r); err != nil {
+			problems.add("allowed_scopes", "%s", err)
+		}
 	}
 	if cfg != nil {
 		problems = append(problems, r.configConflicts(cfg)...)

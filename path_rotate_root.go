@@ -47,7 +47,10 @@ config read shows the state (rotation_state).`,
 	}
 }
 
-func (b *backend) pathRotateRootUpdate(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+func (b *backend) pathRotateRootUpdate(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	if resp := unknownFields(req, d); resp != nil {
+		return resp, nil
+	}
 	cfg, err := b.rotateRoot(ctx, req.Storage, true)
 	var re *errRotation
 	var te *client.Error

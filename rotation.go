@@ -582,9 +582,12 @@ func (b *backend) rotateIfDue(ctx context.Context, s logical.Storage) error {
 		return err
 	}
 	defer func() {
-		if cfg, err := readConfig(ctx, s); err == nil {
-			b.armSchedule(cfg)
+		cfg, err := readConfig(ctx, s)
+		if err != nil {
+			b.Logger().Warn("could not read the config to re-arm the rotation timer; the periodic function checks the schedule", "error", err)
+			return
 		}
+		b.armSchedule(cfg)
 	}()
 	now := b.now()
 	due := cfg.Rotation.NextRotation

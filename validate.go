@@ -12,11 +12,13 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 	"unicode"
 	"unicode/utf8"
 
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/hashicorp/vault/sdk/rotation"
 )
 
 // Limits on what a writer may store. Each is far above any real value and far below
@@ -30,6 +32,10 @@ const (
 	maxScopeLength        = 256
 	maxCACertBytes        = 256 << 10
 	maxRoleNameLength     = 128
+	// maxRotationScheduleLength and maxPolicyNameLength bound rotation_schedule, and
+	// password_policy and rotation_policy.
+	maxRotationScheduleLength = 256
+	maxPolicyNameLength       = 128
 )
 
 // roleNamePattern is the one spelling a role name may have. Vault policies match paths
@@ -85,15 +91,26 @@ func checkText(v string, maxLen int) error {
 
 // unknownFields answers a 400 naming any request field the path does not define: a
 // typo such as "client_secert" must not be silently ignored and leave the old secret.
+// A field the URL path sets (a role's name) may not be given in the body with another
+// value either: the framework would silently take the path's.
 func unknownFields(req *logical.Request, d *framework.FieldData) *logical.Response {
 	var unknown []string
-	for k := range req.Data {
+	var fromPath fieldErrors
+	for k, v := range req.Data {
 		if _, ok := d.Schema[k]; !ok {
 			unknown = append(unknown, k)
+			continue
+		}
+		// Captures are the only strings in d.Raw that are not the body's own value.
+		if inPath, ok := d.Raw[k].(string); ok {
+			if inBody, ok := v.(string); !ok || inBody != inPath {
+				fromPath.add(k, "is set by the request path (%s) and must not be given in the body with another value", quoteShort(inPath))
+			}
 		}
 	}
 	if len(unknown) == 0 {
-		return nil
+		sort.Strings(fromPath)
+		return fromPath.response()
 	}
 	sort.Strings(unknown)
 	// A request may carry any number of names of any length: quote a bounded sample.
@@ -108,8 +125,52 @@ func unknownFields(req *logical.Request, d *framework.FieldData) *logical.Respon
 		allowed = append(allowed, k)
 	}
 	sort.Strings(allowed)
-	return logical.ErrorResponse("unknown field(s) %s; this path takes: %s",
-		strings.Join(unknown, ", "), strings.Join(allowed, ", "))
+	takes := "this path takes: " + strings.Join(allowed, ", ")
+	if len(allowed) == 0 {
+		takes = "this path takes no fields"
+	}
+	return logical.ErrorResponse("unknown field(s) %s; %s", strings.Join(unknown, ", "), takes)
+}
+
+// checkFieldTypes answers a 400 for request fields whose values the path's schema cannot
+// convert, in words that never quote the value. The framework's own message ("Field
+// validation failed: ... value: '[...]'") quotes it whole, and the value may be a client
+// secret sent as a list, or a megabyte long. It must run before the framework's
+// HandleRequest and HandleExistenceCheck, which refuse such a field first.
+func checkFieldTypes(schema map[string]*framework.FieldSchema, data map[string]any) *logical.Response {
+	var problems fieldErrors
+	for k, v := range data {
+		s, ok := schema[k]
+		if !ok {
+			continue // unknownFields names these
+		}
+		one := framework.FieldData{Raw: map[string]any{k: v}, Schema: map[string]*framework.FieldSchema{k: s}}
+		if _, _, err := one.GetOkErr(k); err != nil {
+			problems.add(k, "%s", typeWords(s.Type))
+		}
+	}
+	sort.Strings(problems)
+	return problems.response()
+}
+
+// typeWords says what a field of type t takes.
+func typeWords(t framework.FieldType) string {
+	switch t {
+	case framework.TypeString:
+		return "must be a string"
+	case framework.TypeBool:
+		return "must be true or false"
+	case framework.TypeInt, framework.TypeInt64:
+		return "must be a whole number"
+	case framework.TypeFloat:
+		return "must be a number"
+	case framework.TypeDurationSecond:
+		return "must be a duration that is not negative: a whole number of seconds, or a string such as 90s, 10m or 1h"
+	case framework.TypeCommaStringSlice, framework.TypeStringSlice:
+		return "must be a list of strings or a comma-separated string"
+	default:
+		return "has a value of the wrong type"
+	}
 }
 
 // fieldErrors collects problems with named fields, so one response can list them all.
@@ -139,12 +200,19 @@ func checkEndpointURL(raw string, allowQuery bool) (*url.URL, error) {
 	if strings.ContainsFunc(raw, func(r rune) bool { return unsafeRune(r) || unicode.IsSpace(r) }) {
 		return nil, errors.New("must not contain white space, control or invisible characters")
 	}
+	if strings.ContainsRune(raw, '\\') {
+		// Go's parser and browsers' disagree on what a backslash means in a URL.
+		return nil, errors.New(`must not contain a backslash`)
+	}
 	u, err := url.Parse(raw)
 	if err != nil {
 		return nil, errors.New("is not a valid URL")
 	}
 	if u.Host == "" || u.Hostname() == "" {
 		return nil, errors.New("must be an absolute URL with a host, such as https://example.id.cyberark.cloud")
+	}
+	if err := checkHost(u.Hostname()); err != nil {
+		return nil, err
 	}
 	if p := u.Port(); p != "" {
 		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
@@ -157,6 +225,11 @@ func checkEndpointURL(raw string, allowQuery bool) (*url.URL, error) {
 		if seg == "." || seg == ".." || strings.EqualFold(seg, "%2e") || strings.EqualFold(seg, "%2e%2e") ||
 			strings.EqualFold(seg, ".%2e") || strings.EqualFold(seg, "%2e.") {
 			return nil, errors.New("must not contain dot segments (/./ or /../) in its path")
+		}
+		// A server that decodes %2F before it splits the path sees other segments,
+		// dot segments among them, than this check does.
+		if lower := strings.ToLower(seg); strings.Contains(lower, "%2f") || strings.Contains(lower, "%5c") {
+			return nil, errors.New("must not contain an encoded slash or backslash (%2F, %5C) in its path")
 		}
 	}
 	switch u.Scheme {
@@ -180,12 +253,42 @@ func checkEndpointURL(raw string, allowQuery bool) (*url.URL, error) {
 	return u, nil
 }
 
+// isLoopback accepts the spellings the http exception names: localhost, an IPv4
+// address in 127.0.0.0/8, and ::1. An IPv4 address in IPv6 form (::ffff:127.0.0.1)
+// reaches the same host but is not one of them.
 func isLoopback(host string) bool {
 	if strings.EqualFold(host, "localhost") {
 		return true
 	}
 	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
+	if ip == nil || !ip.IsLoopback() {
+		return false
+	}
+	return strings.Contains(host, ":") == (ip.To4() == nil)
+}
+
+// checkHost accepts an IP address, or a DNS name in ASCII: letters, digits, '-', '_' and
+// dots between non-empty labels. A name in another script can look like a familiar one
+// (a Cyrillic "а" in cyberаrk), so it is taken only in its xn-- form; an IPv6 zone
+// (fe80::1%eth0) names an interface of whichever host reads the config.
+func checkHost(host string) error {
+	if strings.Contains(host, "%") {
+		return errors.New("must not name an IPv6 zone (%25...)")
+	}
+	if net.ParseIP(host) != nil {
+		return nil
+	}
+	for _, label := range strings.Split(strings.TrimSuffix(host, "."), ".") {
+		if label == "" || len(label) > 63 {
+			return errors.New("must have a host name whose labels are 1 to 63 characters long")
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+				return fmt.Errorf("must have a host that is an IP address or a DNS name of ASCII letters, digits, '-' and '_' (an internationalised name in its xn-- form); it holds %+q (U+%04X)", r, r)
+			}
+		}
+	}
+	return nil
 }
 
 // checkAppID keeps application IDs to what can stand as one URL path segment.
@@ -208,43 +311,56 @@ func checkAppID(id string) error {
 }
 
 // checkScopes applies RFC 6749 3.3: a scope token is printable ASCII without space,
-// double quote or backslash.
+// double quote or backslash. It also refuses an empty element and a scope listed twice:
+// "read,,write" or "read,read" is more likely a scope lost to a typo than a list meant
+// that way.
 func checkScopes(scopes []string) error {
 	if len(scopes) > maxScopes {
 		return fmt.Errorf("must list at most %d scopes, got %d", maxScopes, len(scopes))
 	}
-	for _, s := range scopes {
+	for i, s := range scopes {
 		if s == "" {
-			return errors.New("must not contain an empty scope")
+			return errors.New("must not contain an empty scope (two commas in a row, or one at an end)")
 		}
 		if len(s) > maxScopeLength {
 			return fmt.Errorf("scopes must be at most %d characters each, got one of %d", maxScopeLength, len(s))
 		}
 		for _, r := range s {
 			if r < 0x21 || r > 0x7e || r == '"' || r == '\\' {
-				return fmt.Errorf("scope %q is not a valid OAuth2 scope token (printable ASCII without spaces, \" or \\)", s)
+				return fmt.Errorf("scope %s is not a valid OAuth2 scope token (printable ASCII without spaces, \" or \\)", quoteShort(s))
 			}
+		}
+		if slices.Contains(scopes[:i], s) {
+			return fmt.Errorf("lists scope %q more than once", s)
 		}
 	}
 	return nil
 }
 
 // splitScopes accepts a list, a comma-separated string or a space-separated string (the
-// OAuth form), drops empties and duplicates, and keeps the order given.
+// OAuth form), and keeps the order given. An element that is empty or only spaces stays
+// in as "", and a repeated scope stays in, so that checkScopes refuses them.
 func splitScopes(in []string) []string {
 	out := make([]string, 0, len(in))
 	for _, item := range in {
-		for _, s := range strings.FieldsFunc(item, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' || r == '\n' }) {
-			if !slices.Contains(out, s) {
-				out = append(out, s)
+		for _, piece := range strings.Split(item, ",") {
+			fields := strings.FieldsFunc(piece, func(r rune) bool { return r == ' ' })
+			if len(fields) == 0 {
+				fields = []string{""}
 			}
+			out = append(out, fields...)
 		}
 	}
 	return out
 }
 
-// checkCABundle requires at least one PEM certificate that parses.
+// checkCABundle requires at least one PEM certificate that parses. Text between blocks
+// is allowed (bundles often name each certificate), but not unsafe characters anywhere.
 func checkCABundle(bundle string) error {
+	if i := strings.IndexFunc(bundle, func(r rune) bool { return unsafeRune(r) && r != '\n' && r != '\r' && r != '\t' }); i >= 0 {
+		r, _ := utf8.DecodeRuneInString(bundle[i:])
+		return fmt.Errorf("must not contain control, invisible or bidirectional formatting characters (U+%04X at byte %d)", r, i)
+	}
 	rest := []byte(bundle)
 	found := 0
 	for {
@@ -263,6 +379,24 @@ func checkCABundle(bundle string) error {
 	}
 	if found == 0 {
 		return errors.New("must be a PEM bundle with at least one CERTIFICATE block")
+	}
+	return nil
+}
+
+// checkRotationSchedule refuses a rotation_schedule that holds unsafe characters, is
+// not a five-field cron expression, or never fires (the 30th of February): each would be
+// stored as a schedule that rotates nothing. Its message is bounded: the cron parser's
+// own quotes every field it was given.
+func checkRotationSchedule(spec string, now time.Time) error {
+	if err := checkText(spec, maxRotationScheduleLength); err != nil {
+		return err
+	}
+	sched, err := rotation.DefaultScheduler.Parse(spec)
+	if err != nil {
+		return fmt.Errorf("is not a cron schedule of five fields (minute hour day-of-month month day-of-week): %s", quoteShort(err.Error()))
+	}
+	if sched.Next(now).IsZero() {
+		return fmt.Errorf("%s never fires: no date matches it", quoteShort(spec))
 	}
 	return nil
 }
