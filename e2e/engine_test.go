@@ -53,10 +53,8 @@ func TestConfigRolesTokensLeases(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range e.tenant.secrets() {
-		if strings.Contains(string(body), s.value) {
-			t.Fatalf("the config read's response body contains %s", s.label)
-		}
+	for _, f := range newScanner(e.tenant.secrets()).findings(body, nil) {
+		t.Fatalf("the config read's response body contains %s, %s", f.secret, f.form)
 	}
 	cfg, err := api.ParseSecret(strings.NewReader(string(body)))
 	if err != nil {
@@ -286,7 +284,8 @@ func TestConfigRefusedByTenant(t *testing.T) {
 }
 
 // TestPluginReload reloads the plugin by name and by mount: the stored config survives,
-// the engine still issues tokens, and a lease from before the reload can be revoked.
+// the engine still issues tokens, and a lease from before the reload is revoked, its
+// token at the tenant too.
 func TestPluginReload(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, 3600)
@@ -316,13 +315,20 @@ func TestPluginReload(t *testing.T) {
 			t.Errorf("a token read after reload made %d grants, want 1", got-grants)
 		}
 	}
+	revokes := e.tenant.emu.Stats().RevokeRequests
 	if err := c.Sys().RevokeWithContext(e.ctx, before.LeaseID); err != nil {
 		t.Errorf("revoking a lease from before the reloads: %v", err)
+	}
+	// The reloaded plugin revoked the token at the tenant, not just the lease in Vault.
+	if !e.tenant.emu.Revoked(accessToken(t, before)) {
+		t.Errorf("the token of the lease from before the reloads was not revoked at the tenant (%d revoke requests since)",
+			e.tenant.emu.Stats().RevokeRequests-revokes)
 	}
 }
 
 // TestPluginUpgrade registers a second build with a higher version, pins the mount to
-// it and reloads: the new binary serves the mount with the old config and leases.
+// it and reloads: the new binary serves the mount with the old config, and revokes a
+// lease of the old one at the tenant.
 func TestPluginUpgrade(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, 3600)
@@ -362,8 +368,17 @@ func TestPluginUpgrade(t *testing.T) {
 	if ua := e.tenant.lastTokenRequest(t).Header.Get("User-Agent"); !strings.Contains(ua, versionV2) {
 		t.Errorf("User-Agent after the upgrade is %q, want it to name %s", ua, versionV2)
 	}
+	revokes := e.tenant.emu.Stats().RevokeRequests
 	if err := c.Sys().RevokeWithContext(e.ctx, before.LeaseID); err != nil {
 		t.Errorf("revoking a lease issued by %s: %v", versionV1, err)
+	}
+	// The new binary revoked the old binary's token at the tenant.
+	if !e.tenant.emu.Revoked(accessToken(t, before)) {
+		t.Errorf("the token of the lease issued by %s was not revoked at the tenant (%d revoke requests since)",
+			versionV1, e.tenant.emu.Stats().RevokeRequests-revokes)
+	}
+	if ua := e.tenant.lastRequest(t, "/oauth2/revoke/").Header.Get("User-Agent"); !strings.Contains(ua, versionV2) {
+		t.Errorf("User-Agent of the revocation is %q, want it to name %s", ua, versionV2)
 	}
 }
 

@@ -12,11 +12,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log"
+	"net"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -55,18 +59,26 @@ type env struct {
 
 // envOptions are the settings a test may change from newEnv's defaults.
 type envOptions struct {
-	// logLevel is the Vault server's -log-level; debug unless a test asks otherwise.
+	// logLevel is the Vault server's -log-level; trace unless a test asks otherwise, so
+	// that every line the plugin writes (it logs at trace) reaches the log the guard
+	// scans.
 	logLevel string
 	// tenant, when set, changes the emulator's config before the emulator starts.
 	tenant func(*emulator.Config)
 	// audit enables a file audit device, with Vault's default HMAC settings, before the
 	// plugin is mounted; the log guard checks its log as it checks the others.
 	audit bool
+	// tenantHandler, when set, wraps the emulator's handler, to answer some requests as
+	// another tenant would.
+	tenantHandler func(http.Handler) http.Handler
+	// pluginVersion is the build to register and mount; versionV1 unless a test asks
+	// for another, such as the race-detector build.
+	pluginVersion string
 }
 
 type envOption func(*envOptions)
 
-// withLogLevel runs the Vault server at level instead of debug, as an operator would.
+// withLogLevel runs the Vault server at level instead of trace, as an operator would.
 func withLogLevel(level string) envOption {
 	return func(o *envOptions) { o.logLevel = level }
 }
@@ -75,6 +87,18 @@ func withLogLevel(level string) envOption {
 // before the emulator starts.
 func withTenantConfig(f func(*emulator.Config)) envOption {
 	return func(o *envOptions) { o.tenant = f }
+}
+
+// withTenantHandler puts wrap in front of the emulator: wrap gets the emulator's
+// handler and returns the one the tenant's server runs.
+func withTenantHandler(wrap func(http.Handler) http.Handler) envOption {
+	return func(o *envOptions) { o.tenantHandler = wrap }
+}
+
+// withPluginVersion mounts the plugin build of version (see plugin) instead of
+// versionV1.
+func withPluginVersion(version string) envOption {
+	return func(o *envOptions) { o.pluginVersion = version }
 }
 
 // withAuditLog runs Vault with a file audit device, as production does: the audit log
@@ -88,7 +112,7 @@ func withAuditLog() envOption {
 // see complete logs and every token the tenant issued.
 func newEnv(t *testing.T, expiresIn int, opts ...envOption) *env {
 	t.Helper()
-	o := envOptions{logLevel: "debug"}
+	o := envOptions{logLevel: "trace", pluginVersion: versionV1}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -100,9 +124,9 @@ func newEnv(t *testing.T, expiresIn int, opts ...envOption) *env {
 	t.Cleanup(cancel)
 	e := &env{t: t, ctx: ctx}
 	e.guard = newLogGuard(t)
-	e.tenant = startTenant(t, expiresIn, o.tenant)
+	e.tenant = startTenant(t, expiresIn, o.tenant, o.tenantHandler)
 	e.guard.addSecrets(e.tenant.secrets)
-	b := plugin(t, versionV1)
+	b := plugin(t, o.pluginVersion)
 	// The first test to get here builds the plugin while the others wait; their time
 	// limit starts when it is built.
 	cancel()
@@ -115,7 +139,7 @@ func newEnv(t *testing.T, expiresIn int, opts ...envOption) *env {
 		e.vault.enableAudit(t, filepath.Join(dir, "audit.log"), e.guard)
 	}
 	e.vault.register(t, b)
-	e.vault.mount(t, mountPath, versionV1)
+	e.vault.mount(t, mountPath, o.pluginVersion)
 	return e
 }
 
@@ -155,18 +179,32 @@ func (e *env) readTokenAs(c *api.Client, path string, params map[string][]string
 	return s
 }
 
-// logGuard knows every log file a test's processes write and every secret the test
-// handles. When the test ends it fails the test if any log holds a secret, and dumps the
-// logs, secrets redacted, if the test failed.
+// logGuard knows every log file a test's processes write, every other text a test
+// wants checked (HTTP responses, error messages), and every secret the test handles.
+// When the test ends it fails the test if any log or text holds any form of a secret
+// (secretForms: raw, URL-encoded, JSON-escaped, base64, Basic credentials), and dumps
+// the logs, secrets redacted, if the test failed.
 type logGuard struct {
 	mu      sync.Mutex
 	logs    []namedLog
+	texts   []func() []checkedText
 	secrets []func() []namedSecret
+	// reported are the findings already reported, so that a scan during the test and
+	// the check at its end report each once.
+	reported map[string]bool
 }
 
 type namedLog struct{ name, path string }
 
 type namedSecret struct{ label, value string }
+
+// checkedText is text to check like a log. allowed names secrets (by value) that may
+// appear in it, in any form: a token read's response holds its own token.
+type checkedText struct {
+	name    string
+	data    []byte
+	allowed map[string]bool
+}
 
 func newLogGuard(t *testing.T) *logGuard {
 	g := &logGuard{}
@@ -180,6 +218,13 @@ func (g *logGuard) addLog(name, path string) {
 	g.logs = append(g.logs, namedLog{name, path})
 }
 
+// addTexts adds a source of texts to check; it is called at the end of the test.
+func (g *logGuard) addTexts(f func() []checkedText) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.texts = append(g.texts, f)
+}
+
 // addSecrets adds a source of secrets; it is called at the end of the test, so it can
 // name tokens issued at any time during it.
 func (g *logGuard) addSecrets(f func() []namedSecret) {
@@ -188,16 +233,87 @@ func (g *logGuard) addSecrets(f func() []namedSecret) {
 	g.secrets = append(g.secrets, f)
 }
 
+// maxFindingsShown bounds the errors one check reports, so that a leak of thousands of
+// tokens stays readable; the count of the rest is reported.
+const maxFindingsShown = 20
+
+// guardStats says what one scan covered.
+type guardStats struct {
+	secrets, forms, logs, texts, findings int
+	bytes                                 int64
+}
+
+// check scans when the test ends, and dumps the logs, redacted, if the test failed.
 func (g *logGuard) check(t *testing.T) {
+	st, sc, contents := g.scanAll(t)
+	t.Logf("log guard: %d logs and %d other texts, %d bytes, checked for %d distinct forms of %d secrets: %d findings",
+		st.logs, st.texts, st.bytes, st.forms, st.secrets, st.findings)
+	if !t.Failed() {
+		return
+	}
+	for i, l := range g.logList() {
+		if i >= len(contents) {
+			break
+		}
+		data := sc.redact(contents[i])
+		const limit = 128 << 10
+		if len(data) > limit {
+			data = append([]byte("[... earlier output cut ...]\n"), data[len(data)-limit:]...)
+		}
+		t.Logf("---- %s log (%s), secrets redacted ----\n%s\n---- end of %s log ----", l.name, l.path, data, l.name)
+	}
+}
+
+// scan checks every log and text now, failing the test for each finding, and says what
+// it covered; check does it again when the test ends.
+func (g *logGuard) scan(t *testing.T) guardStats {
+	st, _, _ := g.scanAll(t)
+	return st
+}
+
+func (g *logGuard) logList() []namedLog {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return append([]namedLog(nil), g.logs...)
+}
+
+func (g *logGuard) scanAll(t *testing.T) (guardStats, *scanner, [][]byte) {
 	g.mu.Lock()
 	logs := append([]namedLog(nil), g.logs...)
 	var secrets []namedSecret
 	for _, f := range g.secrets {
 		secrets = append(secrets, f()...)
 	}
+	var texts []checkedText
+	for _, f := range g.texts {
+		texts = append(texts, f()...)
+	}
 	g.mu.Unlock()
 
+	sc := newScanner(secrets)
+	st := guardStats{secrets: len(secrets), forms: sc.formCount(), logs: len(logs), texts: len(texts)}
 	contents := make([][]byte, len(logs))
+	shown := 0
+	report := func(where string, fs []finding) {
+		for _, f := range fs {
+			st.findings++
+			key := where + "\x00" + f.secret + "\x00" + f.form
+			g.mu.Lock()
+			seen := g.reported[key]
+			if g.reported == nil {
+				g.reported = map[string]bool{}
+			}
+			g.reported[key] = true
+			g.mu.Unlock()
+			if seen || shown >= maxFindingsShown {
+				continue
+			}
+			shown++
+			// Never the secret itself: its length and a hash prefix identify it.
+			t.Errorf("%s contains %s, %s (%d times, first at byte %d; length %d, sha256 %s)",
+				where, f.secret, f.form, f.count, f.firstAt, f.length, f.hash)
+		}
+	}
 	for i, l := range logs {
 		data, err := os.ReadFile(l.path)
 		if err != nil {
@@ -205,27 +321,17 @@ func (g *logGuard) check(t *testing.T) {
 			continue
 		}
 		contents[i] = data
-		for _, s := range secrets {
-			if bytes.Contains(data, []byte(s.value)) {
-				// Never the secret itself: its length and a hash prefix identify it.
-				t.Errorf("the %s log contains %s (length %d, sha256 %s)", l.name, s.label, len(s.value), shortHash(s.value))
-			}
-		}
+		st.bytes += int64(len(data))
+		report("the "+l.name+" log", sc.findings(data, nil))
 	}
-	if !t.Failed() {
-		return
+	for _, x := range texts {
+		st.bytes += int64(len(x.data))
+		report(x.name, sc.findings(x.data, x.allowed))
 	}
-	for i, l := range logs {
-		data := contents[i]
-		for _, s := range secrets {
-			data = bytes.ReplaceAll(data, []byte(s.value), []byte("[REDACTED "+s.label+"]"))
-		}
-		const limit = 128 << 10
-		if len(data) > limit {
-			data = append([]byte("[... earlier output cut ...]\n"), data[len(data)-limit:]...)
-		}
-		t.Logf("---- %s log (%s), secrets redacted ----\n%s\n---- end of %s log ----", l.name, l.path, data, l.name)
+	if st.findings > maxFindingsShown && shown == maxFindingsShown {
+		t.Errorf("... and %d more findings", st.findings-shown)
 	}
+	return st, sc, contents
 }
 
 func shortHash(s string) string {
@@ -236,15 +342,31 @@ func shortHash(s string) string {
 // tenant is a tenant emulator served over HTTPS with a CA of its own.
 type tenant struct {
 	emu    *emulator.Emulator
+	srv    *httptest.Server
 	url    string
 	caPEM  string
 	secret string
+	// conns counts the connections clients opened; abandoned, the TLS handshakes they
+	// gave up on.
+	conns, abandoned atomic.Int64
+}
+
+// serverErrors is the tenant server's error log: abandoned TLS handshakes are counted,
+// anything else is printed.
+type serverErrors struct{ abandoned *atomic.Int64 }
+
+func (w serverErrors) Write(p []byte) (int, error) {
+	if bytes.Contains(p, []byte("TLS handshake error")) {
+		w.abandoned.Add(1)
+		return len(p), nil
+	}
+	return os.Stderr.Write(p)
 }
 
 // startTenant starts the emulator. The config's app defines a scope, rotationScope,
 // whose tokens may change the client's password, as root rotation needs; tweak, when
 // set, changes the config before the emulator starts.
-func startTenant(t *testing.T, expiresIn int, tweak func(*emulator.Config)) *tenant {
+func startTenant(t *testing.T, expiresIn int, tweak func(*emulator.Config), wrap func(http.Handler) http.Handler) *tenant {
 	t.Helper()
 	// A ":" and "%" in the secret are what clients that URL-encode Basic credentials,
 	// or split them at the last colon, get wrong.
@@ -274,11 +396,26 @@ func startTenant(t *testing.T, expiresIn int, tweak func(*emulator.Config)) *ten
 	if err != nil {
 		t.Fatalf("emulator CA: %v", err)
 	}
-	srv := httptest.NewUnstartedServer(emu)
+	var h http.Handler = emu
+	if wrap != nil {
+		h = wrap(emu)
+	}
+	tn := &tenant{emu: emu, caPEM: string(ca.CertPEM()), secret: secret}
+	srv := httptest.NewUnstartedServer(h)
 	srv.TLS = ca.ServerTLSConfig()
+	// Connections are counted, and handshakes that clients abandon are counted rather
+	// than printed one by one: under load they say how well the engine pools its
+	// connections.
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			tn.conns.Add(1)
+		}
+	}
+	srv.Config.ErrorLog = log.New(serverErrors{&tn.abandoned}, "", log.LstdFlags)
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
-	return &tenant{emu: emu, url: srv.URL, caPEM: string(ca.CertPEM()), secret: secret}
+	tn.srv, tn.url = srv, srv.URL
+	return tn
 }
 
 // configData is a complete config for this tenant.
@@ -300,23 +437,17 @@ func (tn *tenant) basicCredentials() string {
 	return "Basic " + base64.StdEncoding.EncodeToString([]byte(clientID+":"+tn.secret))
 }
 
-// secrets lists what must never reach a log: the client secret in the forms a careless
-// log line would carry it, every password the tenant was asked to change from or to
-// (root rotation's secrets, which the test never otherwise sees), and every issued
-// access token, whole and its signature.
+// secrets lists what must never reach a log (the guard looks for each in every form
+// secretForms lists): the client secret, every password the tenant was asked to change
+// from or to (root rotation's secrets, which the test never otherwise sees), and every
+// issued access token, whole and its signature.
 func (tn *tenant) secrets() []namedSecret {
-	s := []namedSecret{
-		{"the client secret", tn.secret},
-		{"the Basic credentials", strings.TrimPrefix(tn.basicCredentials(), "Basic ")},
-	}
+	s := []namedSecret{{"the client secret", tn.secret}}
 	for i, pw := range tn.passwords() {
 		if pw == tn.secret {
 			continue
 		}
-		basic := base64.StdEncoding.EncodeToString([]byte(clientID + ":" + pw))
-		s = append(s,
-			namedSecret{fmt.Sprintf("password #%d sent to the tenant's password API", i+1), pw},
-			namedSecret{fmt.Sprintf("the Basic credentials with password #%d", i+1), basic})
+		s = append(s, namedSecret{fmt.Sprintf("password #%d sent to the tenant's password API", i+1), pw})
 	}
 	for i, tok := range tn.emu.Issued() {
 		s = append(s, namedSecret{fmt.Sprintf("access token #%d", i+1), tok})
@@ -364,17 +495,23 @@ func (tn *tenant) mustHaveIssued(t testing.TB, token string) {
 // lastTokenRequest is the last request the tenant's token endpoint received.
 func (tn *tenant) lastTokenRequest(t testing.TB) emulator.Request {
 	t.Helper()
+	return tn.lastRequest(t, "/oauth2/token/")
+}
+
+// lastRequest is the last request the tenant received on a path under prefix.
+func (tn *tenant) lastRequest(t testing.TB, prefix string) emulator.Request {
+	t.Helper()
 	reqs := tn.emu.Requests()
 	for i := len(reqs) - 1; i >= 0; i-- {
-		if strings.HasPrefix(strings.ToLower(reqs[i].Path), "/oauth2/token/") {
+		if strings.HasPrefix(strings.ToLower(reqs[i].Path), prefix) {
 			return reqs[i]
 		}
 	}
-	t.Fatal("the tenant received no token request")
+	t.Fatalf("the tenant received no request under %s", prefix)
 	return emulator.Request{}
 }
 
-// vaultServer is a Vault dev server on a loopback port. At the debug level that most
+// vaultServer is a Vault dev server on a loopback port. At the trace level that most
 // tests use, its log includes all of the plugin's own log lines.
 type vaultServer struct {
 	addr   string
@@ -432,7 +569,8 @@ func startVault(t *testing.T, ctx context.Context, bin, dir, logLevel string, gu
 	return nil
 }
 
-func newClient(t testing.TB, addr, token string) *api.Client {
+// newClient is a Vault client for addr with token; tweaks change its config first.
+func newClient(t testing.TB, addr, token string, tweaks ...func(*api.Config)) *api.Client {
 	t.Helper()
 	cfg := api.DefaultConfig()
 	cfg.Address = addr
@@ -440,6 +578,9 @@ func newClient(t testing.TB, addr, token string) *api.Client {
 	// count grants.
 	cfg.MaxRetries = 0
 	cfg.Timeout = time.Minute
+	for _, f := range tweaks {
+		f(cfg)
+	}
 	c, err := api.NewClient(cfg)
 	if err != nil {
 		t.Fatalf("vault client: %v", err)

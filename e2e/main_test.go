@@ -1,7 +1,11 @@
 // Package e2e runs the engine inside a real Vault server, built from the version the
 // project pins, against the tenant emulator over HTTPS: the plugin is built, registered
 // by SHA-256 and version, mounted, configured, read through, reloaded and upgraded as an
-// operator would, and a Vault Agent renders its tokens.
+// operator would, and a Vault Agent renders its tokens. Beside those: a leak hunt over
+// the whole API with a tenant that fails and reflects requests (leak_test.go), a load
+// against a race-detector build of the plugin (load_test.go), and revocation while the
+// tenant is down (outage_test.go). Every test's logs are searched for every form of
+// every secret it handled (secrets_test.go).
 //
 // The tests find Vault through VAULT_BIN (scripts/test.sh sets it). Without it they skip,
 // unless E2E_REQUIRED=1, which turns a missing Vault into a failure.
@@ -26,6 +30,9 @@ const (
 	// versionV1 is what every test mounts; versionV2 is the upgrade target.
 	versionV1 = "v0.1.0-e2e"
 	versionV2 = "v0.2.0-e2e"
+	// versionRace is a build with the race detector, registered under its own version.
+	// Its reports go to the plugin's stderr, which Vault copies to its log.
+	versionRace = "v0.1.0-e2e-race"
 )
 
 var (
@@ -92,7 +99,8 @@ var (
 	builds   = map[string]*pluginBuild{}
 )
 
-// plugin builds the plugin reporting version into pluginDir, once per version.
+// plugin builds the plugin reporting version into pluginDir, once per version;
+// versionRace is built with -race.
 func plugin(t testing.TB, version string) *pluginBuild {
 	t.Helper()
 	buildsMu.Lock()
@@ -113,9 +121,12 @@ func (b *pluginBuild) build() {
 	b.file = pluginName + "-" + b.version
 	dest := filepath.Join(pluginDir, b.file)
 	tmp := filepath.Join(pluginDir, "."+b.file+".tmp")
-	cmd := exec.Command("go", "build", "-trimpath",
-		"-ldflags", "-X "+modulePath+".Version="+b.version,
-		"-o", tmp, "./cmd/"+pluginName)
+	args := []string{"build", "-trimpath"}
+	if b.version == versionRace {
+		args = append(args, "-race")
+	}
+	args = append(args, "-ldflags", "-X "+modulePath+".Version="+b.version, "-o", tmp, "./cmd/"+pluginName)
+	cmd := exec.Command("go", args...)
 	cmd.Dir = moduleRoot
 	if out, err := cmd.CombinedOutput(); err != nil {
 		b.err = fmt.Errorf("%w\n%s", err, out)

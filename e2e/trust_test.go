@@ -357,21 +357,6 @@ func readRole(t testing.TB, e *env, name string) map[string]any {
 	return s.Data
 }
 
-// secretForms are the ways a client could put a secret on the wire: raw, URL-encoded,
-// and inside Basic credentials, raw or URL-encoded as golang.org/x/oauth2 sends them.
-func secretForms(id, secret string) []namedSecret {
-	b64 := base64.StdEncoding.EncodeToString
-	return []namedSecret{
-		{"raw", secret},
-		{"query-escaped", url.QueryEscape(secret)},
-		{"path-escaped", url.PathEscape(secret)},
-		{"base64", b64([]byte(secret))},
-		{"base64url", base64.RawURLEncoding.EncodeToString([]byte(secret))},
-		{"Basic credentials", b64([]byte(id + ":" + secret))},
-		{"URL-encoded Basic credentials", b64([]byte(url.QueryEscape(id) + ":" + url.QueryEscape(secret)))},
-	}
-}
-
 // capture is a loopback HTTPS server that stands in for a server an attacker runs: it
 // records every request and answers each with a token.
 type capture struct {
