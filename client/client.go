@@ -122,7 +122,11 @@ func New(cfg Config) (*Client, error) {
 	}
 	if cfg.ClientSecret != "" {
 		c.secrets = sensitiveForms(cfg.ClientSecret)
-		c.secrets = append(c.secrets, base64.StdEncoding.EncodeToString([]byte(cfg.ClientID+":"+cfg.ClientSecret)))
+		// The Basic credentials, as sent and as a client that URL-encodes them would send
+		// them.
+		c.secrets = append(c.secrets,
+			base64.StdEncoding.EncodeToString([]byte(cfg.ClientID+":"+cfg.ClientSecret)),
+			base64.StdEncoding.EncodeToString([]byte(url.QueryEscape(cfg.ClientID)+":"+url.QueryEscape(cfg.ClientSecret))))
 	}
 	return c, nil
 }
@@ -198,7 +202,15 @@ func sensitiveForms(v string) []string {
 			forms = append(forms, inner)
 		}
 	}
-	return forms
+	// A reflecting proxy or tenant may echo a value in any encoding a request could
+	// carry it in: a path, or base64 in either alphabet, padded or not.
+	if enc := url.PathEscape(v); enc != v {
+		forms = append(forms, enc)
+	}
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+		forms = append(forms, enc.EncodeToString([]byte(v)))
+	}
+	return slices.Compact(forms)
 }
 
 // ErrRevokeUnsupported is returned by Revoke when no revocation endpoint is configured.
@@ -253,13 +265,69 @@ func redact(err error, secrets []string) error {
 	return err
 }
 
+// redactMarks replace what is redacted. The second serves when a secret runs into the
+// first from the text around it: "]abcdefg" followed by "abcdefg" reads "]abcdefg"
+// again after "[redacted". The two share no character, so a secret that runs into one
+// rarely runs into the other as well.
+var redactMarks = []string{"[redacted]", "***"}
+
+// redactString replaces every stretch of s that holds a secret. The stretches are found
+// in s as it is and merged before anything is replaced, so that overlapping occurrences
+// and secrets that overlap one another leave no piece behind, and a replacement never
+// creates an occurrence that a later pass would have to find.
 func redactString(s string, secrets []string) string {
+	type span struct{ start, end int }
+	var spans []span
 	for _, secret := range secrets {
-		if secret != "" {
-			s = strings.ReplaceAll(s, secret, "[redacted]")
+		if secret == "" {
+			continue
+		}
+		for pos := 0; ; {
+			i := strings.Index(s[pos:], secret)
+			if i < 0 {
+				break
+			}
+			start, end := pos+i, pos+i+len(secret)
+			if n := len(spans); n > 0 && spans[n-1].start <= start && start <= spans[n-1].end {
+				spans[n-1].end = max(spans[n-1].end, end)
+			} else {
+				spans = append(spans, span{start, end})
+			}
+			pos = start + 1
 		}
 	}
-	return s
+	if len(spans) == 0 {
+		return s
+	}
+	slices.SortFunc(spans, func(a, b span) int { return a.start - b.start })
+	for _, mark := range redactMarks {
+		var b strings.Builder
+		last := 0
+		for i := 0; i < len(spans); {
+			start, end := spans[i].start, spans[i].end
+			for i++; i < len(spans) && spans[i].start <= end; i++ {
+				end = max(end, spans[i].end)
+			}
+			b.WriteString(s[last:start])
+			b.WriteString(mark)
+			last = end
+		}
+		b.WriteString(s[last:])
+		if out := b.String(); !containsAny(out, secrets) {
+			return out
+		}
+	}
+	// The secret runs into both marks: keep nothing.
+	return ""
+}
+
+func containsAny(s string, secrets []string) bool {
+	for _, secret := range secrets {
+		if secret != "" && strings.Contains(s, secret) {
+			return true
+		}
+	}
+	return false
 }
 
 // redactedError keeps the chain of the error it replaces, so errors.Is and errors.As

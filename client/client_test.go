@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/base64"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -329,42 +330,73 @@ func TestTenantErrorsAreReadable(t *testing.T) {
 
 func TestErrorsNeverCarryTheSecret(t *testing.T) {
 	t.Parallel()
-	// A broken proxy that reflects the request's credentials back in its error page.
-	reflect := func(w http.ResponseWriter, r *http.Request, _ int) {
-		body, _ := io.ReadAll(r.Body)
-		w.WriteHeader(400)
-		fmt.Fprintf(w, `{"error":"invalid_request","error_description":"bad request %s %s %s"}`, r.Header.Get("Authorization"), body, testClientSecret)
-	}
-	for _, style := range []AuthStyle{AuthBasic, AuthPost} {
-		tn := newTenant(t, reflect)
-		c := newTestClient(t, tn, func(cfg *Config) { cfg.AuthStyle = style })
-		_, err := c.Token(context.Background(), nil)
-		if err == nil {
-			t.Fatal("want an error")
-		}
-		msg := err.Error()
-		basic := base64.StdEncoding.EncodeToString([]byte(testClientID + ":" + testClientSecret))
-		for name, secret := range map[string]string{"raw secret": testClientSecret, "form-encoded secret": url.QueryEscape(testClientSecret), "Basic credentials": basic} {
-			if strings.Contains(msg, secret) {
-				t.Errorf("auth style %d: error text carries the %s", style, name)
-			}
-		}
-		if !strings.Contains(msg, "[redacted]") {
-			t.Errorf("auth style %d: want the reflected credentials replaced by [redacted]", style)
-		}
-		var te *Error
-		if !errors.As(err, &te) || te.StatusCode != 400 {
-			t.Errorf("auth style %d: redaction lost the *Error", style)
-		}
-	}
-
-	// The same for the access token a revocation sends.
-	tn := newTenant(t, reflect)
-	c := newTestClient(t, tn, nil)
+	basic := base64.StdEncoding.EncodeToString([]byte(testClientID + ":" + testClientSecret))
 	const token = "eyJ.revoke-me/+=.sig"
-	err := c.Revoke(context.Background(), token)
-	if err == nil || strings.Contains(err.Error(), token) || strings.Contains(err.Error(), url.QueryEscape(token)) {
-		t.Errorf("revoke error carries the access token (or no error: %v)", err == nil)
+	cases := []struct {
+		name   string
+		style  AuthStyle
+		revoke bool
+		// forms are what the fake must echo and the error must not carry.
+		forms map[string]string
+	}{
+		{"grant, Basic", AuthBasic, false, map[string]string{"raw secret": testClientSecret, "Basic credentials": basic}},
+		{"grant, client_secret_post", AuthPost, false, map[string]string{"raw secret": testClientSecret, "form-encoded secret": url.QueryEscape(testClientSecret)}},
+		{"revoke, Basic", AuthBasic, true, map[string]string{"raw secret": testClientSecret, "raw access token": token, "form-encoded access token": url.QueryEscape(token), "Basic credentials": basic}},
+		{"revoke, client_secret_post", AuthPost, true, map[string]string{"raw secret": testClientSecret, "raw access token": token, "form-encoded access token": url.QueryEscape(token), "form-encoded secret": url.QueryEscape(testClientSecret)}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			// A broken proxy that reflects the request back in its error page: the
+			// Authorization header, the body as sent, and the credentials in both decoded.
+			// It keeps what it echoed, so that a redacted echo cannot be mistaken for a
+			// missing one.
+			var mu sync.Mutex
+			var echoed string
+			tn := newTenant(t, func(w http.ResponseWriter, r *http.Request, _ int) {
+				body, _ := io.ReadAll(r.Body)
+				form, _ := url.ParseQuery(string(body))
+				_, password, _ := r.BasicAuth()
+				text := fmt.Sprintf("bad request %s %s %s %s %s", r.Header.Get("Authorization"), password, body, form.Get("client_secret"), form.Get("token"))
+				mu.Lock()
+				echoed = text
+				mu.Unlock()
+				desc, _ := json.Marshal(text)
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(400)
+				fmt.Fprintf(w, `{"error":"invalid_request","error_description":%s}`, desc)
+			})
+			c := newTestClient(t, tn, func(cfg *Config) { cfg.AuthStyle = tc.style })
+			var err error
+			if tc.revoke {
+				err = c.Revoke(context.Background(), token)
+			} else {
+				_, err = c.Token(context.Background(), nil)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for name, secret := range tc.forms {
+				if !strings.Contains(echoed, secret) {
+					t.Fatalf("the fake never echoed the %s, so the test cannot see it leak", name)
+				}
+			}
+			if err == nil {
+				t.Fatal("want an error")
+			}
+			msg := err.Error()
+			for name, secret := range tc.forms {
+				if strings.Contains(msg, secret) {
+					t.Errorf("error text carries the %s (%s)", name, fingerprint(secret))
+				}
+			}
+			if !strings.Contains(msg, "[redacted]") {
+				t.Error("want the reflected credentials replaced by [redacted]")
+			}
+			var te *Error
+			if !errors.As(err, &te) || te.StatusCode != 400 || te.Code != "invalid_request" {
+				t.Error("redaction lost the *Error")
+			}
+		})
 	}
 }
 

@@ -7,10 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestErrorRefused(t *testing.T) {
@@ -182,5 +184,56 @@ func TestRedactionPrecedesExcerpts(t *testing.T) {
 				t.Errorf("want the reflected secret replaced by [redacted]; error has %d bytes", len(msg))
 			}
 		})
+	}
+}
+
+func TestRedactString(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name, text string
+		secrets    []string
+		want       string
+	}{
+		{"none", "nothing to hide", []string{"s3cret-value"}, "nothing to hide"},
+		{"twice", "a s3cret-value b s3cret-value", []string{"s3cret-value"}, "a [redacted] b [redacted]"},
+		{"overlapping occurrences", "xabababababx", []string{"abababab"}, "x[redacted]x"},
+		// Replaced one after the other, the first would leave "ZZZZ" of the second.
+		{"secrets that overlap", "<XXXXYYYYZZZZ>", []string{"XXXXYYYY", "YYYYZZZZ"}, "<[redacted]>"},
+		{"one secret inside another", "<ab-secret-cd>", []string{"secret-c", "ab-secret-cd"}, "<[redacted]>"},
+		// "[redacted]" followed by "bababab" would read "]bababab" again.
+		{"a secret that runs into the mark", "000]bababab" + "bababab", []string{"]bababab"}, "000***bababab"},
+		{"a secret inside the mark", "was redacted", []string{"redacted"}, "was ***"},
+		{"a secret that runs into both marks", "redacted**", []string{"redacted", "**"}, ""},
+	}
+	for _, tc := range cases {
+		if got := redactString(tc.text, tc.secrets); got != tc.want {
+			t.Errorf("%s: got %q, want %q", tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestParseRetryAfter(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)
+	const forever = time.Duration(math.MaxInt64)
+	for v, want := range map[string]time.Duration{
+		"":                              0,
+		"0":                             0,
+		"120":                           2 * time.Minute,
+		" 7 ":                           7 * time.Second,
+		"9223372036":                    9223372036 * time.Second,
+		"9223372037":                    forever, // one more second than a time.Duration holds
+		"9300000000":                    forever,
+		"99999999999999999999999":       forever, // beyond uint64 too
+		"-5":                            0,
+		"+5":                            0, // not delay-seconds, nor a date
+		"1.5":                           0,
+		"Sun, 01 Jun 2025 12:01:00 GMT": time.Minute,
+		"Sun, 01 Jun 2025 11:00:00 GMT": 0, // past
+		"soon":                          0,
+	} {
+		if got := parseRetryAfter(v, now); got != want {
+			t.Errorf("Retry-After %q: %s, want %s", v, got, want)
+		}
 	}
 }

@@ -39,12 +39,24 @@ func (e *ManagementError) Error() string {
 	return s
 }
 
-// envelope is the answer of CyberArk Identity's management APIs.
+// envelope is the answer of CyberArk Identity's management APIs. Only success decides
+// the outcome; the texts are kept raw, so that one of an unexpected type (a number, an
+// object) cannot make a definite answer unreadable.
 type envelope struct {
-	Success   *bool  `json:"success"`
-	Message   string `json:"Message"`
-	MessageID string `json:"MessageID"`
-	ErrorID   string `json:"ErrorID"`
+	Success   *bool           `json:"success"`
+	Message   json.RawMessage `json:"Message"`
+	MessageID json.RawMessage `json:"MessageID"`
+	ErrorID   json.RawMessage `json:"ErrorID"`
+}
+
+// envelopeText is one of the envelope's texts, redacted and cut: a string as decoded, any
+// other value as JSON with the secrets removed from every string in it.
+func envelopeText(raw json.RawMessage, secrets []string) string {
+	var s string
+	if json.Unmarshal(raw, &s) != nil {
+		s = string(redactJSON(raw, secrets))
+	}
+	return excerpt(s, secrets)
 }
 
 // ChangePassword changes the service user's own password (the client secret) to
@@ -73,12 +85,15 @@ func (c *Client) ChangePassword(ctx context.Context, changeURL string, scopes []
 	return tok.AccessToken, c.changePassword(ctx, changeURL, tok.AccessToken, newSecret)
 }
 
-func (c *Client) changePassword(ctx context.Context, changeURL, bearer, newSecret string) error {
+func (c *Client) changePassword(ctx context.Context, changeURL, bearer, newSecret string) (err error) {
+	secrets := c.sensitive(append(sensitiveForms(newSecret), sensitiveForms(bearer)...)...)
+	// The fields are redacted as they are read, but an error's text is more: quoting an
+	// excerpt adds backslashes, which can complete a secret that holds one.
+	defer func() { err = redact(err, secrets) }()
 	body, err := json.Marshal(map[string]string{"oldPassword": c.cfg.ClientSecret, "newPassword": newSecret})
 	if err != nil {
 		return fmt.Errorf("encoding the password change: %w", err)
 	}
-	secrets := c.sensitive(append(sensitiveForms(newSecret), sensitiveForms(bearer)...)...)
 	if c.cfg.Retry.Budget > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.cfg.Retry.Budget)
@@ -109,9 +124,9 @@ func (c *Client) changePassword(ctx context.Context, changeURL, bearer, newSecre
 		if !*env.Success {
 			return &ManagementError{
 				StatusCode: resp.StatusCode,
-				Message:    excerpt(env.Message, secrets),
-				MessageID:  excerpt(env.MessageID, secrets),
-				ErrorID:    excerpt(env.ErrorID, secrets),
+				Message:    envelopeText(env.Message, secrets),
+				MessageID:  envelopeText(env.MessageID, secrets),
+				ErrorID:    envelopeText(env.ErrorID, secrets),
 			}
 		}
 	}

@@ -75,6 +75,9 @@ func TestChangePasswordOutcomes(t *testing.T) {
 		envelope bool
 	}{
 		{"refused in the envelope", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, reflect) }, false, "was used recently", true},
+		{"refused, texts of other types", func(w http.ResponseWriter, _ *http.Request) {
+			io.WriteString(w, `{"success":false,"Message":["must differ from `+newTestSecret+`"],"MessageID":7}`)
+		}, false, `["must differ from [redacted]"] (7)`, true},
 		{"unauthorised", func(w http.ResponseWriter, _ *http.Request) {
 			w.WriteHeader(http.StatusUnauthorized)
 			io.WriteString(w, `{"success":false,"Message":"Not authorized"}`)
@@ -160,5 +163,29 @@ func TestChangePasswordRefusesNoChange(t *testing.T) {
 	}
 	if n := len(tn.got()); n != 0 {
 		t.Errorf("%d requests reached the tenant", n)
+	}
+}
+
+// An error's text is more than its redacted fields: Go quoting of an excerpt adds
+// backslashes, and so can complete a secret that holds one from a reflection that lost
+// it. Every error ChangePassword returns is redacted as a whole.
+func TestChangePasswordErrorTextIsRedactedAsAWhole(t *testing.T) {
+	t.Parallel()
+	const quoted = `Quot\"ed-Secret-42`
+	for _, status := range []int{http.StatusForbidden, http.StatusBadGateway} {
+		tn := passwordTenant(t, func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "text/html")
+			w.WriteHeader(status)
+			io.WriteString(w, `<p>`+strings.ReplaceAll(quoted, `\`, ``)+`</p>`)
+		})
+		c := newTestClient(t, tn, nil)
+		_, err := c.ChangePassword(t.Context(), changeURL(tn), nil, quoted)
+		var te *Error
+		if !errors.As(err, &te) || te.StatusCode != status {
+			t.Fatalf("HTTP %d: err = %v, want the *client.Error", status, err)
+		}
+		if strings.Contains(err.Error(), quoted) {
+			t.Errorf("HTTP %d: the error text carries the new password (%s)", status, fingerprint(quoted))
+		}
 	}
 }

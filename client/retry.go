@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/url"
 	"sync"
@@ -98,7 +99,7 @@ func (c *Client) post(ctx context.Context, endpoint string, form url.Values, ext
 	resp, doErr := c.retryClient(cl).Do(rreq)
 	if resp != nil && resp.StatusCode >= 200 && resp.StatusCode < 300 {
 		defer resp.Body.Close()
-		return readLimited(resp.Body)
+		return c.readLimited(ctx, resp.Body)
 	}
 	if resp != nil {
 		resp.Body.Close()
@@ -131,7 +132,7 @@ func (c *Client) post(ctx context.Context, endpoint string, form url.Values, ext
 // checkRetry records every attempt's outcome and retries only what may pass later.
 func (c *Client) checkRetry(ctx context.Context, cl *call, resp *http.Response, err error) (bool, error) {
 	if err != nil {
-		cl.record(transportError(err))
+		cl.record(c.transportError(ctx, err))
 		if ctx.Err() != nil {
 			return false, ctx.Err()
 		}
@@ -142,7 +143,7 @@ func (c *Client) checkRetry(ctx context.Context, cl *call, resp *http.Response, 
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
 		return false, nil
 	}
-	body, readErr := readLimited(resp.Body)
+	body, readErr := c.readLimited(ctx, resp.Body)
 	if readErr != nil {
 		body = nil
 	}
@@ -180,10 +181,10 @@ func (c *Client) backoff(minWait, maxWait time.Duration, attempt int, resp *http
 }
 
 // readLimited reads a body up to maxBodyBytes and fails beyond it.
-func readLimited(r io.Reader) ([]byte, error) {
+func (c *Client) readLimited(ctx context.Context, r io.Reader) ([]byte, error) {
 	body, err := io.ReadAll(io.LimitReader(r, maxBodyBytes+1))
 	if err != nil {
-		return nil, transportError(err)
+		return nil, fmt.Errorf("reading the tenant's answer: %w", c.timedOut(ctx, err))
 	}
 	if len(body) > maxBodyBytes {
 		return nil, fmt.Errorf("tenant response exceeds the %d byte limit", maxBodyBytes)
@@ -192,6 +193,18 @@ func readLimited(r io.Reader) ([]byte, error) {
 }
 
 // transportError describes a failure to reach the tenant.
-func transportError(err error) error {
-	return fmt.Errorf("contacting tenant: %w", err)
+func (c *Client) transportError(ctx context.Context, err error) error {
+	return fmt.Errorf("contacting tenant: %w", c.timedOut(ctx, err))
+}
+
+// timedOut says so when an attempt ran out of the request timeout rather than of the
+// call's budget or the caller's context (ctx, still live). http.Client adds its own
+// "Client.Timeout exceeded" only when its timer beats the context deadline it sets for
+// the same instant, so its words differ from run to run.
+func (c *Client) timedOut(ctx context.Context, err error) error {
+	var ne net.Error
+	if ctx.Err() != nil || !(errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()) {
+		return err
+	}
+	return fmt.Errorf("no complete answer within the %s request timeout: %w", c.cfg.RequestTimeout, err)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -247,4 +248,87 @@ func TestConcurrentCallsCountTheirOwnAttempts(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+// TestRetryPolicyBoundsTheCall counts the attempts the tenant sees for each MaxRetries,
+// and times calls whose Budget runs out first, whether in waits between attempts or in
+// one attempt that never ends.
+func TestRetryPolicyBoundsTheCall(t *testing.T) {
+	t.Parallel()
+	const (
+		waitMin = 20 * time.Millisecond
+		// margin is scheduling slack under -race, not part of the policy.
+		margin = time.Second
+	)
+	unavailable := failThen(1<<30, 503, "")
+	cases := []struct {
+		name       string
+		maxRetries int
+		budget     time.Duration
+		hang       bool
+		// attempts is exact when set; otherwise the budget must have cut the call short
+		// of MaxRetries.
+		attempts int
+	}{
+		{name: "MaxRetries 0", maxRetries: 0, attempts: 1},
+		{name: "MaxRetries 1", maxRetries: 1, attempts: 2},
+		{name: "MaxRetries 3", maxRetries: 3, attempts: 4},
+		{name: "Budget ends the waits", maxRetries: 1000, budget: 600 * time.Millisecond},
+		{name: "Budget ends a hung attempt", maxRetries: 1000, budget: 400 * time.Millisecond, hang: true, attempts: 1},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var tn *tenant
+			if tc.hang {
+				tn = hangingTenant(t)
+			} else {
+				tn = newTenant(t, unavailable)
+			}
+			c := newTestClient(t, tn, func(cfg *Config) {
+				// The request timeout is longer than any budget here, so only the budget
+				// can end a hung attempt.
+				cfg.RequestTimeout = 10 * time.Second
+				cfg.Retry = RetryPolicy{MaxRetries: tc.maxRetries, WaitMin: waitMin, WaitMax: 2 * waitMin, Budget: tc.budget}
+			})
+			// A guard for a client that ignores its budget: the elapsed check reports it,
+			// instead of the test hanging.
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			start := time.Now()
+			_, err := c.Token(ctx, nil)
+			elapsed := time.Since(start)
+			if err == nil {
+				t.Fatal("want an error")
+			}
+			n := len(tn.got())
+			switch {
+			case tc.attempts > 0 && n != tc.attempts:
+				t.Errorf("the tenant saw %d attempts, want %d", n, tc.attempts)
+			case tc.attempts == 0 && (n < 2 || n > tc.maxRetries):
+				t.Errorf("the tenant saw %d attempts, want several, cut short by the budget", n)
+			}
+			if tc.budget == 0 {
+				// Every retry waits at least WaitMin first.
+				if least := time.Duration(tc.maxRetries) * waitMin; elapsed < least {
+					t.Errorf("%d retries took %s, less than %d waits of at least %s", tc.maxRetries, elapsed, tc.maxRetries, waitMin)
+				}
+				var te *Error
+				if !errors.As(err, &te) || te.StatusCode != 503 || te.Attempts != n {
+					t.Errorf("err = %v, want the last 503 after %d attempts", err, n)
+				}
+				return
+			}
+			if elapsed < tc.budget || elapsed > tc.budget+margin {
+				t.Errorf("the call took %s with a %s budget", elapsed, tc.budget)
+			}
+			// The budget may cut short an attempt that the tenant never heard of but the
+			// client counts.
+			msg := err.Error()
+			m := regexp.MustCompile(`gave up after (\d+) attempt\(s\) in (\S+):`).FindStringSubmatch(msg)
+			if m == nil || (m[1] != strconv.Itoa(n) && m[1] != strconv.Itoa(n+1)) || m[2] != tc.budget.String() {
+				t.Errorf("error %q should say it gave up after %d attempt(s), or one more, in %s", msg, n, tc.budget)
+			}
+		})
+	}
 }
