@@ -363,6 +363,9 @@ func TestConfigEndpointChangeNeedsSecret(t *testing.T) {
 		{"tenant_url", map[string]any{"tenant_url": capture.URL, "ca_cert": capturePEM}},
 		{"tenant_url unverified", map[string]any{"tenant_url": capture.URL, "ca_cert": capturePEM, "verify_connection": false}},
 		{"token_url", map[string]any{"token_url": capture.URL + "/token", "ca_cert": capturePEM}},
+		// Each field alone, so that no other rule refuses the write in its place.
+		{"tenant_url alone", map[string]any{"tenant_url": capture.URL, "verify_connection": false}},
+		{"token_url alone", map[string]any{"token_url": capture.URL + "/token", "verify_connection": false}},
 		{"revoke_url", map[string]any{"revoke_url": capture.URL + "/revoke"}},
 		{"client_id", map[string]any{"client_id": "svc-other@tenant.example", "verify_connection": false}},
 		{"client_auth", map[string]any{"client_auth": "post"}},
