@@ -54,6 +54,12 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+func (s *syncBuffer) reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.b.Reset()
+}
+
 func newTestEnv(tb testing.TB) *testEnv {
 	tb.Helper()
 	return newTestEnvWith(tb, nil)

@@ -1,25 +1,21 @@
 package cyberark
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"maps"
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/hashicorp/vault/sdk/helper/errutil"
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
 // fuzzEngine is one backend for a fuzzing process; every input gets a fresh storage.
 type fuzzEngine struct {
 	b      *backend
-	logs   *fuzzLog
+	logs   *syncBuffer
 	fields []string // the config path's field names
 	// base is a stored config, for inputs that update one.
 	base *logical.StorageEntry
@@ -27,7 +23,7 @@ type fuzzEngine struct {
 
 func newFuzzEngine(tb testing.TB) *fuzzEngine {
 	tb.Helper()
-	logs := &fuzzLog{}
+	logs := &syncBuffer{}
 	conf := logical.TestBackendConfig()
 	conf.StorageView = &logical.InmemStorage{}
 	conf.Logger = hclog.New(&hclog.LoggerOptions{Output: logs, Level: hclog.Trace})
@@ -51,49 +47,9 @@ func newFuzzEngine(tb testing.TB) *fuzzEngine {
 	return fe
 }
 
-// fuzzLog is the backend's log for one input at a time.
-type fuzzLog struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *fuzzLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *fuzzLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func (l *fuzzLog) reset() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.b.Reset()
-}
-
 // request sends a request as Vault's router does, existence check first.
 func (fe *fuzzEngine) request(s logical.Storage, op logical.Operation, path string, data map[string]any) (*logical.Response, error) {
-	ctx := context.Background()
-	req := &logical.Request{Operation: op, Path: path, Data: data, Storage: s, MountPoint: "cyberark/"}
-	if op == logical.CreateOperation || op == logical.UpdateOperation {
-		found, exists, err := fe.b.HandleExistenceCheck(ctx, req)
-		var user errutil.UserError
-		switch {
-		case errors.As(err, &user):
-			return logical.ErrorResponse(user.Error()), nil
-		case err != nil:
-			return nil, err
-		case found && exists:
-			req.Operation = logical.UpdateOperation
-		case found:
-			req.Operation = logical.CreateOperation
-		}
-	}
-	return fe.b.HandleRequest(ctx, req)
+	return routeRequest(fe.b, s, op, path, data)
 }
 
 // fuzzConfigFields are the config fields FuzzConfigWrite fills, in the order of its

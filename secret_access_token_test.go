@@ -3,12 +3,10 @@ package cyberark
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/hashicorp/vault/sdk/helper/jsonutil"
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/idsec-labs/vault-plugin-secrets-cyberark/internal/emulator"
@@ -19,18 +17,7 @@ import (
 // the plugin's gRPC, which turns numbers into json.Number.
 func (e *testEnv) revoke(t *testing.T, secret *logical.Secret) (*logical.Response, error) {
 	t.Helper()
-	raw, err := json.Marshal(secret.InternalData)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stored := *secret
-	stored.InternalData = nil
-	if err := jsonutil.DecodeJSON(raw, &stored.InternalData); err != nil {
-		t.Fatal(err)
-	}
-	return e.b.HandleRequest(t.Context(), &logical.Request{
-		Operation: logical.RevokeOperation, Secret: &stored, Storage: e.storage, MountPoint: "cyberark/",
-	})
+	return e.revokeWith(t, e.storage, secret)
 }
 
 func TestAccessTokenRenewIsRefused(t *testing.T) {

@@ -44,10 +44,16 @@ func (e *testEnv) vaultRequest(tb testing.TB, op logical.Operation, path string,
 
 func (e *testEnv) vaultRequestWith(tb testing.TB, s logical.Storage, op logical.Operation, path string, data map[string]any) (*logical.Response, error) {
 	tb.Helper()
+	return routeRequest(e.b, s, op, path, data)
+}
+
+// routeRequest sends a request as Vault's router does: a write runs the existence check
+// first, which decides between create and update, and its user errors are 400s.
+func routeRequest(b *backend, s logical.Storage, op logical.Operation, path string, data map[string]any) (*logical.Response, error) {
 	ctx := context.Background()
 	req := &logical.Request{Operation: op, Path: path, Data: data, Storage: s, MountPoint: "cyberark/"}
 	if op == logical.CreateOperation || op == logical.UpdateOperation {
-		found, exists, err := e.b.HandleExistenceCheck(ctx, req)
+		found, exists, err := b.HandleExistenceCheck(ctx, req)
 		var user errutil.UserError
 		switch {
 		case errors.As(err, &user):
@@ -60,7 +66,7 @@ func (e *testEnv) vaultRequestWith(tb testing.TB, s logical.Storage, op logical.
 			req.Operation = logical.CreateOperation
 		}
 	}
-	return e.b.HandleRequest(ctx, req)
+	return b.HandleRequest(ctx, req)
 }
 
 // badInput is one request that must be refused: a 400 that names field, a message of at
