@@ -222,7 +222,7 @@ func TestTokenSlowTenantHitsRequestTimeout(t *testing.T) {
 	start := time.Now()
 	_, err := e.request(t, logical.ReadOperation, "token", nil)
 	elapsed := time.Since(start)
-	if err == nil || !strings.Contains(err.Error(), "Timeout") {
+	if err == nil || !strings.Contains(strings.ToLower(err.Error()), "request timeout") {
 		t.Fatalf("err = %v, want the client timeout", err)
 	}
 	if elapsed >= 10*time.Second {
