@@ -310,9 +310,13 @@ func TestRotateRootSurvivesKilledPlugin(t *testing.T) {
 			// tenant with a secret it no longer accepts, the tenant would have refused it.
 			// Settling itself tries the new secret first, which the tenant refuses when
 			// the change was never made.
+			// Vault may also run the interrupted rotate-root once more on the new process
+			// (it retries a request once after a plugin restart); that run settles
+			// first, which can add one more refusal of the new secret, and then stops
+			// with a 409 because the rotation is still pending.
 			wantRefused := map[bool]int64{true: 0, false: 1}[tc.applied]
-			if got := e.tenant.emu.Stats().TokenErrors - refusedBefore; r.err != nil && got != wantRefused {
-				t.Errorf("the tenant refused %d token requests after the kill, want %d", got, wantRefused)
+			if got := e.tenant.emu.Stats().TokenErrors - refusedBefore; r.err != nil && (got < wantRefused || got > wantRefused+map[bool]int64{true: 0, false: 1}[tc.applied]) {
+				t.Errorf("the tenant refused %d token requests after the kill, want %d (or one more if Vault re-ran the request)", got, wantRefused)
 			}
 
 			changes := passwordChanges(e.tenant.emu.Requests())
