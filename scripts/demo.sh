@@ -135,7 +135,7 @@ client_secret="Demo-$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')"
 log "starting the CyberArk Identity tenant emulator (app $app_id, client $client_id)"
 # The secret travels in the environment, not on the command line where ps shows it.
 CYBERARK_EMULATOR_CLIENT_SECRET="$client_secret" "$tmp/bin/cyberark-emulator" \
-  -app "$app_id" -client-id "$client_id" -scopes read,write \
+  -app "$app_id" -client-id "$client_id" -scopes read,write -rotation-scope rotate \
   -https 127.0.0.1:0 -ca-out "$tmp/ca.pem" -addr-file "$tmp/emulator.json" \
   >"$tmp/emulator.log" 2>&1 &
 emulator_pid=$!
@@ -172,7 +172,7 @@ vault secrets enable -path=cyberark -plugin-version="$version" "$plugin"
 log "configuring the engine (the write fetches a token to check the settings)"
 vault write cyberark/config \
   tenant_url="$tenant_url" app_id="$app_id" client_id="$client_id" \
-  client_secret=@"$tmp/client_secret" ca_cert=@"$tmp/ca.pem" scopes=read,write
+  client_secret=@"$tmp/client_secret" ca_cert=@"$tmp/ca.pem" scopes=read,write rotation_scopes=rotate
 vault write cyberark/roles/demo scopes=read allowed_scopes=read,write
 
 log "vault read cyberark/token/demo"
@@ -199,6 +199,7 @@ The demo is running. In another shell:
   vault lease lookup <lease_id>
   vault lease revoke <lease_id>
   vault lease renew <lease_id>                     # refused: tokens are not renewable
+  vault write -f cyberark/config/rotate-root       # a new client secret, at the tenant and in Vault
 
 The tenant emulator is at $tenant_url (CA: $tmp/ca.pem):
 

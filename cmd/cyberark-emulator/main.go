@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -44,6 +45,7 @@ type options struct {
 	clientID     string
 	clientSecret string
 	scopes       string
+	rotation     string
 	expiresIn    int
 	httpAddr     string
 	httpsAddr    string
@@ -59,6 +61,7 @@ func run(args []string) error {
 	fs.StringVar(&o.clientID, "client-id", "", "quick start: client `ID` (service user login name)")
 	fs.StringVar(&o.clientSecret, "client-secret", "", "quick start: client `secret`; prefer $"+secretEnv+", which ps does not show")
 	fs.StringVar(&o.scopes, "scopes", "", "quick start: comma-separated `scopes` the app defines")
+	fs.StringVar(&o.rotation, "rotation-scope", "", "quick start: a `scope` whose tokens may call UserMgmt/ChangeUserPassword, for root rotation")
 	fs.IntVar(&o.expiresIn, "expires-in", 0, "token lifetime in `seconds` (0 = config value or 18000)")
 	fs.StringVar(&o.httpAddr, "http", "", "plain HTTP listen `address`, loopback only (empty = off)")
 	fs.StringVar(&o.httpsAddr, "https", "127.0.0.1:0", "HTTPS listen `address` (empty = off)")
@@ -194,7 +197,7 @@ func run(args []string) error {
 // buildConfig takes -config, or the quick-start flags for a one-app, one-client tenant,
 // never both: mixing them would leave it unclear which values win.
 func buildConfig(o options, set map[string]bool) (emulator.Config, error) {
-	quick := set["app"] || set["client-id"] || set["client-secret"] || set["scopes"]
+	quick := set["app"] || set["client-id"] || set["client-secret"] || set["scopes"] || set["rotation-scope"]
 	var cfg emulator.Config
 	switch {
 	case o.config != "" && quick:
@@ -219,11 +222,18 @@ func buildConfig(o options, set map[string]bool) (emulator.Config, error) {
 				scopes = append(scopes, s)
 			}
 		}
-		cfg.Apps = []emulator.App{{
+		app := emulator.App{
 			ID:      o.app,
 			Scopes:  scopes,
 			Clients: []emulator.Client{{ID: o.clientID, Secret: secret}},
-		}}
+		}
+		if o.rotation != "" {
+			if !slices.Contains(app.Scopes, o.rotation) {
+				app.Scopes = append(app.Scopes, o.rotation)
+			}
+			app.ScopeAPIs = map[string][]string{o.rotation: {"UserMgmt/ChangeUserPassword"}}
+		}
+		cfg.Apps = []emulator.App{app}
 	default:
 		return cfg, errors.New("give -config FILE, or -app, -client-id and -client-secret")
 	}

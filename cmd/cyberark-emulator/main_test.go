@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/idsec-labs/vault-plugin-secrets-cyberark/internal/emulator"
@@ -63,5 +64,23 @@ func TestBuildConfigRejectsUnknownPasswordField(t *testing.T) {
 	}
 	if _, err := buildConfig(options{config: path}, map[string]bool{"config": true}); err == nil {
 		t.Error("a misspelt field loaded")
+	}
+}
+
+// TestQuickStartRotationScope: the demo's quick start can grant a scope that allows the
+// password change, so rotate-root works against it.
+func TestQuickStartRotationScope(t *testing.T) {
+	t.Parallel()
+	o := options{app: "VaultApp", clientID: "svc@x", clientSecret: "Secret-1a", scopes: "read,write", rotation: "rotate"}
+	cfg, err := buildConfig(o, map[string]bool{"app": true, "client-id": true, "client-secret": true, "scopes": true, "rotation-scope": true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := cfg.Apps[0]
+	if !slices.Equal(app.Scopes, []string{"read", "write", "rotate"}) || !slices.Equal(app.ScopeAPIs["rotate"], []string{"UserMgmt/ChangeUserPassword"}) {
+		t.Errorf("app scopes %v, scope APIs %v", app.Scopes, app.ScopeAPIs)
+	}
+	if _, err := emulator.New(cfg); err != nil {
+		t.Errorf("the emulator refuses the quick-start config: %v", err)
 	}
 }
