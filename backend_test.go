@@ -92,17 +92,25 @@ func newTestEnvWith(tb testing.TB, tenant func(*emulator.Config)) *testEnv {
 	tb.Cleanup(srv.Close)
 
 	logs := &syncBuffer{}
+	storage := &logical.InmemStorage{}
+	env := &testEnv{b: newTestBackend(tb, storage, logs), storage: storage, emu: emu, url: srv.URL, caPEM: string(ca.CertPEM()), logs: logs}
+	tb.Cleanup(func() { env.assertNoSecretsLogged(tb) })
+	tb.Cleanup(func() { env.b.schedule.stop(time.Second) })
+	return env
+}
+
+// newTestBackend builds the engine as Vault's Factory call does, on storage s, logging
+// everything to logs.
+func newTestBackend(tb testing.TB, s logical.Storage, logs *syncBuffer) *backend {
+	tb.Helper()
 	conf := logical.TestBackendConfig()
-	conf.StorageView = &logical.InmemStorage{}
+	conf.StorageView = s
 	conf.Logger = hclog.New(&hclog.LoggerOptions{Output: logs, Level: hclog.Trace})
 	b, err := Factory(context.Background(), conf)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	env := &testEnv{b: b.(*backend), storage: conf.StorageView, emu: emu, url: srv.URL, caPEM: string(ca.CertPEM()), logs: logs}
-	tb.Cleanup(func() { env.assertNoSecretsLogged(tb) })
-	tb.Cleanup(func() { env.b.schedule.stop(time.Second) })
-	return env
+	return b.(*backend)
 }
 
 // restart replaces the backend with a new one on the same storage, as when Vault
@@ -111,14 +119,7 @@ func (e *testEnv) restart(tb testing.TB) {
 	tb.Helper()
 	e.b.schedule.stop(time.Second)
 	now := e.b.now
-	conf := logical.TestBackendConfig()
-	conf.StorageView = e.storage
-	conf.Logger = hclog.New(&hclog.LoggerOptions{Output: e.logs, Level: hclog.Trace})
-	b, err := Factory(context.Background(), conf)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	e.b = b.(*backend)
+	e.b = newTestBackend(tb, e.storage, e.logs)
 	e.b.now = now // the same clock, fake or not
 	tb.Cleanup(func() { e.b.schedule.stop(time.Second) })
 	if err := e.b.Initialize(context.Background(), &logical.InitializationRequest{Storage: e.storage}); err != nil {

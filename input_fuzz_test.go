@@ -8,7 +8,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
@@ -24,13 +23,7 @@ type fuzzEngine struct {
 func newFuzzEngine(tb testing.TB) *fuzzEngine {
 	tb.Helper()
 	logs := &syncBuffer{}
-	conf := logical.TestBackendConfig()
-	conf.StorageView = &logical.InmemStorage{}
-	conf.Logger = hclog.New(&hclog.LoggerOptions{Output: logs, Level: hclog.Trace})
-	b, err := Factory(context.Background(), conf)
-	if err != nil {
-		tb.Fatal(err)
-	}
+	b := newTestBackend(tb, &logical.InmemStorage{}, logs)
 	tb.Cleanup(func() { b.Cleanup(context.Background()) })
 	base, err := logical.StorageEntryJSON(configPath, &cyberarkConfig{
 		TenantURL: "https://abc1234.id.cyberark.cloud", AppID: testAppID, ClientID: testClientID,
@@ -40,7 +33,7 @@ func newFuzzEngine(tb testing.TB) *fuzzEngine {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	fe := &fuzzEngine{b: b.(*backend), logs: logs, base: base}
+	fe := &fuzzEngine{b: b, logs: logs, base: base}
 	for field := range pathConfig(fe.b).Fields {
 		fe.fields = append(fe.fields, field)
 	}

@@ -677,13 +677,7 @@ func (b *backend) verifyConfig(ctx context.Context, cfg *cyberarkConfig) (*logic
 			fmt.Sprintf("verify_connection: could not get a token from the tenant, nothing was stored (set verify_connection=false to store anyway): %s", err))
 	}
 	if cfg.revokes() {
-		// The verification token has served its purpose; best effort, since a failure
-		// here says nothing about the config and the token expires by itself.
-		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-		if err := c.Revoke(rctx, tok.AccessToken); err != nil {
-			b.Logger().Debug("could not revoke the verification token", "error", err)
-		}
+		b.revokeQuietly(ctx, c, tok.AccessToken) // the verification token has served
 	}
 	return nil, nil
 }

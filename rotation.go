@@ -234,8 +234,10 @@ func (b *backend) rotateRootLocked(ctx context.Context, s logical.Storage, manua
 	return cfg, nil
 }
 
-// revokeQuietly revokes a token at the tenant, best effort: it only limits how long a
-// token that is no longer needed stays usable.
+// revokeQuietly revokes a token the engine no longer needs (a check's, or the one that
+// authorised a password change), best effort: it only shortens how long the token
+// stays usable, so a failure does not fail the caller. It is a warning all the same,
+// since such a token, the rotation's above all, stays valid until it expires.
 func (b *backend) revokeQuietly(ctx context.Context, c *client.Client, token string) {
 	if token == "" {
 		return
@@ -243,7 +245,7 @@ func (b *backend) revokeQuietly(ctx context.Context, c *client.Client, token str
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if err := c.Revoke(rctx, token); err != nil && !errors.Is(err, client.ErrRevokeUnsupported) {
-		b.Logger().Debug("could not revoke a token no longer needed", "error", err)
+		b.Logger().Warn("could not revoke a token the engine no longer needs; it stays valid until it expires", "error", err)
 	}
 }
 
@@ -328,9 +330,7 @@ func (b *backend) accepts(ctx context.Context, cfg *cyberarkConfig) (bool, error
 	switch {
 	case err == nil:
 		if cfg.revokes() {
-			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			defer cancel()
-			_ = c.Revoke(rctx, tok.AccessToken) // best effort: it only proved a point
+			b.revokeQuietly(ctx, c, tok.AccessToken) // it only proved a point
 		}
 		return true, nil
 	case errors.As(err, &te) && te.Refused():

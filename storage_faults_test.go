@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/sdk/helper/jsonutil"
 	"github.com/hashicorp/vault/sdk/logical"
 	"github.com/hashicorp/vault/sdk/rotation"
@@ -229,14 +228,7 @@ func (e *testEnv) fork(t *testing.T, tenantSecret string) *testEnv {
 		t.Fatal(err)
 	}
 	logs := &syncBuffer{}
-	conf := logical.TestBackendConfig()
-	conf.StorageView = s
-	conf.Logger = hclog.New(&hclog.LoggerOptions{Output: logs, Level: hclog.Trace})
-	b, err := Factory(context.Background(), conf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &testEnv{b: b.(*backend), storage: s, emu: e.emu, url: e.url, caPEM: e.caPEM, logs: logs}
+	f := &testEnv{b: newTestBackend(t, s, logs), storage: s, emu: e.emu, url: e.url, caPEM: e.caPEM, logs: logs}
 	f.b.now = e.b.now
 	t.Cleanup(func() { f.assertNoSecretsLogged(t) })
 	t.Cleanup(func() { f.b.Cleanup(context.Background()) })
