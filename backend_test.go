@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"go/build"
 	"net/http/httptest"
 	"slices"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-metrics"
+	"github.com/hashicorp/vault/sdk/helper/consts"
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/idsec-labs/vault-plugin-secrets-cyberark/internal/emulator"
@@ -403,5 +405,117 @@ func TestPluginDoesNotImportTheEmulator(t *testing.T) {
 		if slices.Contains(pkg.Imports, emulatorPath) {
 			t.Errorf("%s imports the emulator outside its tests", dir)
 		}
+	}
+}
+
+// readOnlyStorage is storage as a performance standby sees it: reads work, and every
+// write fails with logical.ErrReadOnly, which is what makes Vault forward a request to
+// the active node. It counts the writes tried.
+type readOnlyStorage struct {
+	logical.Storage
+	writes int
+}
+
+func (s *readOnlyStorage) Put(context.Context, *logical.StorageEntry) error {
+	s.writes++
+	return logical.ErrReadOnly
+}
+
+func (s *readOnlyStorage) Delete(context.Context, string) error {
+	s.writes++
+	return logical.ErrReadOnly
+}
+
+// TestPerformanceStandby runs the engine as a Vault Enterprise performance standby
+// does, on the active node's storage read-only: writes are forwarded before they reach
+// the tenant, token reads are served where they arrive without writing, and a read the
+// tenant refuses during an unsettled rotation is forwarded to the node that can settle
+// it.
+func TestPerformanceStandby(t *testing.T) {
+	t.Parallel()
+	for name, state := range map[string]consts.ReplicationState{
+		"performance standby":   consts.ReplicationPerformanceStandby,
+		"performance secondary": consts.ReplicationPerformanceSecondary,
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			active := newTestEnv(t)
+			active.configure(t)
+			active.mustRequest(t, logical.UpdateOperation, "roles/r", map[string]any{"scopes": "read"})
+
+			ro := &readOnlyStorage{Storage: active.storage}
+			conf := logical.TestBackendConfig()
+			conf.StorageView = ro
+			conf.Logger = hclog.New(&hclog.LoggerOptions{Output: active.logs, Level: hclog.Trace})
+			conf.System = logical.StaticSystemView{ReplicationStateVal: state}
+			b, err := Factory(t.Context(), conf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			standby := &testEnv{b: b.(*backend), storage: ro, emu: active.emu, url: active.url, caPEM: active.caPEM, logs: active.logs}
+			t.Cleanup(func() { standby.b.Cleanup(context.Background()) })
+			if err := standby.b.Initialize(t.Context(), &logical.InitializationRequest{Storage: ro}); err != nil {
+				t.Fatal(err)
+			}
+
+			active.emu.Reset()
+			for _, w := range []struct {
+				op   logical.Operation
+				path string
+				data map[string]any
+			}{
+				{logical.UpdateOperation, "config", active.configData()},
+				{logical.UpdateOperation, "config", map[string]any{"scopes": "write"}},
+				{logical.DeleteOperation, "config", nil},
+				{logical.CreateOperation, "roles/new", map[string]any{"scopes": "read"}},
+				{logical.UpdateOperation, "roles/r", map[string]any{"scopes": "write"}},
+				{logical.DeleteOperation, "roles/r", nil},
+				{logical.UpdateOperation, "config/rotate-root", nil},
+			} {
+				resp, err := standby.request(t, w.op, w.path, w.data)
+				if !errors.Is(err, logical.ErrReadOnly) {
+					t.Errorf("%s %s on a %s: %v %v, want logical.ErrReadOnly (Vault forwards it)", w.op, w.path, name, resp, err)
+				}
+			}
+			if n := len(active.emu.Requests()); n != 0 || ro.writes != 0 {
+				t.Errorf("forwarded writes reached the tenant %d times and storage %d times, want neither", n, ro.writes)
+			}
+
+			// Reads are served here, with the settings the active node stored.
+			for _, p := range []string{"token", "token/r", "config", "roles/r"} {
+				standby.mustRequest(t, logical.ReadOperation, p, nil)
+			}
+			if ro.writes != 0 {
+				t.Errorf("reads on a %s tried %d storage writes", name, ro.writes)
+			}
+
+			// A rotation the active node left unsettled, whose new secret the tenant
+			// took: this node's grant is refused, and the read goes to the active node.
+			cfg := active.stored(t)
+			cfg.Rotation.PendingSecret, cfg.Rotation.PendingSince = "N3w-"+strings.Repeat("x", 28), time.Now().UTC()
+			entry, _ := logical.StorageEntryJSON(configPath, cfg)
+			if err := active.storage.Put(t.Context(), entry); err != nil {
+				t.Fatal(err)
+			}
+			standby.b.Invalidate(t.Context(), configPath) // what the active node's write sends
+			if err := active.emu.SetClientSecret(testAppID, testClientID, cfg.Rotation.PendingSecret); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := standby.request(t, logical.ReadOperation, "token", nil); !errors.Is(err, logical.ErrReadOnly) {
+				t.Errorf("a read refused during a pending rotation on a %s: %v, want logical.ErrReadOnly", name, err)
+			}
+			if ro.writes != 0 {
+				t.Errorf("the refused read tried %d storage writes on a %s", ro.writes, name)
+			}
+			// The active node settles it and serves the read.
+			active.b.Invalidate(t.Context(), configPath)
+			active.mustRequest(t, logical.ReadOperation, "token", nil)
+			if got := active.stored(t); got.ClientSecret != cfg.Rotation.PendingSecret || got.Rotation.PendingSecret != "" {
+				t.Error("the active node did not settle the rotation on the forwarded read")
+			}
+			standby.b.Invalidate(t.Context(), configPath)
+			standby.mustRequest(t, logical.ReadOperation, "token", nil)
+			active.assertNoSecretsLogged(t)
+		})
 	}
 }

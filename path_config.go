@@ -208,22 +208,32 @@ func pathConfig(b *backend) *framework.Path {
 			},
 		},
 		ExistenceCheck: b.pathConfigExists,
+		// Writes go straight to the node that writes storage (Enterprise performance
+		// standbys and secondaries forward them). Left to Vault's own forwarding on a
+		// failed storage write, a write would first run here, verify_connection's grant
+		// included, and then run again on the active node.
 		Operations: map[logical.Operation]framework.OperationHandler{
 			logical.CreateOperation: &framework.PathOperation{
-				Callback:     b.pathConfigWrite,
-				DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "configure"},
+				Callback:                    b.pathConfigWrite,
+				ForwardPerformanceStandby:   true,
+				ForwardPerformanceSecondary: true,
+				DisplayAttrs:                &framework.DisplayAttributes{OperationVerb: "configure"},
 			},
 			logical.UpdateOperation: &framework.PathOperation{
-				Callback:     b.pathConfigWrite,
-				DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "configure"},
+				Callback:                    b.pathConfigWrite,
+				ForwardPerformanceStandby:   true,
+				ForwardPerformanceSecondary: true,
+				DisplayAttrs:                &framework.DisplayAttributes{OperationVerb: "configure"},
 			},
 			logical.ReadOperation: &framework.PathOperation{
 				Callback:     b.pathConfigRead,
 				DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "read", OperationSuffix: "configuration"},
 			},
 			logical.DeleteOperation: &framework.PathOperation{
-				Callback:     b.pathConfigDelete,
-				DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "delete", OperationSuffix: "configuration"},
+				Callback:                    b.pathConfigDelete,
+				ForwardPerformanceStandby:   true,
+				ForwardPerformanceSecondary: true,
+				DisplayAttrs:                &framework.DisplayAttributes{OperationVerb: "delete", OperationSuffix: "configuration"},
 			},
 		},
 		HelpSynopsis: "Configure the CyberArk Identity tenant and confidential client.",

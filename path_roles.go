@@ -145,22 +145,30 @@ func pathRoles(b *backend) []*framework.Path {
 				},
 			},
 			ExistenceCheck: b.pathRoleExists,
+			// Writes and deletes forward to the node that writes storage, as config's do
+			// (path_config.go), rather than fail here on the write and run again there.
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.CreateOperation: &framework.PathOperation{
-					Callback:     b.pathRoleWrite,
-					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "write"},
+					Callback:                    b.pathRoleWrite,
+					ForwardPerformanceStandby:   true,
+					ForwardPerformanceSecondary: true,
+					DisplayAttrs:                &framework.DisplayAttributes{OperationVerb: "write"},
 				},
 				logical.UpdateOperation: &framework.PathOperation{
-					Callback:     b.pathRoleWrite,
-					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "write"},
+					Callback:                    b.pathRoleWrite,
+					ForwardPerformanceStandby:   true,
+					ForwardPerformanceSecondary: true,
+					DisplayAttrs:                &framework.DisplayAttributes{OperationVerb: "write"},
 				},
 				logical.ReadOperation: &framework.PathOperation{
 					Callback:     b.pathRoleRead,
 					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "read"},
 				},
 				logical.DeleteOperation: &framework.PathOperation{
-					Callback:     b.pathRoleDelete,
-					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "delete"},
+					Callback:                    b.pathRoleDelete,
+					ForwardPerformanceStandby:   true,
+					ForwardPerformanceSecondary: true,
+					DisplayAttrs:                &framework.DisplayAttributes{OperationVerb: "delete"},
 				},
 			},
 			HelpSynopsis: "Manage a role: the scopes, application and TTL bound of a token.",

@@ -94,6 +94,12 @@ func (b *backend) pathTokenRead(ctx context.Context, req *logical.Request, d *fr
 	}
 	resp, err := b.readToken(ctx, req, name, asked)
 	var refused *refusedDuringRotation
+	if errors.As(err, &refused) && !b.WriteSafeReplicationState() {
+		// A performance standby or secondary cannot settle a rotation (it writes
+		// storage): Vault forwards a request that answers ErrReadOnly to the node that
+		// can, which settles and serves it.
+		return nil, logical.ErrReadOnly
+	}
 	if errors.As(err, &refused) {
 		// The tenant may hold the secret of a rotation that did not finish: settle it,
 		// and if that changed the stored secret, read once more with it.
