@@ -5,7 +5,7 @@ MODULE  := github.com/idsec-labs/vault-plugin-secrets-cyberark
 LDFLAGS := -X $(MODULE).Version=$(VERSION)
 BIN     := bin
 
-.PHONY: all build vault test unit e2e fmt fmt-check lint vet demo bench clean
+.PHONY: all build vault test unit e2e fmt fmt-check lint vet demo bench cluster cluster-stop clean
 
 all: build
 
@@ -47,6 +47,14 @@ lint: fmt-check vet
 
 demo:
 	scripts/demo.sh
+
+# A 3-node Vault Raft cluster on loopback with the plugin registered and enabled
+# (README, "High availability"); cluster-stop stops it and removes its files.
+cluster:
+	scripts/cluster.sh start
+
+cluster-stop:
+	scripts/cluster.sh stop
 
 clean:
 	rm -rf $(BIN)
