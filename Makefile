@@ -5,7 +5,7 @@ MODULE  := github.com/idsec-labs/vault-plugin-secrets-cyberark
 LDFLAGS := -X $(MODULE).Version=$(VERSION)
 BIN     := bin
 
-.PHONY: all build vault test unit e2e fmt fmt-check lint vet demo bench cluster cluster-stop clean
+.PHONY: all build vault test unit e2e fmt fmt-check lint vet demo bench cluster cluster-stop release clean
 
 all: build
 
@@ -56,5 +56,10 @@ cluster:
 cluster-stop:
 	scripts/cluster.sh stop
 
+# Reproducible release binaries for linux and darwin, amd64 and arm64, and SHA256SUMS,
+# in dist/$(VERSION)/ (README, "Installing a release").
+release:
+	VERSION=$(VERSION) scripts/release.sh
+
 clean:
-	rm -rf $(BIN)
+	rm -rf $(BIN) dist
