@@ -138,9 +138,11 @@ func pathConfig(b *backend) *framework.Path {
 				Description: "Application ID of the OAuth2 confidential client app. Required unless token_url is set.",
 			},
 			"client_id": {
-				Type:        framework.TypeString,
-				Description: "Login name of the service user that is the confidential client, e.g. svc-vault@abc1234. Changing it requires client_secret in the same write.",
-				Required:    true,
+				Type: framework.TypeString,
+				// Not Required: an update may leave it out (it keeps the stored value), and
+				// OpenAPI's "required" would make generated clients and the UI send it with
+				// every write. A create without it is a 400 all the same.
+				Description: "Login name of the service user that is the confidential client, e.g. svc-vault@abc1234. Required when the config is created. Changing it requires client_secret in the same write.",
 			},
 			"client_secret": {
 				Type:         framework.TypeString,
@@ -218,22 +220,33 @@ func pathConfig(b *backend) *framework.Path {
 				ForwardPerformanceStandby:   true,
 				ForwardPerformanceSecondary: true,
 				DisplayAttrs:                &framework.DisplayAttributes{OperationVerb: "configure"},
+				Summary:                     "Store the tenant and confidential client, or change some of their settings.",
+				Responses:                   writeResponses("The config was stored."),
 			},
 			logical.UpdateOperation: &framework.PathOperation{
 				Callback:                    b.pathConfigWrite,
 				ForwardPerformanceStandby:   true,
 				ForwardPerformanceSecondary: true,
 				DisplayAttrs:                &framework.DisplayAttributes{OperationVerb: "configure"},
+				Summary:                     "Store the tenant and confidential client, or change some of their settings.",
+				Responses:                   writeResponses("The config was stored."),
 			},
 			logical.ReadOperation: &framework.PathOperation{
 				Callback:     b.pathConfigRead,
 				DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "read", OperationSuffix: "configuration"},
+				Summary:      "Read the config, without the client secret, and the state of root rotation.",
+				Responses: map[int][]framework.Response{
+					http.StatusOK:        {{Description: "The config. The client secret is never returned; client_secret_set says whether one is stored.", Fields: configReadFields()}},
+					http.StatusNoContent: {{Description: "The engine is not configured."}},
+				},
 			},
 			logical.DeleteOperation: &framework.PathOperation{
 				Callback:                    b.pathConfigDelete,
 				ForwardPerformanceStandby:   true,
 				ForwardPerformanceSecondary: true,
 				DisplayAttrs:                &framework.DisplayAttributes{OperationVerb: "delete", OperationSuffix: "configuration"},
+				Summary:                     "Delete the config, secret included; token reads fail until a new one is written.",
+				Responses:                   writeResponses("The config was deleted."),
 			},
 		},
 		HelpSynopsis: "Configure the CyberArk Identity tenant and confidential client.",
@@ -253,6 +266,64 @@ manager runs the schedule; elsewhere the engine does, on the active node.`,
 	}
 	automatedrotationutil.AddAutomatedRotationFieldsWithGroup(p.Fields, "Rotation")
 	return p
+}
+
+// writeResponses are the answers of a write or delete that returns no data: nothing,
+// or warnings only.
+func writeResponses(done string) map[int][]framework.Response {
+	return map[int][]framework.Response{
+		http.StatusNoContent: {{Description: done}},
+		http.StatusOK:        {{Description: done + " The response carries warnings only, saying what to check."}},
+	}
+}
+
+// configReadFields describe a config read's response.
+func configReadFields() map[string]*framework.FieldSchema {
+	str := func(d string) *framework.FieldSchema {
+		return &framework.FieldSchema{Type: framework.TypeString, Description: d}
+	}
+	list := func(d string) *framework.FieldSchema {
+		return &framework.FieldSchema{Type: framework.TypeCommaStringSlice, Description: d}
+	}
+	num := func(d string) *framework.FieldSchema {
+		return &framework.FieldSchema{Type: framework.TypeInt, Description: d}
+	}
+	flag := func(d string) *framework.FieldSchema {
+		return &framework.FieldSchema{Type: framework.TypeBool, Description: d}
+	}
+	when := func(d string) *framework.FieldSchema {
+		return &framework.FieldSchema{Type: framework.TypeTime, Description: d}
+	}
+	return map[string]*framework.FieldSchema{
+		"tenant_url":                 str("Base URL of the tenant."),
+		"app_id":                     str("Application ID of the OAuth2 confidential client app."),
+		"client_id":                  str("Login name of the service user."),
+		"client_secret_set":          flag("Whether a client secret is stored. The secret itself is never returned."),
+		"scopes":                     list("Scopes asked for by reads of token and by roles that set none."),
+		"token_url":                  str("The token endpoint set in place of the tenant's own, or empty."),
+		"token_endpoint":             str("The token endpoint reads of token use, as derived from tenant_url, app_id and token_url."),
+		"client_auth":                str(`How the client authenticates: "basic" or "post".`),
+		"ca_cert":                    str("PEM bundle of CA certificates for the tenant, or empty for the system roots."),
+		"request_timeout":            num("Time limit for one HTTP exchange with the tenant, in seconds."),
+		"total_timeout":              num("Time limit for a whole token read or revocation, in seconds."),
+		"max_retries":                num("How often a call to the tenant is retried."),
+		"revoke_tokens":              flag("Whether a token is revoked at the tenant when its lease ends."),
+		"revoke_url":                 str("The revocation endpoint set in place of the tenant's own, or empty."),
+		"revoke_endpoint":            str("The revocation endpoint used, or empty when tokens are not revoked."),
+		"rotation_scopes":            list("Scopes asked for in the grant that authorises a root rotation."),
+		"password_policy":            str("Vault password policy that generates rotated secrets, or empty."),
+		"password_length":            num("Length of rotated secrets when no password_policy is set."),
+		"rotation_state":             str(`State of root rotation: "ok", "pending" (a rotation did not finish; the engine settles it) or "unresolved" (the tenant refused both secrets; see docs/rotation.md).`),
+		"rotation_pending_since":     when("When the unfinished rotation began; only while rotation_state is pending or unresolved."),
+		"last_rotation_error":        str("Why the last rotation failed, or what its last check found; without secrets."),
+		"rotation_period":            num("Seconds between scheduled rotations, or 0."),
+		"rotation_schedule":          str("Cron schedule of rotations, or empty."),
+		"rotation_window":            num("Seconds after a scheduled time in which a rotation may still start, or 0."),
+		"disable_automated_rotation": flag("Whether scheduled rotation is off."),
+		"rotation_policy":            str("Rotation policy passed to Vault Enterprise's rotation manager."),
+		"last_vault_rotation":        when("When the secret was last changed by a rotation, or null."),
+		"next_vault_rotation":        when("When the next scheduled rotation is due, or null."),
+	}
 }
 
 func (b *backend) pathConfigExists(ctx context.Context, req *logical.Request, _ *framework.FieldData) (bool, error) {

@@ -26,6 +26,7 @@ func pathRotateRoot(b *backend) *framework.Path {
 				// A rotation writes storage, so it must run where storage is written.
 				ForwardPerformanceStandby:   true,
 				ForwardPerformanceSecondary: true,
+				Summary:                     "Rotate the client secret now: a new one is generated, changed at the tenant, checked and stored.",
 				Responses: map[int][]framework.Response{
 					http.StatusOK: {{
 						Description: "The secret was changed at the tenant and stored.",
