@@ -31,7 +31,8 @@ e2e:
 
 # Benchmarks print their own figures (ns/op, allocations).
 bench:
-	go test -run '^$$' -bench . -benchtime 2s ./...
+	go test -run '^$$' -bench . -benchtime 1s ./...
+	scripts/bench.sh
 
 fmt:
 	gofmt -w .

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -517,5 +518,64 @@ func TestPerformanceStandby(t *testing.T) {
 			standby.mustRequest(t, logical.ReadOperation, "token", nil)
 			active.assertNoSecretsLogged(t)
 		})
+	}
+}
+
+// replicationStateCounter is a system view that counts the engine's asks for Vault's
+// replication state, each a gRPC round trip to Vault for an external plugin, and
+// answers what state holds.
+type replicationStateCounter struct {
+	logical.SystemView
+	asks  atomic.Int64
+	state atomic.Uint32
+}
+
+func (c *replicationStateCounter) ReplicationState() consts.ReplicationState {
+	c.asks.Add(1)
+	return consts.ReplicationState(c.state.Load())
+}
+
+// TestReplicationStateAskedOncePerTTL: token reads do not each ask Vault for its
+// replication state (the SDK's router would, for every request), and a change of state
+// is seen once the cached answer is older than its TTL.
+func TestReplicationStateAskedOncePerTTL(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	counter := &replicationStateCounter{SystemView: logical.TestSystemView()}
+	conf := logical.TestBackendConfig()
+	conf.System = counter
+	conf.StorageView = e.storage
+	conf.Logger = hclog.New(&hclog.LoggerOptions{Output: e.logs, Level: hclog.Trace})
+	b, err := Factory(t.Context(), conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.b.schedule.stop(time.Second)
+	e.b = b.(*backend)
+	t.Cleanup(func() { e.b.schedule.stop(time.Second) })
+	e.configure(t)
+	e.mustRequest(t, logical.CreateOperation, "roles/r", map[string]any{"scopes": "read", "token_reuse": true})
+
+	cache, ok := e.b.System().(*replicationStateCache)
+	if !ok {
+		t.Fatalf("the backend's system view is a %T, not the replication state cache", e.b.System())
+	}
+	cache.last.Store(nil)
+	before := counter.asks.Load()
+	for range 20 {
+		e.mustRequest(t, logical.ReadOperation, "token/r", nil)
+	}
+	// The TTL is a second; twenty reused reads take far less, but a slow machine
+	// may cross one boundary.
+	if n := counter.asks.Load() - before; n < 1 || n > 2 {
+		t.Errorf("20 token reads asked Vault for its replication state %d times, want 1 (2 if a second passed)", n)
+	}
+
+	// The node becomes a performance standby: once the answer has aged, writes are
+	// forwarded.
+	counter.state.Store(uint32(consts.ReplicationPerformanceStandby))
+	cache.ttl = 0
+	if _, err := e.request(t, logical.UpdateOperation, "roles/r", map[string]any{"scopes": "write"}); !errors.Is(err, logical.ErrReadOnly) {
+		t.Errorf("a role write after the node became a performance standby: %v, want logical.ErrReadOnly", err)
 	}
 }

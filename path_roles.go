@@ -3,6 +3,7 @@ package cyberark
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"slices"
 	"strings"
 	"time"
@@ -36,6 +37,9 @@ type roleEntry struct {
 	TokenReuse        bool          `json:"token_reuse,omitempty"`
 	ReuseMinRemaining time.Duration `json:"reuse_min_remaining"`
 	ReuseMinFraction  float64       `json:"reuse_min_fraction"`
+	// LeaseFree answers token reads without a Vault lease (token_reuse only): the data
+	// says when to read again instead (ttl, rotation_period).
+	LeaseFree bool `json:"lease_free,omitempty"`
 }
 
 // reuseThreshold is how much life a cached token must have left to be handed out.
@@ -89,6 +93,13 @@ func pathRoles(b *backend) []*framework.Path {
 				logical.ListOperation: &framework.PathOperation{
 					Callback:     b.pathRoleList,
 					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "list"},
+					Summary:      "List the names of the roles.",
+					Responses: map[int][]framework.Response{
+						http.StatusOK: {{Description: "The role names.", Fields: map[string]*framework.FieldSchema{
+							"keys": {Type: framework.TypeStringSlice, Description: "The names of the roles, sorted."},
+						}}},
+						http.StatusNotFound: {{Description: "No role is defined."}},
+					},
 				},
 			},
 			HelpSynopsis:    "List the roles.",
@@ -143,6 +154,12 @@ func pathRoles(b *backend) []*framework.Path {
 					Description: "With token_reuse: a cached token is handed out only while at least this fraction of its lifetime is left (and reuse_min_remaining). 0 to 0.9.",
 					Default:     defaultReuseMinFraction,
 				},
+				"lease_free": {
+					Type: framework.TypeBool,
+					Description: "With token_reuse: answer token reads without a Vault lease. The data carries ttl (seconds until this engine hands out a newer token) " +
+						"and rotation_period, from which Vault Agent schedules its next read. Saves a lease per read; there is no lease to revoke, and a shared token is never revoked anyway.",
+					Default: false,
+				},
 			},
 			ExistenceCheck: b.pathRoleExists,
 			// Writes and deletes forward to the node that writes storage, as config's do
@@ -153,22 +170,33 @@ func pathRoles(b *backend) []*framework.Path {
 					ForwardPerformanceStandby:   true,
 					ForwardPerformanceSecondary: true,
 					DisplayAttrs:                &framework.DisplayAttributes{OperationVerb: "write"},
+					Summary:                     "Create a role, or change some of its settings.",
+					Responses:                   writeResponses("The role was stored."),
 				},
 				logical.UpdateOperation: &framework.PathOperation{
 					Callback:                    b.pathRoleWrite,
 					ForwardPerformanceStandby:   true,
 					ForwardPerformanceSecondary: true,
 					DisplayAttrs:                &framework.DisplayAttributes{OperationVerb: "write"},
+					Summary:                     "Create a role, or change some of its settings.",
+					Responses:                   writeResponses("The role was stored."),
 				},
 				logical.ReadOperation: &framework.PathOperation{
 					Callback:     b.pathRoleRead,
 					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "read"},
+					Summary:      "Read a role, with the scopes a token read of it asks for and allows.",
+					Responses: map[int][]framework.Response{
+						http.StatusOK:        {{Description: "The role. Warnings say what would make token reads of it fail.", Fields: roleReadFields()}},
+						http.StatusNoContent: {{Description: "No role of that name exists."}},
+					},
 				},
 				logical.DeleteOperation: &framework.PathOperation{
 					Callback:                    b.pathRoleDelete,
 					ForwardPerformanceStandby:   true,
 					ForwardPerformanceSecondary: true,
 					DisplayAttrs:                &framework.DisplayAttributes{OperationVerb: "delete"},
+					Summary:                     "Delete a role; token reads of it fail from then on, and its leases end as they would have.",
+					Responses:                   writeResponses("The role was deleted."),
 				},
 			},
 			HelpSynopsis: "Manage a role: the scopes, application and TTL bound of a token.",
@@ -177,6 +205,31 @@ narrow to, an optional application ID that overrides the config's, and an option
 bound on the lease TTL. Read token/<name> to get a token for it. An update that leaves
 a field out keeps its stored value.`,
 		},
+	}
+}
+
+// roleReadFields describe a role read's response.
+func roleReadFields() map[string]*framework.FieldSchema {
+	str := func(d string) *framework.FieldSchema {
+		return &framework.FieldSchema{Type: framework.TypeString, Description: d}
+	}
+	list := func(d string) *framework.FieldSchema {
+		return &framework.FieldSchema{Type: framework.TypeCommaStringSlice, Description: d}
+	}
+	return map[string]*framework.FieldSchema{
+		"scopes":                   list("Scopes the role asks for; empty: the config's."),
+		"allowed_scopes":           list("Scopes a reader may narrow to, or null for the effective scopes."),
+		"effective_scopes":         list("Scopes a token read of this role asks for, after the config's are applied."),
+		"effective_allowed_scopes": list("Scopes a reader may narrow to, after the config's are applied."),
+		"scopes_source":            str(`Where effective_scopes come from: "role" or "config".`),
+		"allowed_scopes_source":    str(`Where effective_allowed_scopes come from: "role", or "scopes" when they are the effective scopes.`),
+		"app_id":                   str("Application ID the role's tokens come from, or empty for the config's."),
+		"ttl":                      {Type: framework.TypeInt, Description: "Bound on the lease TTL in seconds, or 0 for none."},
+		"revoke_tokens":            {Type: framework.TypeBool, Description: "Whether a lease's end revokes its token at the tenant, or null to follow the config."},
+		"token_reuse":              {Type: framework.TypeBool, Description: "Whether readers share one cached token."},
+		"reuse_min_remaining":      {Type: framework.TypeInt, Description: "With token_reuse: seconds of life a cached token must have left to be handed out."},
+		"reuse_min_fraction":       {Type: framework.TypeFloat, Description: "With token_reuse: fraction of its lifetime a cached token must have left to be handed out."},
+		"lease_free":               {Type: framework.TypeBool, Description: "With token_reuse: whether token reads answer without a Vault lease."},
 	}
 }
 
@@ -244,6 +297,7 @@ func (b *backend) pathRoleRead(ctx context.Context, req *logical.Request, d *fra
 		"token_reuse":              r.TokenReuse,
 		"reuse_min_remaining":      int64(r.ReuseMinRemaining.Seconds()),
 		"reuse_min_fraction":       r.ReuseMinFraction,
+		"lease_free":               r.LeaseFree,
 	}}
 	if ruleErr != nil {
 		resp.AddWarning("token reads of this role are refused until this is fixed: " + ruleErr.Error())
@@ -340,6 +394,15 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 		if !(r.ReuseMinFraction >= 0 && r.ReuseMinFraction <= 0.9) {
 			problems.add("reuse_min_fraction", "must be between 0 and 0.9, got %v", v)
 		}
+	}
+	if v, ok := d.GetOk("lease_free"); ok {
+		r.LeaseFree = v.(bool)
+	}
+	if r.LeaseFree && !r.TokenReuse {
+		// Checked on the stored result, so that turning token_reuse off later cannot
+		// leave a lease-free role that hands each reader a token of its own with no
+		// lease to end it.
+		problems.add("lease_free", "true is allowed only with token_reuse=true (each reader would otherwise get a token of its own and no lease to account for it); set token_reuse=true or lease_free=false")
 	}
 	cfg, err := readConfig(ctx, req.Storage)
 	if err != nil {

@@ -23,6 +23,7 @@ func TestRoleCRUD(t *testing.T) {
 		"effective_scopes": []string{"read"}, "effective_allowed_scopes": []string{"read"},
 		"scopes_source": "role", "allowed_scopes_source": "scopes",
 		"revoke_tokens": nil, "token_reuse": false, "reuse_min_remaining": int64(300), "reuse_min_fraction": 0.1,
+		"lease_free": false,
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("reader = %v, want %v (allowed_scopes defaults to scopes)", got, want)
@@ -77,6 +78,9 @@ func TestRoleInvalidInput(t *testing.T) {
 		{"token_reuse not bool", map[string]any{"token_reuse": "often"}, "token_reuse"},
 		{"unknown field", map[string]any{"scope": "read"}, "scope"},
 		{"revoke_tokens is not a bool", map[string]any{"revoke_tokens": "sometimes"}, "revoke_tokens"},
+		{"lease_free without token_reuse", map[string]any{"lease_free": true}, "lease_free"},
+		{"lease_free with token_reuse off", map[string]any{"lease_free": true, "token_reuse": false}, "lease_free"},
+		{"lease_free is not a bool", map[string]any{"lease_free": "sometimes", "token_reuse": true}, "lease_free"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -198,4 +202,26 @@ func manyScopes(n int) string {
 		s[i] = fmt.Sprintf("s%d", i)
 	}
 	return strings.Join(s, ",")
+}
+
+// TestRoleLeaseFreeNeedsReuse: a lease-free role must keep token_reuse, whichever of
+// the two a write changes; a refused update leaves the stored role as it was.
+func TestRoleLeaseFreeNeedsReuse(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	e.mustRequest(t, logical.CreateOperation, "roles/r", map[string]any{"token_reuse": true, "lease_free": true})
+	if got := e.mustRequest(t, logical.ReadOperation, "roles/r", nil).Data["lease_free"]; got != true {
+		t.Fatalf("lease_free reads back as %v, want true", got)
+	}
+	before := storedJSON(t, e.storage, "roles/r")
+	resp, err := e.request(t, logical.UpdateOperation, "roles/r", map[string]any{"token_reuse": false})
+	assertBadRequest(t, resp, err, "lease_free")
+	if !strings.Contains(resp.Error().Error(), "token_reuse=true") {
+		t.Errorf("the refusal does not say what is allowed: %v", resp.Error())
+	}
+	if after := storedJSON(t, e.storage, "roles/r"); after != before {
+		t.Errorf("a refused update changed the stored role:\n%s\nwas\n%s", after, before)
+	}
+	// Turning both off in one write is allowed.
+	e.mustRequest(t, logical.UpdateOperation, "roles/r", map[string]any{"token_reuse": false, "lease_free": false})
 }

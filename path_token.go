@@ -39,11 +39,22 @@ func pathToken(b *backend) []*framework.Path {
 		},
 		"scope": fields["scope"],
 	}
+	// Operations, not the deprecated Callbacks: only Operations can declare the
+	// responses that Vault's OpenAPI document publishes. The replication state that the
+	// SDK's router asks for before each such request comes from replicationStateCache
+	// (backend.go), not a round trip to Vault per read. No forwarding flags: a token read
+	// is served where it arrives, a performance standby included. The grant is made
+	// there, with that node's caches, and Vault stores the lease with an RPC to the
+	// active node, whose instance revokes it at its end.
 	op := func(suffix string) map[logical.Operation]framework.OperationHandler {
 		return map[logical.Operation]framework.OperationHandler{
 			logical.ReadOperation: &framework.PathOperation{
 				Callback:     b.pathTokenRead,
 				DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "generate", OperationSuffix: suffix},
+				Summary:      "Get an access token from the tenant, or a reused one, as a lease (or, for a lease_free role, without one).",
+				Responses: map[int][]framework.Response{
+					http.StatusOK: {{Description: "The access token and how long it lives.", Fields: tokenResponseFields()}},
+				},
 			},
 		}
 	}
@@ -69,7 +80,33 @@ again for a new token.`,
 			HelpSynopsis: "Get an access token for a role.",
 			HelpDescription: `Performs the OAuth2 client-credentials grant with the role's scopes and
 application and returns the access token as a lease. The lease TTL is the token's
-remaining lifetime less a safety margin, further bounded by the role's ttl.`,
+remaining lifetime less a safety margin, further bounded by the role's ttl. A role with
+token_reuse and lease_free answers without a lease instead: ttl in the data is the
+seconds until this engine hands out a newer token, and with rotation_period it tells
+Vault Agent to read again ttl+1 seconds later.`,
+		},
+	}
+}
+
+// tokenResponseFields describe a token read's response.
+func tokenResponseFields() map[string]*framework.FieldSchema {
+	return map[string]*framework.FieldSchema{
+		"access_token": {
+			Type:         framework.TypeString,
+			Description:  "The OAuth2 access token, to send as Authorization: Bearer.",
+			DisplayAttrs: &framework.DisplayAttributes{Sensitive: true},
+		},
+		"token_type": {Type: framework.TypeString, Description: `The token's type as the tenant gave it, usually "Bearer".`},
+		"expires_in": {Type: framework.TypeInt, Description: "Seconds the token has left to live; for a reused token, what is left of its lifetime."},
+		"expires_at": {Type: framework.TypeTime, Description: "When the token expires, RFC 3339 in UTC."},
+		"scope":      {Type: framework.TypeString, Description: "The scopes the tenant granted, space-separated."},
+		"ttl": {
+			Type:        framework.TypeInt,
+			Description: "lease_free roles only: seconds until this engine hands out a newer token; Vault Agent reads again ttl+1 seconds later.",
+		},
+		"rotation_period": {
+			Type:        framework.TypeInt,
+			Description: "lease_free roles only: seconds between the newer tokens this engine hands out; with ttl, it makes Vault Agent schedule its next read.",
 		},
 	}
 }
@@ -170,7 +207,11 @@ func (b *backend) token(ctx context.Context, v *view, plan *tokenPlan) (*client.
 		tok, hit, err := b.cache.sharedToken(ctx, v, plan.reuseKey(),
 			func(t *client.Token) bool { return b.reusable(t, v.role) },
 			grant)
-		b.count(metricReuse, "result", map[bool]string{true: "hit", false: "miss"}[hit])
+		result := "miss"
+		if hit {
+			result = "hit"
+		}
+		b.count(metricReuse, "result", result)
 		return tok, err
 	}
 	return grant(ctx)
@@ -178,12 +219,14 @@ func (b *backend) token(ctx context.Context, v *view, plan *tokenPlan) (*client.
 
 // tokenPlan is what one token read asks the tenant for and how its lease behaves.
 type tokenPlan struct {
-	role     string
-	appID    string
-	scopes   []string
-	shared   bool // token_reuse: the token may be handed to other readers too
-	revoke   bool // the lease's end revokes the token at the tenant
-	warnings []string
+	role   string
+	appID  string
+	scopes []string
+	shared bool // token_reuse: the token may be handed to other readers too
+	// leaseFree: answer without a lease, with ttl and rotation_period in the data.
+	leaseFree bool
+	revoke    bool // the lease's end revokes the token at the tenant
+	warnings  []string
 }
 
 // newTokenPlan applies the role (if any) and the reader's scope parameter to the
@@ -217,6 +260,7 @@ func newTokenPlan(v *view, name string, asked []string) (*tokenPlan, *logical.Re
 	}
 	if p.shared {
 		p.revoke = false // other leases still hold the token
+		p.leaseFree = role.LeaseFree
 	}
 	if p.revoke && cfg.revokeEndpoint(p.appID) == "" {
 		// A config change since the role was written can leave no endpoint; a lease
@@ -235,30 +279,30 @@ func (p *tokenPlan) reuseKey() string {
 	return p.appID + "\n" + strings.Join(slices.Compact(set), " ")
 }
 
-// tokenLease wraps a token in a non-renewable lease that ends before the token does.
+// tokenLease wraps a token in a non-renewable lease that ends before the token does,
+// or for a lease-free role answers with the token alone.
 func (b *backend) tokenLease(v *view, p *tokenPlan, tok *client.Token) (*logical.Response, error) {
 	now := b.now()
+	if p.leaseFree {
+		return leaseFreeResponse(v.role, tok, now)
+	}
 	ttl, warning, err := leaseTTL(tok, now, v.role)
 	if err != nil {
 		return nil, tenantFailure("getting a token", err)
 	}
 	expiresIn := tok.ExpiresIn
 	if p.shared {
-		// A reused token has lived part of its life: what a client computes from
-		// expires_in must not outlast it.
-		expiresIn = int64(tok.Expiry.Sub(now) / time.Second)
+		expiresIn = remainingSeconds(tok, now)
 	}
-	internal := map[string]any{
-		"role":       p.role,
-		"app_id":     p.appID,
-		"client_id":  v.config.ClientID,
-		"expires_at": tok.Expiry.Unix(),
-		"shared":     p.shared,
-		"revoke":     p.revoke,
-	}
+	// Vault stores the internal data with every lease, so it holds only what the lease's
+	// end needs: the role for the renewal refusal's message, and for a lease that
+	// revokes, what revocation at the tenant needs. Vault keeps it encrypted in its
+	// storage, as it keeps the response data itself.
+	internal := map[string]any{"role": p.role, "shared": p.shared, "revoke": p.revoke}
 	if p.revoke {
-		// What revocation at the tenant needs. Vault keeps lease data encrypted in its
-		// storage, as it keeps the response data itself.
+		internal["app_id"] = p.appID
+		internal["client_id"] = v.config.ClientID
+		internal["expires_at"] = tok.Expiry.Unix()
 		internal["access_token"] = tok.AccessToken
 		internal["revoke_endpoint"] = v.config.revokeEndpoint(p.appID)
 	}
@@ -281,6 +325,54 @@ func (b *backend) tokenLease(v *view, p *tokenPlan, tok *client.Token) (*logical
 	return resp, nil
 }
 
+// remainingSeconds is expires_in for a reused token, which has lived part of its life:
+// what a client computes from expires_in must not outlast it.
+func remainingSeconds(tok *client.Token, now time.Time) int64 {
+	return int64(tok.Expiry.Sub(now) / time.Second)
+}
+
+// leaseFreeResponse answers with the token and no lease. Vault Agent (consul-template
+// v0.39's leaseCheckWait) reads a leaseless secret whose data has rotation_period and
+// ttl again ttl+1 seconds later. ttl is therefore the time until the reuse rule stops
+// handing this token out: the Agent's next read gets a newer token, while this one
+// still has the reuse floor (at least the lease margin and a second) to live.
+func leaseFreeResponse(role *roleEntry, tok *client.Token, now time.Time) (*logical.Response, error) {
+	remaining := tok.Expiry.Sub(now)
+	if remaining < time.Second {
+		return nil, tenantFailure("getting a token", fmt.Errorf("the tenant issued a token that expires in under a second (expires_in %d)", tok.ExpiresIn))
+	}
+	lifetime := time.Duration(tok.ExpiresIn) * time.Second
+	floor := reuseFloor(tok, role)
+	ttl, period := remaining-floor, lifetime-floor
+	var warning string
+	if remaining < floor {
+		// A token the cache would never hand out again (the role's thresholds ask for
+		// more life than the tenant grants): every read makes a grant, and the reader
+		// comes back as a lease's holder would, a second before the margin.
+		margin := leaseMargin(lifetime)
+		ttl, period = remaining-margin-time.Second, lifetime-margin
+		warning = fmt.Sprintf("token_reuse cannot reuse this token: the role asks for %s of life left (reuse_min_remaining, reuse_min_fraction), the tenant grants %s; every read makes a grant",
+			floor, lifetime)
+	}
+	ttl = max(ttl.Truncate(time.Second), 0)
+	if role.TTL > 0 && role.TTL < ttl {
+		ttl = role.TTL // an earlier read gets the same token again: harmless
+	}
+	resp := &logical.Response{Data: map[string]any{
+		"access_token":    tok.AccessToken,
+		"token_type":      tok.TokenType,
+		"expires_in":      remainingSeconds(tok, now),
+		"expires_at":      tok.Expiry.UTC().Format(time.RFC3339),
+		"scope":           tok.Scope,
+		"ttl":             int64(ttl / time.Second),
+		"rotation_period": int64(max(period.Truncate(time.Second), time.Second) / time.Second),
+	}}
+	if warning != "" {
+		resp.AddWarning(warning)
+	}
+	return resp, nil
+}
+
 // grant performs one client-credentials grant and records its outcome.
 func (b *backend) grant(ctx context.Context, c *client.Client, scopes []string) (*client.Token, error) {
 	start := time.Now()
@@ -288,9 +380,9 @@ func (b *backend) grant(ctx context.Context, c *client.Client, scopes []string) 
 	result := outcome(err)
 	b.count(metricGrant, "outcome", result)
 	b.measure(metricGrantDuration, start, result)
-	if err == nil {
-		b.Logger().Debug("token granted", "expires_in", tok.ExpiresIn, "scope", tok.Scope)
-	}
+	// No log line per grant: the plugin logs at trace for Vault to filter, so each line
+	// would be JSON written to a pipe and parsed by Vault on every uncached read, to be
+	// dropped at Vault's default level. The grant metrics count them instead.
 	return tok, err
 }
 
@@ -301,9 +393,13 @@ func (b *backend) reusable(tok *client.Token, role *roleEntry) bool {
 	if tok == nil {
 		return false
 	}
+	return tok.Expiry.Sub(b.now()) >= reuseFloor(tok, role)
+}
+
+// reuseFloor is the life a cached token must have left to be handed out again.
+func reuseFloor(tok *client.Token, role *roleEntry) time.Duration {
 	lifetime := time.Duration(tok.ExpiresIn) * time.Second
-	floor := leaseMargin(lifetime) + time.Second
-	return tok.Expiry.Sub(b.now()) >= max(role.reuseThreshold(lifetime), floor)
+	return max(role.reuseThreshold(lifetime), leaseMargin(lifetime)+time.Second)
 }
 
 // leaseMargin is how long before the token's expiry its lease ends.

@@ -1,9 +1,11 @@
 package cyberark
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -366,11 +368,11 @@ func TestTokenMetricsByOutcome(t *testing.T) {
 	e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"max_retries": 0})
 	e.mustRequest(t, logical.ReadOperation, "token", nil)
 	e.emu.AddFaults(emulator.Fault{Endpoint: "token", Times: 1, Status: 429})
-	e.request(t, logical.ReadOperation, "token", nil)
+	_, _ = e.request(t, logical.ReadOperation, "token", nil)
 	e.emu.AddFaults(emulator.Fault{Endpoint: "token", Times: 1, Status: 400, Body: `{"error":"invalid_client"}`})
-	e.request(t, logical.ReadOperation, "token", nil)
+	_, _ = e.request(t, logical.ReadOperation, "token", nil)
 	e.emu.AddFaults(emulator.Fault{Endpoint: "token", Times: 1, Status: 503})
-	e.request(t, logical.ReadOperation, "token", nil)
+	_, _ = e.request(t, logical.ReadOperation, "token", nil)
 	for name, want := range map[string]int{
 		"test.cyberark.grant;outcome=success":      3, // two config writes' verifications, and one read
 		"test.cyberark.grant;outcome=rate_limited": 1,
@@ -397,14 +399,26 @@ func TestTokenMetricsByOutcome(t *testing.T) {
 }
 
 // BenchmarkTokenRead measures a token read through the backend (no Vault, no gRPC): a
-// reused token served from memory, and a fresh grant from the emulated tenant over TLS
-// on loopback. Run with `make bench`.
+// fresh grant from the emulated tenant over TLS on loopback, and a reused token served
+// from memory with a lease and without one. Run with
+// `go test -run '^$' -bench TokenRead .`; `make bench` measures reads through Vault.
 func BenchmarkTokenRead(b *testing.B) {
-	for _, reuse := range []bool{true, false} {
-		b.Run(fmt.Sprintf("token_reuse=%v", reuse), func(b *testing.B) {
+	for _, mode := range []struct {
+		name string
+		role map[string]any
+	}{
+		{"token_reuse=false", map[string]any{"token_reuse": false}},
+		{"token_reuse=true", map[string]any{"token_reuse": true}},
+		{"token_reuse=true,lease_free=true", map[string]any{"token_reuse": true, "lease_free": true}},
+	} {
+		b.Run(mode.name, func(b *testing.B) {
 			e := newTestEnv(b)
 			e.configure(b)
-			e.mustRequest(b, logical.CreateOperation, "roles/r", map[string]any{"scopes": "read", "token_reuse": reuse})
+			role := map[string]any{"scopes": "read"}
+			for k, v := range mode.role {
+				role[k] = v
+			}
+			e.mustRequest(b, logical.CreateOperation, "roles/r", role)
 			e.mustRequest(b, logical.ReadOperation, "token/r", nil)
 			b.ReportAllocs()
 			b.ResetTimer()
@@ -489,4 +503,151 @@ func TestTokenRoleAppIDWithTokenURLIsABadRequest(t *testing.T) {
 	}
 	resp, err = e.request(t, logical.CreateOperation, "roles/other2", map[string]any{"app_id": "OtherApp"})
 	assertBadRequest(t, resp, err, "app_id")
+}
+
+// TestLeaseFreeReuse follows a lease-free role through one token's reuse window with
+// the moves Vault Agent makes: each read names a ttl, and a read ttl+1 seconds later
+// must get a newer token, while every read before that shares the first.
+func TestLeaseFreeReuse(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	clock := newFakeClock(e)
+	e.configure(t)
+	// 3600s tokens: floor = max(5m, 0.25 x 1h, 60s margin + 1s) = 15m, so a token is
+	// handed out for 45m.
+	e.mustRequest(t, logical.CreateOperation, "roles/r", map[string]any{
+		"scopes": "read", "token_reuse": true, "reuse_min_fraction": 0.25, "lease_free": true,
+	})
+	e.emu.Reset()
+
+	first := e.mustRequest(t, logical.ReadOperation, "token/r", nil)
+	if first.Secret != nil {
+		t.Fatalf("a lease-free role answered with a lease (ttl %s)", first.Secret.TTL)
+	}
+	wantData := map[string]any{"ttl": int64(2700), "rotation_period": int64(2700), "expires_in": int64(3600), "token_type": "Bearer", "scope": "read"}
+	for k, want := range wantData {
+		if got := first.Data[k]; got != want {
+			t.Errorf("first read: %s = %#v, want %#v", k, got, want)
+		}
+	}
+	clock.Advance(30 * time.Minute)
+	mid := e.mustRequest(t, logical.ReadOperation, "token/r", nil)
+	if mid.Data["access_token"] != first.Data["access_token"] {
+		t.Fatal("30m into a 45m reuse window the token was not reused")
+	}
+	if mid.Data["ttl"] != int64(900) || mid.Data["expires_in"] != int64(1800) {
+		t.Errorf("after 30m: ttl %v, expires_in %v; want 900 and 1800", mid.Data["ttl"], mid.Data["expires_in"])
+	}
+	// Where Agent comes back after the read above: ttl + 1 second.
+	clock.Advance(901 * time.Second)
+	next := e.mustRequest(t, logical.ReadOperation, "token/r", nil)
+	if next.Data["access_token"] == first.Data["access_token"] {
+		t.Fatal("a read ttl+1s after the last one got the old token again")
+	}
+	if next.Data["ttl"] != int64(2700) {
+		t.Errorf("the new token's ttl = %v, want 2700", next.Data["ttl"])
+	}
+	if g := e.emu.Stats().Grants; g != 2 {
+		t.Errorf("grants = %d, want 2 (one per token)", g)
+	}
+}
+
+// TestLeaseFreeTTLEdges: the ttl at the last second of reuse, the role's ttl bound, and
+// thresholds that let no token be reused (a warning, and a ttl that still ends the
+// reader's use before the lease margin).
+func TestLeaseFreeTTLEdges(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name     string
+		role     map[string]any
+		advance  time.Duration
+		ttl      int64
+		period   int64
+		warnings int
+	}{
+		// Default floor for 1h tokens: max(5m, 6m, 61s) = 6m.
+		{"fresh", map[string]any{}, 0, 3240, 3240, 0},
+		{"last second of reuse", map[string]any{}, 3240 * time.Second, 0, 3240, 0},
+		{"role ttl bounds it", map[string]any{"ttl": "10m"}, 0, 600, 3240, 0},
+		// Thresholds above the lifetime: a grant per read, reread a second before the
+		// 60s margin.
+		{"never reusable", map[string]any{"reuse_min_remaining": "2h"}, 0, 3539, 3540, 1},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newTestEnv(t)
+			clock := newFakeClock(e)
+			e.configure(t)
+			role := map[string]any{"scopes": "read", "token_reuse": true, "lease_free": true}
+			for k, v := range tc.role {
+				role[k] = v
+			}
+			e.mustRequest(t, logical.CreateOperation, "roles/r", role)
+			first := e.mustRequest(t, logical.ReadOperation, "token/r", nil)
+			resp := first
+			if tc.advance > 0 {
+				clock.Advance(tc.advance)
+				resp = e.mustRequest(t, logical.ReadOperation, "token/r", nil)
+				if resp.Data["access_token"] != first.Data["access_token"] {
+					t.Fatal("the token was not reused within its window")
+				}
+			}
+			if resp.Secret != nil || resp.Data["ttl"] != tc.ttl || resp.Data["rotation_period"] != tc.period || len(resp.Warnings) != tc.warnings {
+				t.Errorf("lease=%v ttl=%v rotation_period=%v warnings=%q; want no lease, %d, %d and %d warning(s)",
+					resp.Secret != nil, resp.Data["ttl"], resp.Data["rotation_period"], resp.Warnings, tc.ttl, tc.period, tc.warnings)
+			}
+		})
+	}
+}
+
+// TestLeaseFreeOnlyForReuseRoles: token (no role) and roles without lease_free keep
+// their leases.
+func TestLeaseFreeOnlyForReuseRoles(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	e.configure(t)
+	e.mustRequest(t, logical.CreateOperation, "roles/leased", map[string]any{"scopes": "read", "token_reuse": true})
+	for _, path := range []string{"token", "token/leased"} {
+		resp := e.mustRequest(t, logical.ReadOperation, path, nil)
+		if resp.Secret == nil || resp.Secret.TTL <= 0 {
+			t.Errorf("%s answered without a lease", path)
+		}
+		if _, ok := resp.Data["rotation_period"]; ok {
+			t.Errorf("%s carries rotation_period, which would make Agent ignore its lease", path)
+		}
+	}
+}
+
+// TestLeaseInternalDataHoldsOnlyWhatItsEndNeeds: Vault stores a lease's internal data
+// with every lease, so a lease that never revokes (a reused token) carries only what
+// its renewal refusal and revocation check read, and a revoking lease what revocation
+// at the tenant needs.
+func TestLeaseInternalDataHoldsOnlyWhatItsEndNeeds(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	e.configure(t)
+	e.mustRequest(t, logical.CreateOperation, "roles/shared", map[string]any{"scopes": "read", "token_reuse": true})
+	e.mustRequest(t, logical.CreateOperation, "roles/own", map[string]any{"scopes": "read"})
+	cases := map[string][]string{
+		"token/shared": {"revoke", "role", "secret_type", "shared"},
+		"token/own":    {"access_token", "app_id", "client_id", "expires_at", "revoke", "revoke_endpoint", "role", "secret_type", "shared"},
+	}
+	for path, want := range cases {
+		resp := e.mustRequest(t, logical.ReadOperation, path, nil)
+		got := make([]string, 0, len(resp.Secret.InternalData))
+		for k := range resp.Secret.InternalData {
+			got = append(got, k)
+		}
+		slices.Sort(got)
+		if !slices.Equal(got, want) {
+			t.Errorf("%s: lease internal data has %v, want %v", path, got, want)
+		}
+		// The lease's end works with what it holds.
+		if _, err := e.b.HandleRequest(context.Background(), &logical.Request{
+			Operation: logical.RevokeOperation, Secret: resp.Secret, Data: resp.Data, Storage: e.storage, MountPoint: "cyberark/",
+		}); err != nil {
+			t.Errorf("%s: revoking the lease: %v", path, err)
+		}
+	}
 }

@@ -127,6 +127,7 @@ func New(cfg Config) (*Client, error) {
 		c.secrets = append(c.secrets,
 			base64.StdEncoding.EncodeToString([]byte(cfg.ClientID+":"+cfg.ClientSecret)),
 			base64.StdEncoding.EncodeToString([]byte(url.QueryEscape(cfg.ClientID)+":"+url.QueryEscape(cfg.ClientSecret))))
+		c.secrets = longestFirst(c.secrets)
 	}
 	return c, nil
 }
@@ -239,14 +240,18 @@ func (c *Client) newRequest(ctx context.Context, endpoint string, form url.Value
 }
 
 // sensitive lists every form of the client secret, and the extra values, longest first,
-// so that a form holding another is replaced whole rather than left in pieces.
+// so that a form holding another is replaced whole rather than left in pieces. Without
+// extras (every grant) it is the list New sorted, shared and never modified.
 func (c *Client) sensitive(extra ...string) []string {
-	secrets := make([]string, 0, len(c.secrets)+len(extra))
-	for _, s := range append(slices.Clone(c.secrets), extra...) {
-		if s != "" {
-			secrets = append(secrets, s)
-		}
+	if len(extra) == 0 {
+		return c.secrets
 	}
+	return longestFirst(append(slices.Clone(c.secrets), extra...))
+}
+
+// longestFirst drops empty values and sorts the rest longest first, in place.
+func longestFirst(secrets []string) []string {
+	secrets = slices.DeleteFunc(secrets, func(s string) bool { return s == "" })
 	slices.SortStableFunc(secrets, func(a, b string) int { return len(b) - len(a) })
 	return secrets
 }
