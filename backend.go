@@ -5,6 +5,7 @@ package cyberark
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,6 +16,7 @@ import (
 	"github.com/hashicorp/vault/sdk/helper/consts"
 	"github.com/hashicorp/vault/sdk/helper/errutil"
 	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 const backendHelp = `
@@ -101,13 +103,24 @@ type backend struct {
 
 	revokeFailures *failureCounter
 
-	metrics *metrics.Metrics // nil: go-metrics' global sink
+	// metrics feeds promRegistry, which the metrics path serves, and go-metrics'
+	// global sink (metrics.go); a test may put its own in place.
+	metrics      *metrics.Metrics
+	promRegistry *prometheus.Registry
 	// now is the engine's one clock, handed to every tenant client; tests move it.
 	now func() time.Time
 }
 
 func newBackend() *backend {
+	m, registry, err := newMetrics()
+	if err != nil {
+		// Only a second registration of one collector fails, and each registry here
+		// is new.
+		panic(fmt.Sprintf("metrics: %v", err))
+	}
 	b := &backend{
+		metrics:        m,
+		promRegistry:   registry,
 		revokeFailures: newFailureCounter(),
 		schedule:       newScheduler(),
 		now:            time.Now,
@@ -120,7 +133,7 @@ func newBackend() *backend {
 			SealWrapStorage: []string{configPath},
 		},
 		Paths: framework.PathAppend(
-			[]*framework.Path{pathConfig(b), pathRotateRoot(b)},
+			[]*framework.Path{pathConfig(b), pathRotateRoot(b), pathMetrics(b)},
 			pathRoles(b),
 			pathToken(b),
 		),

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-metrics"
+	gmprometheus "github.com/hashicorp/go-metrics/prometheus"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/idsec-labs/vault-plugin-secrets-cyberark/client"
 )
@@ -22,25 +24,55 @@ var (
 	metricRotation      = []string{"cyberark", "rotation"}
 )
 
-// count and measure go to b.metrics when a test set one, else to go-metrics' global
-// sink as it is at the time of the call, so a sink installed after the backend was
-// built is still used.
-func (b *backend) count(key []string, label, value string) {
-	labels := []metrics.Label{{Name: label, Value: value}}
-	if b.metrics != nil {
-		b.metrics.IncrCounterWithLabels(key, 1, labels)
-		return
+// newMetrics is one mount's metrics: go-metrics, as Vault's telemetry uses, into a
+// Prometheus registry of the mount's own, which the metrics path serves, and into
+// go-metrics' global sink, which is Vault's telemetry when the engine is compiled into
+// Vault. An external plugin's global sink reaches nothing: Vault does not collect
+// metrics from plugin processes.
+func newMetrics() (*metrics.Metrics, *prometheus.Registry, error) {
+	registry := prometheus.NewRegistry()
+	// No expiration: a counter that stopped moving must still be scraped, or a
+	// scraper would see it reset.
+	sink, err := gmprometheus.NewPrometheusSinkFrom(gmprometheus.PrometheusOpts{Registerer: registry, Name: "cyberark"})
+	if err != nil {
+		return nil, nil, err
 	}
-	metrics.IncrCounterWithLabels(key, 1, labels)
+	conf := metrics.DefaultConfig("")
+	conf.EnableHostname = false
+	conf.EnableRuntimeMetrics = false
+	conf.EnableTypePrefix = false
+	conf.EnableServiceLabel = false
+	m, err := metrics.New(conf, metrics.FanoutSink{sink, globalSink{}})
+	if err != nil {
+		return nil, nil, err
+	}
+	return m, registry, nil
+}
+
+// globalSink hands every metric on to go-metrics' global sink as it is at the time of
+// the call, so that a sink installed after the engine was built is still used.
+type globalSink struct{}
+
+func (globalSink) SetGauge(key []string, val float32) { metrics.SetGauge(key, val) }
+func (globalSink) SetGaugeWithLabels(key []string, val float32, labels []metrics.Label) {
+	metrics.SetGaugeWithLabels(key, val, labels)
+}
+func (globalSink) EmitKey(key []string, val float32)     { metrics.EmitKey(key, val) }
+func (globalSink) IncrCounter(key []string, val float32) { metrics.IncrCounter(key, val) }
+func (globalSink) IncrCounterWithLabels(key []string, val float32, labels []metrics.Label) {
+	metrics.IncrCounterWithLabels(key, val, labels)
+}
+func (globalSink) AddSample(key []string, val float32) { metrics.AddSample(key, val) }
+func (globalSink) AddSampleWithLabels(key []string, val float32, labels []metrics.Label) {
+	metrics.AddSampleWithLabels(key, val, labels)
+}
+
+func (b *backend) count(key []string, label, value string) {
+	b.metrics.IncrCounterWithLabels(key, 1, []metrics.Label{{Name: label, Value: value}})
 }
 
 func (b *backend) measure(key []string, start time.Time, outcome string) {
-	labels := []metrics.Label{{Name: "outcome", Value: outcome}}
-	if b.metrics != nil {
-		b.metrics.MeasureSinceWithLabels(key, start, labels)
-		return
-	}
-	metrics.MeasureSinceWithLabels(key, start, labels)
+	b.metrics.MeasureSinceWithLabels(key, start, []metrics.Label{{Name: "outcome", Value: outcome}})
 }
 
 // outcome sorts a tenant call's result into a handful of words for metric labels.

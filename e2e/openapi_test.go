@@ -60,6 +60,8 @@ func TestOpenAPI(t *testing.T) {
 		{"/roles/{name}", "delete", nil},
 		{"/token", "get", data("token")},
 		{"/token/{role}", "get", data("token/full")},
+		// Its body is the Prometheus text format, not data fields.
+		{"/metrics", "get", nil},
 	}
 
 	raw, err := e.client.Logical().ReadRawWithContext(e.ctx, "sys/internal/specs/openapi")
