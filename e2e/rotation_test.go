@@ -281,8 +281,12 @@ func TestRotateRootSurvivesKilledPlugin(t *testing.T) {
 					msg = strings.Join(re.Errors, " ")
 				}
 				noSecretsIn(t, e, "the rotate-root error", msg)
-				if re == nil || re.StatusCode != http.StatusInternalServerError {
-					t.Errorf("config/rotate-root failed with %v, want a 500 from Vault", r.err)
+				// A 500 when Vault gives up on the dead plugin. When Vault instead runs the
+				// request again on the restarted plugin, that run settles first and, with
+				// the change never made, finds the rotation pending: a 409.
+				rerun := re != nil && re.StatusCode == http.StatusConflict && !tc.applied && strings.Contains(msg, "not settled yet")
+				if (re == nil || re.StatusCode != http.StatusInternalServerError) && !rerun {
+					t.Errorf("config/rotate-root failed with %v, want a 500 from Vault (or, run again on the restarted plugin, a 409 for the pending rotation)", r.err)
 				}
 				t.Logf("config/rotate-root failed %s after the kill (%s in all): %s", time.Since(killedAt).Round(time.Millisecond), r.took.Round(time.Millisecond), msg)
 			} else {
