@@ -27,38 +27,20 @@ die() {
   printf 'bench: %s\n' "$*" >&2
   exit 1
 }
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/cyberark-bench.XXXXXX")"
 vault_pid=""
 emulator_pid=""
 
-# stop_pid PID: SIGTERM, up to 10s to exit, then SIGKILL.
-# shellcheck disable=SC2317 # only called from the EXIT trap
-stop_pid() {
-  local pid="$1" i
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for ((i = 0; i < 100; i++)); do
-    kill -0 "$pid" 2>/dev/null || return 0
-    sleep 0.1
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-}
-
 # shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
-  local status=$? plugin_pids=""
+  local status=$?
   trap '' INT TERM
   trap - EXIT
   if [[ -n "$vault_pid" ]]; then
-    # Vault stops its plugins on shutdown; the ones it started are noted first, by
-    # their parent, in case it cannot.
-    if command -v pgrep >/dev/null 2>&1; then
-      plugin_pids="$(pgrep -P "$vault_pid" || true)"
-    fi
-    stop_pid "$vault_pid"
-    for pid in $plugin_pids; do
-      kill -KILL "$pid" 2>/dev/null || true
-    done
+    stop_vault "$vault_pid"
   fi
   if [[ -n "$emulator_pid" ]]; then
     stop_pid "$emulator_pid"
@@ -77,37 +59,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-port_in_use() {
-  (: <"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
-
-# free_port: a random port that is free, and whose successor is too (a dev server's
-# cluster listener takes it).
-free_port() {
-  local port i
-  for ((i = 0; i < 50; i++)); do
-    port=$((20000 + RANDOM % 20000))
-    if ! port_in_use "$port" && ! port_in_use "$((port + 1))"; then
-      echo "$port"
-      return 0
-    fi
-  done
-  die "no free port found"
-}
-
-wait_for() {
-  local what="$1" pid="$2" seconds="$3" i
-  shift 3
-  for ((i = 0; i < seconds * 10; i++)); do
-    if "$@" >/dev/null 2>&1; then
-      return 0
-    fi
-    kill -0 "$pid" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  log "$what did not start within ${seconds}s"
-  return 1
-}
 
 # --- Build ---------------------------------------------------------------------------
 mkdir -p "$tmp/plugins" "$tmp/bin"
@@ -143,7 +94,7 @@ tenant_url="$(sed -n 's/.*"https":"\([^"]*\)".*/\1/p' "$tmp/emulator.json")"
 # --- Vault ---------------------------------------------------------------------------
 root_token="bench-root-$(od -An -tx1 -N8 /dev/urandom | tr -d ' \n')"
 for attempt in 1 2 3; do
-  port="$(free_port)"
+  port="$(free_port_pair "")"
   vault_addr="http://127.0.0.1:$port"
   log "starting a Vault dev server on $vault_addr ($("$VAULT_BIN" version))"
   "$VAULT_BIN" server -dev -dev-root-token-id="$root_token" \
@@ -172,7 +123,7 @@ if [[ -n "${BENCH_ONLY:-}" ]]; then
   args+=(-only "$BENCH_ONLY")
 fi
 if [[ -n "${BENCH_PROFILE:-}" ]]; then
-  args+=(-profile-dir "$BENCH_PROFILE" -pprof "127.0.0.1:$(free_port)")
+  args+=(-profile-dir "$BENCH_PROFILE" -pprof "127.0.0.1:$(free_port_pair "")")
 fi
 log "running the load generator"
 BENCH_VAULT_TOKEN="$root_token" BENCH_CLIENT_SECRET="$client_secret" "$tmp/bin/bench" "${args[@]}"

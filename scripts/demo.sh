@@ -22,23 +22,12 @@ die() {
   printf 'demo: %s\n' "$*" >&2
   exit 1
 }
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/cyberark-demo.XXXXXX")"
 vault_pid=""
 emulator_pid=""
-plugin_pids=""
-
-# stop_pid PID: SIGTERM, up to 10s to exit, then SIGKILL.
-# shellcheck disable=SC2317 # only called from the EXIT trap, which shellcheck cannot see
-stop_pid() {
-  local pid="$1" i
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for ((i = 0; i < 100; i++)); do
-    kill -0 "$pid" 2>/dev/null || return 0
-    sleep 0.1
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-}
 
 # shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
@@ -47,15 +36,7 @@ cleanup() {
   trap '' INT TERM
   trap - EXIT
   if [[ -n "$vault_pid" ]]; then
-    # Vault stops its plugins when it shuts down; the ones it started are noted first,
-    # in case it cannot.
-    if command -v pgrep >/dev/null 2>&1; then
-      plugin_pids="$(pgrep -P "$vault_pid" || true)"
-    fi
-    stop_pid "$vault_pid"
-    for pid in $plugin_pids; do
-      kill -KILL "$pid" 2>/dev/null || true
-    done
+    stop_vault "$vault_pid"
   fi
   if [[ -n "$emulator_pid" ]]; then
     stop_pid "$emulator_pid"
@@ -70,49 +51,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-# port_in_use PORT: something accepts connections on 127.0.0.1:PORT.
-port_in_use() {
-  (: <"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
-
-# pick_port: VAULT_DEMO_PORT or 8200 if it and the next port (Vault's cluster port) are
-# free, else a random free pair.
-pick_port() {
-  local port="${VAULT_DEMO_PORT:-8200}" i
-  for ((i = 0; i < 50; i++)); do
-    if ! port_in_use "$port" && ! port_in_use "$((port + 1))"; then
-      echo "$port"
-      return 0
-    fi
-    port=$((20000 + RANDOM % 20000))
-  done
-  die "no free port found for Vault"
-}
-
-sha256_of() {
-  if command -v sha256sum >/dev/null 2>&1; then
-    sha256sum "$1" | cut -d' ' -f1
-  else
-    shasum -a 256 "$1" | cut -d' ' -f1
-  fi
-}
-
-# wait_for WHAT PID SECONDS COMMAND...: polls COMMAND until it succeeds, failing early if
-# PID exits.
-wait_for() {
-  local what="$1" pid="$2" seconds="$3" i
-  shift 3
-  for ((i = 0; i < seconds * 10; i++)); do
-    if "$@" >/dev/null 2>&1; then
-      return 0
-    fi
-    kill -0 "$pid" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  log "$what did not start within ${seconds}s"
-  return 1
-}
 
 # --- Build ---------------------------------------------------------------------------
 version="${VERSION:-$(sed -n 's/^VERSION[[:space:]]*?=[[:space:]]*//p' Makefile)}"
@@ -147,7 +85,7 @@ tenant_url="$(sed -n 's/.*"https":"\([^"]*\)".*/\1/p' "$tmp/emulator.json")"
 # --- Vault ---------------------------------------------------------------------------
 root_token="demo-root-$(od -An -tx1 -N8 /dev/urandom | tr -d ' \n')"
 for attempt in 1 2 3; do
-  port="$(pick_port)"
+  port="$(free_port_pair "${VAULT_DEMO_PORT:-8200}")"
   export VAULT_ADDR="http://127.0.0.1:$port" VAULT_TOKEN="$root_token"
   log "starting a Vault dev server on $VAULT_ADDR ($(vault version))"
   "$VAULT_BIN" server -dev -dev-root-token-id="$root_token" \
