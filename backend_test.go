@@ -249,9 +249,13 @@ func TestInvalidateDropsCachedConfigAndRoles(t *testing.T) {
 	cfg, _ := readConfig(context.Background(), e.storage)
 	cfg.Scopes = []string{"write"}
 	entry, _ := logical.StorageEntryJSON("config", cfg)
-	e.storage.Put(context.Background(), entry)
+	if err := e.storage.Put(context.Background(), entry); err != nil {
+		t.Fatal(err)
+	}
 	roleEntryJSON, _ := logical.StorageEntryJSON("roles/r", &roleEntry{Scopes: []string{"admin"}})
-	e.storage.Put(context.Background(), roleEntryJSON)
+	if err := e.storage.Put(context.Background(), roleEntryJSON); err != nil {
+		t.Fatal(err)
+	}
 
 	if got := e.mustRequest(t, logical.ReadOperation, "token/r", nil).Data["scope"]; got != "read" {
 		t.Fatalf("before Invalidate the cached role should still serve scope read, got %v", got)

@@ -36,9 +36,9 @@ const (
 	defaultMaxRetries   = 3
 	maxMaxRetries       = 10
 
-	retryWaitMin  = 250 * time.Millisecond
-	retryWaitMax  = 4 * time.Second
-	maxRetryAfter = 10 * time.Second
+	retryWaitFloor   = 250 * time.Millisecond
+	retryWaitCeiling = 4 * time.Second
+	maxRetryAfter    = 10 * time.Second
 )
 
 // cyberarkConfig is the stored engine configuration. It is seal-wrapped at rest.
@@ -95,8 +95,8 @@ func (c *cyberarkConfig) revokes() bool {
 func (c *cyberarkConfig) retryPolicy() client.RetryPolicy {
 	return client.RetryPolicy{
 		MaxRetries:    c.MaxRetries,
-		WaitMin:       retryWaitMin,
-		WaitMax:       retryWaitMax,
+		WaitMin:       retryWaitFloor,
+		WaitMax:       retryWaitCeiling,
 		MaxRetryAfter: maxRetryAfter,
 		Budget:        c.TotalTimeout,
 	}

@@ -170,7 +170,9 @@ func TestConfigWithoutVerification(t *testing.T) {
 func storedConfigField(t *testing.T, e *testEnv, key string) (any, bool) {
 	t.Helper()
 	var m map[string]any
-	json.Unmarshal([]byte(storedJSON(t, e.storage, "config")), &m)
+	if err := json.Unmarshal([]byte(storedJSON(t, e.storage, "config")), &m); err != nil {
+		t.Fatal(err)
+	}
 	v, ok := m[key]
 	return v, ok
 }
@@ -348,7 +350,7 @@ func TestConfigDelete(t *testing.T) {
 func TestConfigEndpointChangeNeedsSecret(t *testing.T) {
 	t.Parallel()
 	var captured atomic.Int64
-	capture := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	capture := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		captured.Add(1)
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write([]byte(`{"access_token":"captured","token_type":"Bearer","expires_in":3600}`))

@@ -253,8 +253,12 @@ func TestTokenReuseConcurrentReadsShareOneGrant(t *testing.T) {
 				go func() {
 					defer wg.Done()
 					resp, err := e.request(t, logical.ReadOperation, "token/r", nil)
-					if err != nil || resp.IsError() {
-						errs <- fmt.Errorf("read %d: %v %v", i, err, resp.Error())
+					if err != nil {
+						errs <- fmt.Errorf("read %d: %w", i, err)
+						return
+					}
+					if resp.IsError() {
+						errs <- fmt.Errorf("read %d: %w", i, resp.Error())
 						return
 					}
 					tokens[i] = resp.Data["access_token"].(string)

@@ -43,7 +43,7 @@ const (
 	// readSettleInterval spaces the checks that refused token reads trigger.
 	readSettleInterval = 10 * time.Second
 
-	changePasswordPath = "/UserMgmt/ChangeUserPassword"
+	changePasswordPath = "/UserMgmt/ChangeUserPassword" //nolint:gosec // an API path, not a credential
 
 	rotationStateOK         = "ok"
 	rotationStatePending    = "pending"

@@ -614,7 +614,7 @@ func faultOps() []faultOp {
 			name:         "Initialize with a pending rotation",
 			env:          pendingRotationEnv,
 			tenantSecret: pendingSecret,
-			run: func(t *testing.T, e *testEnv, s logical.Storage) (*logical.Response, error) {
+			run: func(_ *testing.T, e *testEnv, s logical.Storage) (*logical.Response, error) {
 				return nil, e.b.Initialize(context.Background(), &logical.InitializationRequest{Storage: s})
 			},
 			rotation: true,
@@ -623,7 +623,7 @@ func faultOps() []faultOp {
 	}
 }
 
-func periodicWith(t *testing.T, e *testEnv, s logical.Storage) (*logical.Response, error) {
+func periodicWith(_ *testing.T, e *testEnv, s logical.Storage) (*logical.Response, error) {
 	return nil, e.b.Backend.PeriodicFunc(context.Background(), &logical.Request{Storage: s})
 }
 

@@ -79,7 +79,7 @@ func jsonAnswer(status int, body string) func(http.ResponseWriter, *http.Request
 	return func(w http.ResponseWriter, _ *http.Request, _ int) {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(status)
-		io.WriteString(w, body)
+		_, _ = io.WriteString(w, body)
 	}
 }
 
@@ -302,7 +302,7 @@ func TestTenantErrorsAreReadable(t *testing.T) {
 			tn := newTenant(t, func(w http.ResponseWriter, _ *http.Request, _ int) {
 				w.Header().Set("Content-Type", tc.contentType)
 				w.WriteHeader(tc.status)
-				io.WriteString(w, tc.body)
+				_, _ = io.WriteString(w, tc.body)
 			})
 			c := newTestClient(t, tn, nil)
 			_, err := c.Token(context.Background(), nil)
@@ -404,9 +404,9 @@ func TestOversizeResponseIsRefused(t *testing.T) {
 	t.Parallel()
 	tn := newTenant(t, func(w http.ResponseWriter, _ *http.Request, _ int) {
 		w.Header().Set("Content-Type", "application/json")
-		io.WriteString(w, `{"access_token":"x","expires_in":60,"padding":"`)
-		io.WriteString(w, strings.Repeat("A", 2<<20))
-		io.WriteString(w, `"}`)
+		_, _ = io.WriteString(w, `{"access_token":"x","expires_in":60,"padding":"`)
+		_, _ = io.WriteString(w, strings.Repeat("A", 2<<20))
+		_, _ = io.WriteString(w, `"}`)
 	})
 	c := newTestClient(t, tn, nil)
 	_, err := c.Token(context.Background(), nil)
@@ -419,7 +419,7 @@ func TestOversizeResponseIsRefused(t *testing.T) {
 func hangingTenant(t *testing.T) *tenant {
 	release := make(chan struct{})
 	t.Cleanup(func() { close(release) })
-	return newTenant(t, func(w http.ResponseWriter, r *http.Request, _ int) {
+	return newTenant(t, func(_ http.ResponseWriter, r *http.Request, _ int) {
 		select {
 		case <-release:
 		case <-r.Context().Done():
@@ -473,7 +473,7 @@ func TestRedirectsAreNotFollowed(t *testing.T) {
 func TestCustomCA(t *testing.T) {
 	t.Parallel()
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		io.WriteString(w, okBody)
+		_, _ = io.WriteString(w, okBody)
 	}))
 	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the refused handshake below is expected
 	srv.StartTLS()
@@ -601,7 +601,7 @@ func TestCloseLetsCallsInFlightFinish(t *testing.T) {
 	tn := newTenant(t, func(w http.ResponseWriter, _ *http.Request, _ int) {
 		close(started)
 		<-release
-		io.WriteString(w, okBody)
+		_, _ = io.WriteString(w, okBody)
 	})
 	c := newTestClient(t, tn, nil)
 	done := make(chan error, 1)

@@ -53,7 +53,7 @@ func leakedPrefix(s, secret string) int {
 // padTo writes filler so that the text which follows starts at rune offset 190 of the
 // body: a secret longer than 10 bytes then straddles the 200-rune excerpt cut.
 func padTo(w io.Writer, before int) {
-	io.WriteString(w, strings.Repeat("x", 190-before))
+	_, _ = io.WriteString(w, strings.Repeat("x", 190-before))
 }
 
 func TestRedactionPrecedesExcerpts(t *testing.T) {
@@ -83,7 +83,7 @@ func TestRedactionPrecedesExcerpts(t *testing.T) {
 			tenant: func(w http.ResponseWriter, r *http.Request, _ int) {
 				w.WriteHeader(400)
 				padTo(w, 0)
-				io.WriteString(w, r.PostFormValue("client_secret")+" was refused")
+				_, _ = io.WriteString(w, r.PostFormValue("client_secret")+" was refused")
 			},
 			leaks: map[string]string{"raw secret": straddling},
 		},
@@ -94,7 +94,7 @@ func TestRedactionPrecedesExcerpts(t *testing.T) {
 				i := strings.Index(string(body), "client_secret=") + len("client_secret=")
 				w.WriteHeader(400)
 				padTo(w, i)
-				w.Write(body)
+				_, _ = w.Write(body)
 			},
 			leaks: map[string]string{"form-encoded secret": url.QueryEscape(straddling)},
 		},
@@ -103,7 +103,7 @@ func TestRedactionPrecedesExcerpts(t *testing.T) {
 			tenant: func(w http.ResponseWriter, r *http.Request, _ int) {
 				w.WriteHeader(401)
 				padTo(w, len("Basic "))
-				io.WriteString(w, r.Header.Get("Authorization"))
+				_, _ = io.WriteString(w, r.Header.Get("Authorization")) //nolint:gosec // a fake tenant echoes the credentials on purpose, to test the client's redaction
 			},
 			leaks: map[string]string{"Basic credentials": basic(straddling)},
 		},
@@ -112,7 +112,7 @@ func TestRedactionPrecedesExcerpts(t *testing.T) {
 			tenant: func(w http.ResponseWriter, r *http.Request, _ int) {
 				w.Header().Set("Content-Type", "text/html")
 				w.WriteHeader(403)
-				io.WriteString(w, "<html><body>Login failed with password "+r.PostFormValue("client_secret")+"</body></html>")
+				_, _ = io.WriteString(w, "<html><body>Login failed with password "+r.PostFormValue("client_secret")+"</body></html>")
 			},
 			leaks: map[string]string{"raw secret": spaced, "folded secret": strings.Join(strings.Fields(spaced), " ")},
 		},
@@ -121,9 +121,9 @@ func TestRedactionPrecedesExcerpts(t *testing.T) {
 			tenant: func(w http.ResponseWriter, r *http.Request, _ int) {
 				w.Header().Set("Content-Type", "application/json")
 				w.WriteHeader(400)
-				io.WriteString(w, `{"error":"invalid_client","error_description":"`)
+				_, _ = io.WriteString(w, `{"error":"invalid_client","error_description":"`)
 				padTo(w, 0)
-				io.WriteString(w, jsonEscape.Replace(r.PostFormValue("client_secret"))+`"}`)
+				_, _ = io.WriteString(w, jsonEscape.Replace(r.PostFormValue("client_secret"))+`"}`)
 			},
 			leaks: map[string]string{"raw secret": escaped},
 		},
@@ -132,7 +132,7 @@ func TestRedactionPrecedesExcerpts(t *testing.T) {
 			tenant: func(w http.ResponseWriter, r *http.Request, _ int) {
 				w.Header().Set("Content-Type", "application/json")
 				w.WriteHeader(400)
-				io.WriteString(w, `{"detail":"`+jsonEscape.Replace(r.PostFormValue("client_secret"))+`"}`)
+				_, _ = io.WriteString(w, `{"detail":"`+jsonEscape.Replace(r.PostFormValue("client_secret"))+`"}`)
 			},
 			leaks: map[string]string{"raw secret": bareJSON},
 		},
@@ -151,7 +151,7 @@ func TestRedactionPrecedesExcerpts(t *testing.T) {
 				i := strings.Index(string(body), "token=") + len("token=")
 				w.WriteHeader(400)
 				padTo(w, i)
-				w.Write(body)
+				_, _ = w.Write(body)
 			},
 			leaks: map[string]string{"access token": token, "form-encoded access token": url.QueryEscape(token)},
 		},

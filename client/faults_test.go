@@ -12,6 +12,7 @@ import (
 	"hash/crc32"
 	"io"
 	"log"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -308,7 +309,7 @@ func faultCases(otherCA *emulator.CA, bomb []byte) []faultCase {
 		{
 			name: "TLS handshake never completes",
 			target: func(t *testing.T, fx *faultFixture) string {
-				rs := startRaw(t, func(conn net.Conn) { io.Copy(io.Discard, conn) })
+				rs := startRaw(t, func(conn net.Conn) { _, _ = io.Copy(io.Discard, conn) })
 				fx.count = rs.accepted
 				return "https://" + rs.addr() + "/oauth2/token/VaultApp"
 			},
@@ -335,7 +336,7 @@ func faultCases(otherCA *emulator.CA, bomb []byte) []faultCase {
 					if _, err := http.ReadRequest(bufio.NewReader(conn)); err != nil {
 						return
 					}
-					io.Copy(io.Discard, conn)
+					_, _ = io.Copy(io.Discard, conn)
 				})
 				fx.count = rs.accepted
 				return "http://" + rs.addr() + "/oauth2/token/VaultApp"
@@ -623,7 +624,7 @@ func serveTLS(t *testing.T, ca *emulator.CA, h http.Handler, http2 ...bool) (*ht
 
 // refusedTarget is an address that was just listened on and is now closed.
 func refusedTarget(t *testing.T, fx *faultFixture) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := (&net.ListenConfig{}).Listen(t.Context(), "tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -664,7 +665,7 @@ func bombTarget(bomb []byte, status int, ifAsked string) func(*testing.T, *fault
 			w.Header().Set("Content-Encoding", "gzip")
 			w.Header().Set("Content-Length", fmt.Sprint(len(bomb)))
 			w.WriteHeader(status)
-			w.Write(bomb) // fails once the client has read enough and hung up
+			_, _ = w.Write(bomb) // fails once the client has read enough and hung up
 		}))
 		t.Cleanup(func() {
 			asked.Range(func(k, _ any) bool {
@@ -684,13 +685,18 @@ func bombTarget(bomb []byte, status int, ifAsked string) func(*testing.T, *fault
 // on a byte boundary and refers only to zeros before it, so one can be repeated.
 func gzipBomb(size int) []byte {
 	const mib = 1 << 20
+	if size < 2*mib || size%mib != 0 || size > math.MaxUint32 {
+		// The trailer below holds the size in 32 bits, and the stream starts with two MiB.
+		panic(fmt.Sprintf("gzipBomb(%d): want a whole number of MiB, at least 2 and below 4 GiB", size))
+	}
 	zeros := make([]byte, mib)
 	var buf bytes.Buffer
 	zw, _ := gzip.NewWriterLevel(&buf, gzip.BestCompression)
-	zw.Write(zeros)
+	// Writes to a bytes.Buffer do not fail.
+	_, _ = zw.Write(zeros)
 	zw.Flush()
 	first := buf.Len()
-	zw.Write(zeros)
+	_, _ = zw.Write(zeros)
 	zw.Flush()
 	repeat := buf.Bytes()[first:]
 	out := bytes.Clone(buf.Bytes())
@@ -737,7 +743,7 @@ type rawServer struct {
 
 func startRaw(t *testing.T, play func(net.Conn)) *rawServer {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := (&net.ListenConfig{}).Listen(t.Context(), "tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -157,16 +157,16 @@ func FuzzManagementEnvelope(f *testing.F) {
 		changes int
 	)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
+		_, _ = io.Copy(io.Discard, r.Body)
 		if strings.HasPrefix(r.URL.Path, "/oauth2/token/") {
-			io.WriteString(w, okBody)
+			_, _ = io.WriteString(w, okBody)
 			return
 		}
 		mu.Lock()
 		defer mu.Unlock()
 		changes++
 		w.WriteHeader(status)
-		w.Write(answer)
+		_, _ = w.Write(answer)
 	}))
 	f.Cleanup(srv.Close)
 	c, err := New(Config{

@@ -29,7 +29,7 @@ func changeURL(tn *tenant) string { return tn.srv.URL + "/UserMgmt/ChangeUserPas
 func TestChangePasswordOnTheWire(t *testing.T) {
 	t.Parallel()
 	tn := passwordTenant(t, func(w http.ResponseWriter, _ *http.Request) {
-		io.WriteString(w, `{"success":true,"Result":null,"Message":null}`)
+		_, _ = io.WriteString(w, `{"success":true,"Result":null,"Message":null}`)
 	})
 	c := newTestClient(t, tn, nil)
 	if _, err := c.ChangePassword(t.Context(), changeURL(tn), []string{"rotate"}, newTestSecret); err != nil {
@@ -74,21 +74,21 @@ func TestChangePasswordOutcomes(t *testing.T) {
 		want     string
 		envelope bool
 	}{
-		{"refused in the envelope", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, reflect) }, false, "was used recently", true},
+		{"refused in the envelope", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, reflect) }, false, "was used recently", true},
 		{"refused, texts of other types", func(w http.ResponseWriter, _ *http.Request) {
-			io.WriteString(w, `{"success":false,"Message":["must differ from `+newTestSecret+`"],"MessageID":7}`)
+			_, _ = io.WriteString(w, `{"success":false,"Message":["must differ from `+newTestSecret+`"],"MessageID":7}`)
 		}, false, `["must differ from [redacted]"] (7)`, true},
 		{"unauthorised", func(w http.ResponseWriter, _ *http.Request) {
 			w.WriteHeader(http.StatusUnauthorized)
-			io.WriteString(w, `{"success":false,"Message":"Not authorized"}`)
+			_, _ = io.WriteString(w, `{"success":false,"Message":"Not authorized"}`)
 		}, false, "Not authorized", true},
 		{"forbidden without an envelope", func(w http.ResponseWriter, _ *http.Request) {
 			w.WriteHeader(http.StatusForbidden)
-			io.WriteString(w, "<html>denied</html>")
+			_, _ = io.WriteString(w, "<html>denied</html>")
 		}, false, "HTTP 403", false},
 		{"server error", func(w http.ResponseWriter, _ *http.Request) {
 			w.WriteHeader(http.StatusBadGateway)
-			io.WriteString(w, "<html>bad gateway</html>")
+			_, _ = io.WriteString(w, "<html>bad gateway</html>")
 		}, true, "HTTP 502", false},
 		{"connection dropped", func(w http.ResponseWriter, _ *http.Request) {
 			conn, _, err := w.(http.Hijacker).Hijack()
@@ -96,7 +96,7 @@ func TestChangePasswordOutcomes(t *testing.T) {
 				conn.Close()
 			}
 		}, true, "contacting tenant", false},
-		{"200 without an envelope", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok") }, true, "without a management envelope", false},
+		{"200 without an envelope", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") }, true, "without a management envelope", false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -176,7 +176,7 @@ func TestChangePasswordErrorTextIsRedactedAsAWhole(t *testing.T) {
 		tn := passwordTenant(t, func(w http.ResponseWriter, _ *http.Request) {
 			w.Header().Set("Content-Type", "text/html")
 			w.WriteHeader(status)
-			io.WriteString(w, `<p>`+strings.ReplaceAll(quoted, `\`, ``)+`</p>`)
+			_, _ = io.WriteString(w, `<p>`+strings.ReplaceAll(quoted, `\`, ``)+`</p>`)
 		})
 		c := newTestClient(t, tn, nil)
 		_, err := c.ChangePassword(t.Context(), changeURL(tn), nil, quoted)

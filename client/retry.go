@@ -177,7 +177,7 @@ func (c *Client) backoff(minWait, maxWait time.Duration, attempt int, resp *http
 			step = s
 		}
 	}
-	return minWait + rand.N(step-minWait+1)
+	return minWait + rand.N(step-minWait+1) //nolint:gosec // retry jitter spreads clients out; it guards no secret
 }
 
 // readLimited reads a body up to maxBodyBytes and fails beyond it.

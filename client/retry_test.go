@@ -13,9 +13,9 @@ import (
 	"time"
 )
 
-func retrying(max int, budget time.Duration) func(*Config) {
+func retrying(maxRetries int, budget time.Duration) func(*Config) {
 	return func(cfg *Config) {
-		cfg.Retry = RetryPolicy{MaxRetries: max, WaitMin: 10 * time.Millisecond, WaitMax: 50 * time.Millisecond, MaxRetryAfter: 3 * time.Second, Budget: budget}
+		cfg.Retry = RetryPolicy{MaxRetries: maxRetries, WaitMin: 10 * time.Millisecond, WaitMax: 50 * time.Millisecond, MaxRetryAfter: 3 * time.Second, Budget: budget}
 	}
 }
 
@@ -28,10 +28,10 @@ func failThen(n, status int, retryAfter string) func(http.ResponseWriter, *http.
 			}
 			w.Header().Set("Content-Type", "application/json")
 			w.WriteHeader(status)
-			io.WriteString(w, `{"error":"temporarily_unavailable","error_description":"try later"}`)
+			_, _ = io.WriteString(w, `{"error":"temporarily_unavailable","error_description":"try later"}`)
 			return
 		}
-		io.WriteString(w, okBody)
+		_, _ = io.WriteString(w, okBody)
 	}
 }
 
@@ -146,7 +146,7 @@ func TestRetriesConnectionErrors(t *testing.T) {
 			conn.Close()
 			return
 		}
-		io.WriteString(w, okBody)
+		_, _ = io.WriteString(w, okBody)
 	})
 	c := newTestClient(t, tn, retrying(2, 10*time.Second))
 	if _, err := c.Token(context.Background(), nil); err != nil {
@@ -226,11 +226,11 @@ func TestConcurrentCallsCountTheirOwnAttempts(t *testing.T) {
 		w.Header().Set("Content-Type", "application/json")
 		if n <= i%3 {
 			w.WriteHeader(503)
-			io.WriteString(w, `{"error":"temporarily_unavailable"}`)
+			_, _ = io.WriteString(w, `{"error":"temporarily_unavailable"}`)
 			return
 		}
 		w.WriteHeader(400)
-		io.WriteString(w, `{"error":"invalid_scope","error_description":"call `+scope+`"}`)
+		_, _ = io.WriteString(w, `{"error":"invalid_scope","error_description":"call `+scope+`"}`)
 	})
 	c := newTestClient(t, tn, retrying(3, 10*time.Second))
 	var wg sync.WaitGroup
@@ -256,7 +256,7 @@ func TestConcurrentCallsCountTheirOwnAttempts(t *testing.T) {
 func TestRetryPolicyBoundsTheCall(t *testing.T) {
 	t.Parallel()
 	const (
-		waitMin = 20 * time.Millisecond
+		minWait = 20 * time.Millisecond
 		// margin is scheduling slack under -race, not part of the policy.
 		margin = time.Second
 	)
@@ -289,7 +289,7 @@ func TestRetryPolicyBoundsTheCall(t *testing.T) {
 				// The request timeout is longer than any budget here, so only the budget
 				// can end a hung attempt.
 				cfg.RequestTimeout = 10 * time.Second
-				cfg.Retry = RetryPolicy{MaxRetries: tc.maxRetries, WaitMin: waitMin, WaitMax: 2 * waitMin, Budget: tc.budget}
+				cfg.Retry = RetryPolicy{MaxRetries: tc.maxRetries, WaitMin: minWait, WaitMax: 2 * minWait, Budget: tc.budget}
 			})
 			// A guard for a client that ignores its budget: the elapsed check reports it,
 			// instead of the test hanging.
@@ -310,8 +310,8 @@ func TestRetryPolicyBoundsTheCall(t *testing.T) {
 			}
 			if tc.budget == 0 {
 				// Every retry waits at least WaitMin first.
-				if least := time.Duration(tc.maxRetries) * waitMin; elapsed < least {
-					t.Errorf("%d retries took %s, less than %d waits of at least %s", tc.maxRetries, elapsed, tc.maxRetries, waitMin)
+				if least := time.Duration(tc.maxRetries) * minWait; elapsed < least {
+					t.Errorf("%d retries took %s, less than %d waits of at least %s", tc.maxRetries, elapsed, tc.maxRetries, minWait)
 				}
 				var te *Error
 				if !errors.As(err, &te) || te.StatusCode != 503 || te.Attempts != n {

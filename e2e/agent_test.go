@@ -55,11 +55,11 @@ func TestAgentRefreshesToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, name := range agentExample {
-		data, err := os.ReadFile(filepath.Join(moduleRoot, "examples", "agent", name))
+		data, err := os.ReadFile(filepath.Join(moduleRoot, "examples", "agent", name)) //nolint:gosec // a file of the project's Agent example, named in agentExample
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil { //nolint:gosec // a name from agentExample, in the test's temporary directory
 			t.Fatal(err)
 		}
 	}
@@ -99,7 +99,7 @@ func TestAgentRefreshesToken(t *testing.T) {
 			t.Fatalf("vault agent exited: %v", agent.waitErr)
 		}
 		time.Sleep(20 * time.Millisecond)
-		data, err := os.ReadFile(out)
+		data, err := os.ReadFile(out) //nolint:gosec // the Agent's output in the test's temporary directory
 		if err != nil {
 			continue // not rendered yet
 		}

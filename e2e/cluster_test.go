@@ -57,7 +57,7 @@ const loadReadTimeout = 10 * time.Second
 // startCluster starts the cluster in base (its files in base/cluster, its logs in
 // base/logs, which the guard checks when the test ends) with the plugin versionV1
 // registered and enabled at mountPath, and stops it when the test ends.
-func startCluster(t *testing.T, ctx context.Context, base string, guard *logGuard) *cluster {
+func startCluster(ctx context.Context, t *testing.T, base string, guard *logGuard) *cluster {
 	t.Helper()
 	bin := vaultBin(t)
 	b := plugin(t, versionV1)
@@ -67,7 +67,7 @@ func startCluster(t *testing.T, ctx context.Context, base string, guard *logGuar
 	}
 	var ports []string
 	for len(ports) < 3 {
-		p, err := freePortPair()
+		p, err := freePortPair(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -136,7 +136,7 @@ func startCluster(t *testing.T, ctx context.Context, base string, guard *logGuar
 func (c *cluster) run(args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(moduleRoot, "scripts", "cluster.sh"), args...)
+	cmd := exec.CommandContext(ctx, filepath.Join(moduleRoot, "scripts", "cluster.sh"), args...) //nolint:gosec // the project's own script, with the test's arguments
 	cmd.Dir = moduleRoot
 	cmd.Env = c.env
 	out, err := cmd.CombinedOutput()
@@ -155,7 +155,7 @@ func (c *cluster) script(args ...string) string {
 
 func readEnvFile(t *testing.T, path string) map[string]string {
 	t.Helper()
-	f, err := os.Open(path)
+	f, err := os.Open(path) //nolint:gosec // cluster.env, which scripts/cluster.sh wrote in the test's directory
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -345,7 +345,7 @@ func TestCluster(t *testing.T) {
 	guard := newLogGuard(t)
 	tn := startTenant(t, 3600, nil, nil)
 	guard.addSecrets(tn.secrets)
-	c := startCluster(t, ctx, base, guard)
+	c := startCluster(ctx, t, base, guard)
 
 	leader := c.waitActive(c.nodes, 30*time.Second)
 	// env lets the single-server helpers (token checks, config reads with their secret

@@ -133,7 +133,7 @@ func newEnv(t *testing.T, expiresIn int, opts ...envOption) *env {
 	ctx, cancel = context.WithTimeout(context.Background(), testTimeout)
 	t.Cleanup(cancel)
 	e.ctx = ctx
-	e.vault = startVault(t, ctx, bin, dir, o.logLevel, e.guard)
+	e.vault = startVault(ctx, t, bin, dir, o.logLevel, e.guard)
 	e.client = e.vault.client
 	if o.audit {
 		e.vault.enableAudit(t, filepath.Join(dir, "audit.log"), e.guard)
@@ -522,7 +522,7 @@ type vaultServer struct {
 	auditPath string
 }
 
-func startVault(t *testing.T, ctx context.Context, bin, dir, logLevel string, guard *logGuard) *vaultServer {
+func startVault(ctx context.Context, t *testing.T, bin, dir, logLevel string, guard *logGuard) *vaultServer {
 	t.Helper()
 	home := filepath.Join(dir, "home")
 	if err := os.Mkdir(home, 0o700); err != nil {
@@ -531,7 +531,7 @@ func startVault(t *testing.T, ctx context.Context, bin, dir, logLevel string, gu
 	token := "e2e-root-" + randomHex(t, 8)
 	var lastErr error
 	for attempt := 1; attempt <= 3; attempt++ {
-		port, err := freePortPair()
+		port, err := freePortPair(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -559,7 +559,7 @@ func startVault(t *testing.T, ctx context.Context, bin, dir, logLevel string, gu
 			return v
 		}
 		p.stop(t, 5*time.Second)
-		log, _ := os.ReadFile(logPath)
+		log, _ := os.ReadFile(logPath) //nolint:gosec // Vault's log in the test's temporary directory
 		if !bytes.Contains(log, []byte("address already in use")) {
 			break
 		}
@@ -596,7 +596,10 @@ func (v *vaultServer) waitHealthy(ctx context.Context) error {
 	var lastErr error
 	for {
 		if v.proc.exited() {
-			return fmt.Errorf("vault exited early: %v", v.proc.waitErr)
+			if v.proc.waitErr == nil {
+				return errors.New("vault exited early, with status 0")
+			}
+			return fmt.Errorf("vault exited early: %w", v.proc.waitErr)
 		}
 		h, err := v.client.Sys().HealthWithContext(ctx)
 		switch {
@@ -609,7 +612,7 @@ func (v *vaultServer) waitHealthy(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%w (last: %v)", ctx.Err(), lastErr)
+			return fmt.Errorf("%w (last: %w)", ctx.Err(), lastErr)
 		case <-time.After(100 * time.Millisecond):
 		}
 	}

@@ -538,16 +538,16 @@ func (rf *reflector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "html":
 		w.Header().Set("Content-Type", "text/html")
 		w.WriteHeader(a.status)
-		_, _ = io.WriteString(w, "<html><body><pre>"+text+"</pre></body></html>")
+		_, _ = io.WriteString(w, "<html><body><pre>"+text+"</pre></body></html>") //nolint:gosec // a fake tenant reflects the request on purpose: the test looks for leaks
 	case "redirect":
 		w.Header().Set("Location", "https://login.example.com/sso?"+url.Values{"req": {text}}.Encode())
 		w.Header().Set("Content-Type", "text/html")
 		w.WriteHeader(a.status)
-		_, _ = io.WriteString(w, "<html><body>moved: "+text+"</body></html>")
+		_, _ = io.WriteString(w, "<html><body>moved: "+text+"</body></html>") //nolint:gosec // a fake tenant reflects the request on purpose: the test looks for leaks
 	default:
 		w.Header().Set("Content-Type", "text/plain")
 		w.WriteHeader(a.status)
-		_, _ = io.WriteString(w, text)
+		_, _ = io.WriteString(w, text) //nolint:gosec // a fake tenant reflects the request on purpose: the test looks for leaks
 	}
 }
 

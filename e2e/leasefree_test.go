@@ -72,7 +72,7 @@ func TestLeaseFreeAgentFleet(t *testing.T) {
 			break
 		}
 		for i, out := range files {
-			data, err := os.ReadFile(out)
+			data, err := os.ReadFile(out) //nolint:gosec // an Agent's output in the test's temporary directory
 			if err != nil {
 				continue // not rendered yet
 			}
@@ -114,7 +114,7 @@ func TestLeaseFreeAgentFleet(t *testing.T) {
 		t.Errorf("the fleet made %d grants; want at most %d, about one per %ds window", grants, maxGrants, window)
 	}
 	for i, logPath := range logs {
-		data, err := os.ReadFile(logPath)
+		data, err := os.ReadFile(logPath) //nolint:gosec // an Agent's log in the test's temporary directory
 		if err != nil {
 			t.Fatal(err)
 		}

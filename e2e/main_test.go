@@ -12,6 +12,7 @@
 package e2e
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -78,7 +79,7 @@ func vaultBin(t testing.TB) string {
 		}
 		t.Skip("VAULT_BIN is not set; set VAULT_BIN=$(scripts/vault-build.sh) to run the end-to-end tests")
 	}
-	st, err := os.Stat(p)
+	st, err := os.Stat(p) //nolint:gosec // VAULT_BIN names the binary to run; the tester sets it
 	if err != nil || st.IsDir() || st.Mode()&0o111 == 0 {
 		t.Fatalf("VAULT_BIN=%s is not an executable file (stat error: %v)", p, err)
 	}
@@ -126,7 +127,7 @@ func (b *pluginBuild) build() {
 		args = append(args, "-race")
 	}
 	args = append(args, "-ldflags", "-X "+modulePath+".Version="+b.version, "-o", tmp, "./cmd/"+pluginName)
-	cmd := exec.Command("go", args...)
+	cmd := exec.CommandContext(context.Background(), "go", args...)
 	cmd.Dir = moduleRoot
 	if out, err := cmd.CombinedOutput(); err != nil {
 		b.err = fmt.Errorf("%w\n%s", err, out)
@@ -141,7 +142,7 @@ func (b *pluginBuild) build() {
 }
 
 func fileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
+	f, err := os.Open(path) //nolint:gosec // the plugin binary build has just written
 	if err != nil {
 		return "", err
 	}

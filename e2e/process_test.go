@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -26,13 +27,15 @@ type process struct {
 // startProcess runs bin with args in dir, with env as its whole environment and its
 // stdout and stderr appended to logPath. The caller must arrange for stop to be called.
 func startProcess(name, bin, dir string, env []string, logPath string, args ...string) (*process, error) {
-	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600) //nolint:gosec // a log file in the test's temporary directory
 	if err != nil {
 		return nil, err
 	}
 	// The child holds its own descriptor; ours is not needed once it has started.
 	defer logFile.Close()
-	cmd := exec.Command(bin, args...)
+	// A context that never ends: the process outlives this call, and stop ends it with
+	// SIGTERM first, where a cancelled context would kill it outright.
+	cmd := exec.CommandContext(context.Background(), bin, args...) //nolint:gosec // bin is the Vault binary from VAULT_BIN, args are the test's own
 	cmd.Dir = dir
 	cmd.Env = env
 	cmd.Stdout = logFile
@@ -100,14 +103,15 @@ func childEnv(home string, extra ...string) []string {
 // freePortPair returns a loopback port p such that p and p+1 were free a moment ago:
 // a dev server listens on p and its cluster listener on p+1. Another process may still
 // take them before Vault binds; startVault retries when that happens.
-func freePortPair() (int, error) {
+func freePortPair(ctx context.Context) (int, error) {
+	var lc net.ListenConfig
 	for range 20 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+		l, err := lc.Listen(ctx, "tcp", "127.0.0.1:0")
 		if err != nil {
 			return 0, err
 		}
 		port := l.Addr().(*net.TCPAddr).Port
-		l2, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port+1))
+		l2, err := lc.Listen(ctx, "tcp", fmt.Sprintf("127.0.0.1:%d", port+1))
 		_ = l.Close()
 		if err != nil {
 			continue

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"math"
 	"net/url"
 	"slices"
 	"strings"
@@ -86,7 +87,11 @@ func newScanner(secrets []namedSecret) *scanner {
 				sc.forms[j].owners = append(sc.forms[j].owners, formOwner{i, f.label})
 				continue
 			}
-			j := int32(len(sc.forms))
+			n := len(sc.forms)
+			if n > math.MaxInt32 {
+				panic("more secret forms than an int32 index holds")
+			}
+			j := int32(n)
 			byValue[f.value] = j
 			sc.forms = append(sc.forms, scanForm{value: f.value, owners: []formOwner{{i, f.label}}})
 			if len(f.value) < tailLen {

@@ -24,7 +24,7 @@ import (
 )
 
 // secretEnv lets a script pass the quick-start secret without it showing in ps.
-const secretEnv = "CYBERARK_EMULATOR_CLIENT_SECRET"
+const secretEnv = "CYBERARK_EMULATOR_CLIENT_SECRET" //nolint:gosec // the name of an environment variable, not a credential
 
 // errUsage marks errors the flag package has already reported with the usage text.
 var errUsage = errors.New("usage")
@@ -135,8 +135,9 @@ func run(args []string) error {
 			ErrorLog:          logger,
 		}
 	}
+	var lc net.ListenConfig
 	if o.httpAddr != "" {
-		ln, err := net.Listen("tcp", o.httpAddr)
+		ln, err := lc.Listen(ctx, "tcp", o.httpAddr)
 		if err != nil {
 			return fmt.Errorf("-http: %w", err)
 		}
@@ -144,7 +145,7 @@ func run(args []string) error {
 		urls["http"] = "http://" + ln.Addr().String()
 	}
 	if o.httpsAddr != "" {
-		ln, err := net.Listen("tcp", o.httpsAddr)
+		ln, err := lc.Listen(ctx, "tcp", o.httpsAddr)
 		if err != nil {
 			return fmt.Errorf("-https: %w", err)
 		}

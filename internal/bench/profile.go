@@ -74,7 +74,7 @@ func (b *bench) fetch(ctx context.Context, path, dest string) error {
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("pprof %s: HTTP %d", path, resp.StatusCode)
 	}
-	f, err := os.Create(dest)
+	f, err := os.OpenFile(dest, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600) //nolint:gosec // dest is under the -profile-dir the operator named
 	if err != nil {
 		return err
 	}

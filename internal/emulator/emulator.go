@@ -388,7 +388,7 @@ func buildClient(a *app, cc Client, users *directory) (*client, error) {
 // LoadConfig reads a JSON Config from path. Unknown fields are an error, so that a typo
 // in a test fixture does not silently fall back to a default.
 func LoadConfig(path string) (Config, error) {
-	data, err := os.ReadFile(path)
+	data, err := os.ReadFile(path) //nolint:gosec // the -config file the operator named, or a test fixture
 	if err != nil {
 		return Config{}, fmt.Errorf("read emulator config: %w", err)
 	}
@@ -654,7 +654,7 @@ var endpointPrefixes = []struct{ prefix, ep string }{
 
 // managementPaths are the management APIs, by their canonical spelling without the
 // leading slash, which is also what an app's scope_apis are matched against.
-var managementPaths = map[string]string{
+var managementPaths = map[string]string{ //nolint:gosec // API paths, not credentials
 	epChangePassword: "UserMgmt/ChangeUserPassword",
 	epResetPassword:  "UserMgmt/ResetUserPassword",
 }

@@ -101,7 +101,7 @@ func basicHeader(id, secret string) string {
 // status, headers and body.
 func (f *fixture) post(t *testing.T, path, auth string, form url.Values) (int, http.Header, []byte) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, f.srv.URL+path, strings.NewReader(form.Encode()))
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, f.srv.URL+path, strings.NewReader(form.Encode()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +114,7 @@ func (f *fixture) post(t *testing.T, path, auth string, form url.Values) (int, h
 
 func (f *fixture) get(t *testing.T, path string) (int, http.Header, []byte) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, f.srv.URL+path, nil)
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, f.srv.URL+path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -248,7 +248,7 @@ func TestTokenErrorsAndAuth(t *testing.T) {
 			if method == "" {
 				method = http.MethodPost
 			}
-			req, err := http.NewRequest(method, f.srv.URL+tc.path, strings.NewReader(tc.form.Encode()))
+			req, err := http.NewRequestWithContext(t.Context(), method, f.srv.URL+tc.path, strings.NewReader(tc.form.Encode()))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -696,14 +696,14 @@ func TestRequestsRecorded(t *testing.T) {
 func TestFormNeedsContentType(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, nil)
-	req, _ := http.NewRequest(http.MethodPost, f.srv.URL+"/oauth2/token/"+testApp, strings.NewReader("grant_type=client_credentials"))
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, f.srv.URL+"/oauth2/token/"+testApp, strings.NewReader("grant_type=client_credentials"))
 	req.Header.Set("Authorization", basicHeader(testClient, testSecret))
 	req.Header.Set("Content-Type", "application/json")
 	status, _, body := do(t, f.srv.Client(), req)
 	if status != 400 || string(body) != oauthBody("invalid_grant", "invalid grant type") {
 		t.Errorf("non-form body: %d %s", status, body)
 	}
-	req, _ = http.NewRequest(http.MethodPost, f.srv.URL+"/oauth2/token/"+testApp, strings.NewReader("grant_type=client_credentials"))
+	req, _ = http.NewRequestWithContext(t.Context(), http.MethodPost, f.srv.URL+"/oauth2/token/"+testApp, strings.NewReader("grant_type=client_credentials"))
 	req.Header.Set("Authorization", basicHeader(testClient, testSecret))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded; charset=utf-8")
 	if status, _, body := do(t, f.srv.Client(), req); status != 200 {
@@ -909,7 +909,7 @@ func TestConcurrentTokens(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			req, _ := http.NewRequest(http.MethodPost, f.srv.URL+"/oauth2/token/"+testApp,
+			req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, f.srv.URL+"/oauth2/token/"+testApp,
 				strings.NewReader("grant_type=client_credentials"))
 			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 			req.Header.Set("Authorization", basicHeader(testClient, testSecret))

@@ -117,7 +117,7 @@ func TestFaultReplacesAnswer(t *testing.T) {
 				}
 				var v map[string]any
 				if err := json.Unmarshal(b, &v); err != nil {
-					return fmt.Errorf("oversize body is not valid JSON: %v", err)
+					return fmt.Errorf("oversize body is not valid JSON: %w", err)
 				}
 				if v["token_type"] != "Bearer" {
 					return errors.New("oversize body lacks token fields")
@@ -139,7 +139,7 @@ func TestFaultReplacesAnswer(t *testing.T) {
 			f.emu.AddFaults(tc.fault)
 			noRedirect := *f.srv.Client()
 			noRedirect.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-			req, _ := http.NewRequest(http.MethodPost, f.srv.URL+"/oauth2/token/"+testApp, strings.NewReader(grantForm.Encode()))
+			req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, f.srv.URL+"/oauth2/token/"+testApp, strings.NewReader(grantForm.Encode()))
 			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 			req.Header.Set("Authorization", basicHeader(testClient, testSecret))
 			status, hdr, body := do(t, &noRedirect, req)
@@ -176,7 +176,7 @@ func TestFaultReplacesAnswer(t *testing.T) {
 
 func mustRequest(t *testing.T, f *fixture) *http.Request {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, f.srv.URL+"/oauth2/token/"+testApp, strings.NewReader(grantForm.Encode()))
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, f.srv.URL+"/oauth2/token/"+testApp, strings.NewReader(grantForm.Encode()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -242,7 +242,8 @@ func TestFaultDelayHonoursContext(t *testing.T) {
 	client := *f.srv.Client()
 	client.Timeout = 100 * time.Millisecond
 	start := time.Now()
-	if _, err := client.Do(mustRequest(t, f)); err == nil {
+	if resp, err := client.Do(mustRequest(t, f)); err == nil {
+		resp.Body.Close()
 		t.Fatal("request succeeded through a one-minute delay")
 	}
 	if time.Since(start) > 10*time.Second {

@@ -51,7 +51,7 @@ func TestCAServesVerifiedTLS(t *testing.T) {
 	_, srv, ca := newTLSEmulator(t, false)
 	client := trustingClient(t, ca, false)
 
-	req, _ := http.NewRequest(http.MethodPost, srv.URL+"/oauth2/token/"+testApp, strings.NewReader(grantForm.Encode()))
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, srv.URL+"/oauth2/token/"+testApp, strings.NewReader(grantForm.Encode()))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Authorization", basicHeader(testClient, testSecret))
 	status, _, body := do(t, client, req)
@@ -90,7 +90,15 @@ func TestCAServesVerifiedTLS(t *testing.T) {
 	}
 
 	// A client that does not trust the CA is refused.
-	if _, err := (&http.Client{Timeout: 30 * time.Second}).Get(srv.URL + "/oauth2/keys/" + testApp); err == nil {
+	keys := func(c *http.Client) (*http.Response, error) {
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, srv.URL+"/oauth2/keys/"+testApp, nil)
+		if err != nil {
+			return nil, err
+		}
+		return c.Do(req)
+	}
+	if resp, err := keys(&http.Client{Timeout: 30 * time.Second}); err == nil {
+		resp.Body.Close()
 		t.Error("a client without the CA connected")
 	}
 	// Another CA's certificate does not verify this server.
@@ -98,7 +106,8 @@ func TestCAServesVerifiedTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := trustingClient(t, other, false).Get(srv.URL + "/oauth2/keys/" + testApp); err == nil {
+	if resp, err := keys(trustingClient(t, other, false)); err == nil {
+		resp.Body.Close()
 		t.Error("a client trusting another CA connected")
 	}
 }
@@ -125,7 +134,7 @@ func TestDropConnectionHTTP2(t *testing.T) {
 	emu.AddFaults(Fault{Endpoint: "token", Times: 1, DropConnection: true})
 
 	post := func() (*http.Response, error) {
-		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/oauth2/token/"+testApp, strings.NewReader(grantForm.Encode()))
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, srv.URL+"/oauth2/token/"+testApp, strings.NewReader(grantForm.Encode()))
 		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 		req.Header.Set("Authorization", basicHeader(testClient, testSecret))
 		return client.Do(req)

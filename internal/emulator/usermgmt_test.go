@@ -93,7 +93,7 @@ const successBody = `{"success":true,"Result":null,"Message":null,"MessageID":nu
 // echoes any known password (without printing it) or lacks an envelope field.
 func (f *fixture) manage(t *testing.T, method, path, bearer, body string) (int, http.Header, answer) {
 	t.Helper()
-	req, err := http.NewRequest(method, f.srv.URL+path, strings.NewReader(body))
+	req, err := http.NewRequestWithContext(t.Context(), method, f.srv.URL+path, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -281,7 +281,7 @@ func TestManagementFailures(t *testing.T) {
 		if method == "" {
 			method = http.MethodPost
 		}
-		req, err := http.NewRequest(method, f.srv.URL+path, strings.NewReader(body))
+		req, err := http.NewRequestWithContext(t.Context(), method, f.srv.URL+path, strings.NewReader(body))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -666,7 +666,7 @@ func TestApplyFirst(t *testing.T) {
 				fault.Endpoint, fault.Times, fault.ApplyFirst = epChangePassword, 1, applyFirst
 				f.emu.AddFaults(fault)
 
-				req, err := http.NewRequest(http.MethodPost, f.srv.URL+changePath, strings.NewReader(changeBody(testSecret, newPass1)))
+				req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, f.srv.URL+changePath, strings.NewReader(changeBody(testSecret, newPass1)))
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -737,7 +737,7 @@ func TestApplyFirstDelaySurvivesHangUp(t *testing.T) {
 			}
 			client := *f.srv.Client()
 			client.Timeout = 200 * time.Millisecond
-			wreq, _ := http.NewRequest(http.MethodPost, f.srv.URL+changePath, strings.NewReader(changeBody(current, newPass2)))
+			wreq, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, f.srv.URL+changePath, strings.NewReader(changeBody(current, newPass2)))
 			wreq.Header.Set("Authorization", "Bearer "+tok)
 			if resp, err := client.Do(wreq); err == nil {
 				resp.Body.Close()
@@ -786,7 +786,7 @@ func TestManagementFaultBodies(t *testing.T) {
 	tok := f.tokenFor(t, testApp, testClient, testSecret, "")
 	send := func(path, body string) (int, http.Header, []byte) {
 		t.Helper()
-		req, _ := http.NewRequest(http.MethodPost, f.srv.URL+path, strings.NewReader(body))
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, f.srv.URL+path, strings.NewReader(body))
 		req.Header.Set("Authorization", "Bearer "+tok)
 		return do(t, f.srv.Client(), req)
 	}
@@ -827,7 +827,7 @@ func TestManagementFaultBodies(t *testing.T) {
 			}
 			return ""
 		}},
-		{Fault{Times: 1, Status: 500}, func(s int, b []byte) string { // empty endpoint matches these too
+		{Fault{Times: 1, Status: 500}, func(s int, _ []byte) string { // empty endpoint matches these too
 			if s != 500 {
 				return "want the catch-all fault"
 			}
@@ -867,7 +867,7 @@ func TestConcurrentPasswordChanges(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			req, _ := http.NewRequest(http.MethodPost, f.srv.URL+changePath,
+			req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, f.srv.URL+changePath,
 				strings.NewReader(changeBody(testSecret, candidates[i%len(candidates)])))
 			req.Header.Set("Authorization", "Bearer "+tok)
 			resp, err := client.Do(req)
@@ -912,7 +912,7 @@ func TestConcurrentPasswordChanges(t *testing.T) {
 // grantDirect asks for a token without a testing.T, for goroutines that race the
 // management calls; its outcome does not matter.
 func grantDirect(e *Emulator) {
-	req := httptest.NewRequest(http.MethodPost, "/oauth2/token/"+testApp, strings.NewReader(grantForm.Encode()))
+	req := httptest.NewRequestWithContext(context.Background(), http.MethodPost, "/oauth2/token/"+testApp, strings.NewReader(grantForm.Encode()))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Authorization", basicHeader(testClient, testSecret))
 	rec := httptest.NewRecorder()
