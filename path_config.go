@@ -123,6 +123,15 @@ func (c *cyberarkConfig) authStyle() client.AuthStyle {
 }
 
 func pathConfig(b *backend) *framework.Path {
+	// A create and an update are one write: fields left out keep their stored values.
+	configWrite := &framework.PathOperation{
+		Callback:                    b.pathConfigWrite,
+		ForwardPerformanceStandby:   true,
+		ForwardPerformanceSecondary: true,
+		DisplayAttrs:                &framework.DisplayAttributes{OperationVerb: "configure"},
+		Summary:                     "Store the tenant and confidential client, or change some of their settings.",
+		Responses:                   writeResponses("The config was stored."),
+	}
 	p := &framework.Path{
 		Pattern: configPath,
 		DisplayAttrs: &framework.DisplayAttributes{
@@ -215,22 +224,8 @@ func pathConfig(b *backend) *framework.Path {
 		// failed storage write, a write would first run here, verify_connection's grant
 		// included, and then run again on the active node.
 		Operations: map[logical.Operation]framework.OperationHandler{
-			logical.CreateOperation: &framework.PathOperation{
-				Callback:                    b.pathConfigWrite,
-				ForwardPerformanceStandby:   true,
-				ForwardPerformanceSecondary: true,
-				DisplayAttrs:                &framework.DisplayAttributes{OperationVerb: "configure"},
-				Summary:                     "Store the tenant and confidential client, or change some of their settings.",
-				Responses:                   writeResponses("The config was stored."),
-			},
-			logical.UpdateOperation: &framework.PathOperation{
-				Callback:                    b.pathConfigWrite,
-				ForwardPerformanceStandby:   true,
-				ForwardPerformanceSecondary: true,
-				DisplayAttrs:                &framework.DisplayAttributes{OperationVerb: "configure"},
-				Summary:                     "Store the tenant and confidential client, or change some of their settings.",
-				Responses:                   writeResponses("The config was stored."),
-			},
+			logical.CreateOperation: configWrite,
+			logical.UpdateOperation: configWrite,
 			logical.ReadOperation: &framework.PathOperation{
 				Callback:     b.pathConfigRead,
 				DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "read", OperationSuffix: "configuration"},

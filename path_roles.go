@@ -82,6 +82,15 @@ func effectiveScopes(cfg *cyberarkConfig, role *roleEntry) (scopeRule, error) {
 }
 
 func pathRoles(b *backend) []*framework.Path {
+	// A create and an update are one write: fields left out keep their stored values.
+	roleWrite := &framework.PathOperation{
+		Callback:                    b.pathRoleWrite,
+		ForwardPerformanceStandby:   true,
+		ForwardPerformanceSecondary: true,
+		DisplayAttrs:                &framework.DisplayAttributes{OperationVerb: "write"},
+		Summary:                     "Create a role, or change some of its settings.",
+		Responses:                   writeResponses("The role was stored."),
+	}
 	return []*framework.Path{
 		{
 			Pattern: "roles/?$",
@@ -165,22 +174,8 @@ func pathRoles(b *backend) []*framework.Path {
 			// Writes and deletes forward to the node that writes storage, as config's do
 			// (path_config.go), rather than fail here on the write and run again there.
 			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.CreateOperation: &framework.PathOperation{
-					Callback:                    b.pathRoleWrite,
-					ForwardPerformanceStandby:   true,
-					ForwardPerformanceSecondary: true,
-					DisplayAttrs:                &framework.DisplayAttributes{OperationVerb: "write"},
-					Summary:                     "Create a role, or change some of its settings.",
-					Responses:                   writeResponses("The role was stored."),
-				},
-				logical.UpdateOperation: &framework.PathOperation{
-					Callback:                    b.pathRoleWrite,
-					ForwardPerformanceStandby:   true,
-					ForwardPerformanceSecondary: true,
-					DisplayAttrs:                &framework.DisplayAttributes{OperationVerb: "write"},
-					Summary:                     "Create a role, or change some of its settings.",
-					Responses:                   writeResponses("The role was stored."),
-				},
+				logical.CreateOperation: roleWrite,
+				logical.UpdateOperation: roleWrite,
 				logical.ReadOperation: &framework.PathOperation{
 					Callback:     b.pathRoleRead,
 					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "read"},
