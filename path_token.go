@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
+	"github.com/hashicorp/vault/sdk/helper/consts"
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/idsec-labs/vault-plugin-secrets-cyberark/client"
@@ -132,10 +133,18 @@ func (b *backend) pathTokenRead(ctx context.Context, req *logical.Request, d *fr
 	resp, err := b.readToken(ctx, req, name, asked)
 	var refused *refusedDuringRotation
 	if errors.As(err, &refused) && !b.WriteSafeReplicationState() {
-		// A performance standby or secondary cannot settle a rotation (it writes
-		// storage): Vault forwards a request that answers ErrReadOnly to the node that
-		// can, which settles and serves it.
-		return nil, logical.ErrReadOnly
+		// This node cannot settle a rotation (that writes storage). A performance
+		// standby hands the read to the active node of its cluster, which Vault does
+		// for a request that answers ErrReadOnly, but only when that node would settle
+		// now: otherwise the active node would only repeat the refused grant, one more
+		// failed login towards locking the service user. A performance secondary never
+		// does, since its lease would then live on the primary; the primary settles on
+		// its own.
+		if refused.settleDue && b.System().ReplicationState().HasState(consts.ReplicationPerformanceStandby) {
+			return nil, logical.ErrReadOnly
+		}
+		b.Logger().Error("token request failed during an unsettled root rotation", "role", name, "app_id", refused.appID, "error", refused.err)
+		return nil, tenantFailure("getting a token", refused.err)
 	}
 	if errors.As(err, &refused) {
 		// The tenant may hold the secret of a rotation that did not finish: settle it,
@@ -160,6 +169,9 @@ func (b *backend) pathTokenRead(ctx context.Context, req *logical.Request, d *fr
 type refusedDuringRotation struct {
 	appID string
 	err   error
+	// settleDue: the last check of the rotation is older than readSettleInterval, so
+	// a settle would ask the tenant now.
+	settleDue bool
 }
 
 func (e *refusedDuringRotation) Error() string { return e.err.Error() }
@@ -191,7 +203,8 @@ func (b *backend) readToken(ctx context.Context, req *logical.Request, name stri
 	var te *client.Error
 	switch {
 	case err != nil && errors.As(err, &te) && te.Refused() && v.config.Rotation.PendingSecret != "" && !v.config.Rotation.Unresolved:
-		return nil, &refusedDuringRotation{appID: plan.appID, err: err}
+		return nil, &refusedDuringRotation{appID: plan.appID, err: err,
+			settleDue: b.now().Sub(v.config.Rotation.LastCheck) >= readSettleInterval}
 	case err != nil:
 		b.Logger().Error("token request failed", "role", name, "app_id", plan.appID, "error", err)
 		return nil, tenantFailure("getting a token", err)
@@ -345,7 +358,9 @@ func leaseFreeResponse(role *roleEntry, tok *client.Token, now time.Time) (*logi
 	floor := reuseFloor(tok, role)
 	ttl, period := remaining-floor, lifetime-floor
 	var warning string
-	if remaining < floor {
+	// The lifetime decides, not the life left: a token the cache handed out a moment
+	// before it crossed the floor gets ttl 0 (read again now), not this branch.
+	if lifetime < floor {
 		// A token the cache would never hand out again (the role's thresholds ask for
 		// more life than the tenant grants): every read makes a grant, and the reader
 		// comes back as a lease's holder would, a second before the margin.

@@ -655,3 +655,22 @@ func TestLeaseInternalDataHoldsOnlyWhatItsEndNeeds(t *testing.T) {
 		}
 	}
 }
+
+// TestLeaseFreeJustPastTheFloor: a token the cache handed out a moment before it
+// crossed the reuse floor is answered with ttl 0 (read again now), not as a token that
+// can never be reused, which would keep readers on it until the lease margin.
+func TestLeaseFreeJustPastTheFloor(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	role := &roleEntry{TokenReuse: true, LeaseFree: true, ReuseMinRemaining: defaultReuseMinRemaining, ReuseMinFraction: defaultReuseMinFraction}
+	tok := &client.Token{AccessToken: "x", TokenType: "Bearer", ExpiresIn: 3600}
+	floor := reuseFloor(tok, role) // 6m for a 1h token
+	tok.Expiry = now.Add(floor - time.Millisecond)
+	resp, err := leaseFreeResponse(role, tok, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Data["ttl"] != int64(0) || resp.Data["rotation_period"] != int64(3240) || len(resp.Warnings) != 0 {
+		t.Errorf("ttl=%v rotation_period=%v warnings=%q; want 0, 3240 and none", resp.Data["ttl"], resp.Data["rotation_period"], resp.Warnings)
+	}
+}

@@ -221,12 +221,14 @@ func (c *cluster) others(n *clusterNode) []*clusterNode {
 	return out
 }
 
-// pluginsUnder counts the plugin processes under node n's Vault.
+// pluginsUnder counts the plugin processes under node n's Vault, or is -1 where
+// processes cannot be listed.
 func (c *cluster) pluginsUnder(n *clusterNode) int {
 	c.t.Helper()
 	pids, err := childProcesses(c.pid(n), pluginName)
 	if err != nil {
-		c.t.Skipf("cannot list processes here: %v", err)
+		c.t.Logf("cannot list processes here, so the plugin processes are not counted: %v", err)
+		return -1
 	}
 	return len(pids)
 }
@@ -357,8 +359,8 @@ func TestCluster(t *testing.T) {
 	// Vault Community Edition runs the plugin on the active node only; standbys
 	// forward every request to it.
 	for _, n := range c.nodes {
-		if got, want := c.pluginsUnder(n), map[bool]int{true: 1, false: 0}[n == leader]; got > want {
-			t.Errorf("%s runs %d plugin processes, want at most %d", n, got, want)
+		if got, want := c.pluginsUnder(n), map[bool]int{true: 1, false: 0}[n == leader]; got >= 0 && got != want {
+			t.Errorf("%s runs %d plugin processes, want %d", n, got, want)
 		}
 	}
 
@@ -592,8 +594,9 @@ func checkLoad(t *testing.T, tn *tenant, what string, reads []loadRead, killed *
 			if !issued[r.token] {
 				t.Errorf("a read through %s returned a token the tenant never issued", r.node)
 			}
-		case r.node == killed:
-			// Sent to the node that died before the balancer dropped it.
+		case r.node == killed || r.start.Before(killedAt) && !r.end.Before(killedAt):
+			// Sent to the node that died before the balancer dropped it, or in flight
+			// through a standby to the leader as it died.
 			ty.cutOff++
 		case r.start.Before(killedAt):
 			t.Errorf("a read through %s before the kill failed: %v", r.node, shortErr(r.err))

@@ -97,7 +97,9 @@ for attempt in 1 2 3; do
   port="$(free_port_pair "")"
   vault_addr="http://127.0.0.1:$port"
   log "starting a Vault dev server on $vault_addr ($("$VAULT_BIN" version))"
-  "$VAULT_BIN" server -dev -dev-root-token-id="$root_token" \
+  # The root token goes in the environment, which other users cannot read, not in
+  # the command line, which they can.
+  VAULT_DEV_ROOT_TOKEN_ID="$root_token" "$VAULT_BIN" server -dev \
     -dev-listen-address="127.0.0.1:$port" -dev-plugin-dir="$tmp/plugins" \
     -dev-plugin-init=false -dev-no-store-token >"$tmp/vault.log" 2>&1 &
   vault_pid=$!

@@ -33,6 +33,8 @@ umask 077
 module="github.com/idsec-labs/vault-plugin-secrets-cyberark"
 plugin="vault-plugin-secrets-cyberark"
 nodes=(1 2 3)
+# marker names start's own file in CLUSTER_DIR: stop removes nothing without it.
+marker=".vault-plugin-secrets-cyberark-cluster"
 
 CLUSTER_DIR="${CLUSTER_DIR:-$PWD/.cluster}"
 CLUSTER_LOG_DIR="${CLUSTER_LOG_DIR:-$CLUSTER_DIR/logs}"
@@ -66,14 +68,20 @@ check_node() {
   [[ "$1" =~ ^[123]$ ]] || die "node must be 1, 2 or 3, got '${1:-}'"
 }
 
-# vault ARGS: the Vault CLI, with the cluster's root token once there is one, and none
-# of the caller's VAULT_ variables (an exported VAULT_ADDR or VAULT_NAMESPACE would
-# send the commands elsewhere).
+# vault_cli ARGS: the Vault CLI, with the cluster's root token once there is one, and
+# none of the caller's VAULT_ variables (an exported VAULT_ADDR or VAULT_NAMESPACE would
+# send the commands elsewhere). The token goes in the environment, which other users
+# cannot read, never on a command line, which they can.
 vault_cli() {
-  local token=""
-  [[ -f "$CLUSTER_DIR/root-token" ]] && token="$(cat "$CLUSTER_DIR/root-token")"
-  env -u VAULT_ADDR -u VAULT_NAMESPACE -u VAULT_TOKEN -u VAULT_CACERT -u VAULT_SKIP_VERIFY \
-    HOME="$CLUSTER_DIR" VAULT_TOKEN="$token" "$VAULT_BIN" "$@"
+  (
+    unset VAULT_ADDR VAULT_NAMESPACE VAULT_TOKEN VAULT_CACERT VAULT_SKIP_VERIFY
+    export HOME="$CLUSTER_DIR"
+    if [[ -f "$CLUSTER_DIR/root-token" ]]; then
+      VAULT_TOKEN="$(cat "$CLUSTER_DIR/root-token")"
+      export VAULT_TOKEN
+    fi
+    exec "$VAULT_BIN" "$@"
+  )
 }
 
 # status_of N: "active", "standby", "sealed", or "down" (no answer).
@@ -139,9 +147,8 @@ EOF
 start_process() {
   local n="$1" dir pid
   dir="$(node_dir "$n")"
-  pid="$(node_pid "$n")"
-  if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
-    die "node $n is already running (pid $pid)"
+  if node_running "$n"; then
+    die "node $n is already running (pid $(node_pid "$n"))"
   fi
   mkdir -p "$CLUSTER_LOG_DIR"
   # Its own session, so that kill-node can end Vault and the plugins it started
@@ -207,9 +214,15 @@ cmd_start() {
   if [[ -e "$CLUSTER_DIR/init-done" ]]; then
     die "a cluster already lives in $CLUSTER_DIR; run '$0 stop' first"
   fi
+  if [[ -d "$CLUSTER_DIR" && -n "$(ls -A "$CLUSTER_DIR" 2>/dev/null)" && ! -e "$CLUSTER_DIR/$marker" ]]; then
+    die "$CLUSTER_DIR exists and is not a cluster this script made; choose another CLUSTER_DIR"
+  fi
   VAULT_BIN="${VAULT_BIN:-$(scripts/vault-build.sh)}"
   local n bin sha leader_addr
   mkdir -p "$CLUSTER_DIR"
+  touch "$CLUSTER_DIR/$marker"
+  # A start that fails part way stops what it started; the files stay, for the logs.
+  trap 'stop_all; log "start failed: the nodes are stopped; their files and logs are in $CLUSTER_DIR (remove them with: $0 stop)"' EXIT
   bin="$(plugin_binary)"
   sha="$(sha256sum "$bin" | awk '{ print $1 }')"
   for n in "${nodes[@]}"; do
@@ -261,6 +274,7 @@ cmd_start() {
     done
   } >"$CLUSTER_DIR/cluster.env"
 
+  trap - EXIT
   echo "cluster: 3 Raft nodes up, plugin $plugin $VERSION (sha256 $sha) enabled at $CLUSTER_MOUNT/"
   for n in "${nodes[@]}"; do
     echo "  node$n  $(addr "$n")  $(status_of "$n")  log $CLUSTER_LOG_DIR/node$n.log"
@@ -289,12 +303,24 @@ cmd_status() {
   fi
 }
 
+# node_running N: node N's recorded pid is alive and is this node's Vault (a pid file
+# left from before a reboot may name another process by now).
+node_running() {
+  local pid
+  pid="$(node_pid "$1")"
+  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null &&
+    ps -o args= -p "$pid" 2>/dev/null | grep -qF -- "-config=$(node_dir "$1")/vault.hcl"
+}
+
 # stop_node N SIGNAL: send SIGNAL to node N's process group, and wait up to 30s for
-# Vault to exit (then SIGKILL the group).
+# Vault to exit (then SIGKILL the group). Returns 1 if the node was not running.
 stop_node() {
   local n="$1" sig="$2" pid i
+  if ! node_running "$n"; then
+    rm -f "$(node_dir "$n")/pid"
+    return 1
+  fi
   pid="$(node_pid "$n")"
-  [[ -n "$pid" ]] || return 0
   kill "-$sig" -- "-$pid" 2>/dev/null || true
   for ((i = 0; i < 300; i++)); do
     kill -0 "$pid" 2>/dev/null || break
@@ -318,13 +344,29 @@ cmd_start_node() {
   echo "cluster: node$1 $(addr "$1") $(status_of "$1")"
 }
 
-cmd_stop() {
+stop_all() {
   local n
   for n in "${nodes[@]}"; do
-    stop_node "$n" TERM
+    stop_node "$n" TERM || true
   done
-  rm -rf "$CLUSTER_DIR"
-  echo "cluster: stopped; $CLUSTER_DIR removed"
+}
+
+# cmd_stop stops every node and removes what start made, and only that: CLUSTER_DIR
+# may name a directory that holds other things.
+cmd_stop() {
+  if [[ -d "$CLUSTER_DIR" && ! -e "$CLUSTER_DIR/$marker" ]]; then
+    die "$CLUSTER_DIR was not made by this script; nothing stopped or removed"
+  fi
+  stop_all
+  local f
+  for f in node1 node2 node3 build logs init.txt unseal-key root-token cluster.env init-done "$marker"; do
+    rm -rf "${CLUSTER_DIR:?}/$f"
+  done
+  if rmdir "$CLUSTER_DIR" 2>/dev/null; then
+    echo "cluster: stopped; $CLUSTER_DIR removed"
+  else
+    echo "cluster: stopped; its files are removed from $CLUSTER_DIR"
+  fi
 }
 
 case "${1:-}" in
@@ -332,13 +374,11 @@ start) cmd_start ;;
 status) cmd_status ;;
 kill-node)
   check_node "${2:-}"
-  stop_node "$2" KILL
-  echo "cluster: node$2 killed"
+  if stop_node "$2" KILL; then echo "cluster: node$2 killed"; else echo "cluster: node$2 was not running"; fi
   ;;
 stop-node)
   check_node "${2:-}"
-  stop_node "$2" TERM
-  echo "cluster: node$2 stopped"
+  if stop_node "$2" TERM; then echo "cluster: node$2 stopped"; else echo "cluster: node$2 was not running"; fi
   ;;
 start-node) cmd_start_node "${2:-}" ;;
 stop) cmd_stop ;;

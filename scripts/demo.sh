@@ -88,7 +88,9 @@ for attempt in 1 2 3; do
   port="$(free_port_pair "${VAULT_DEMO_PORT:-8200}")"
   export VAULT_ADDR="http://127.0.0.1:$port" VAULT_TOKEN="$root_token"
   log "starting a Vault dev server on $VAULT_ADDR ($(vault version))"
-  "$VAULT_BIN" server -dev -dev-root-token-id="$root_token" \
+  # The root token goes in the environment, which other users cannot read, not in
+  # the command line, which they can.
+  VAULT_DEV_ROOT_TOKEN_ID="$root_token" "$VAULT_BIN" server -dev \
     -dev-listen-address="127.0.0.1:$port" -dev-plugin-dir="$tmp/plugins" \
     -dev-plugin-init=false -dev-no-store-token >"$tmp/vault.log" 2>&1 &
   vault_pid=$!
