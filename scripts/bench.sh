@@ -39,13 +39,7 @@ cleanup() {
   local status=$?
   trap '' INT TERM
   trap - EXIT
-  if [[ -n "$vault_pid" ]]; then
-    stop_vault "$vault_pid"
-  fi
-  if [[ -n "$emulator_pid" ]]; then
-    stop_pid "$emulator_pid"
-  fi
-  wait 2>/dev/null || true
+  stop_started
   if ((status != 0)); then
     for f in "$tmp"/vault.log "$tmp"/emulator.log; do
       [[ -s "$f" ]] && printf -- '--- last lines of %s ---\n%s\n' "$(basename "$f")" "$(tail -n 20 "$f")" >&2

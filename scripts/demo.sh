@@ -35,13 +35,7 @@ cleanup() {
   # A second Ctrl-C must not cut the cleanup short and leave processes behind.
   trap '' INT TERM
   trap - EXIT
-  if [[ -n "$vault_pid" ]]; then
-    stop_vault "$vault_pid"
-  fi
-  if [[ -n "$emulator_pid" ]]; then
-    stop_pid "$emulator_pid"
-  fi
-  wait 2>/dev/null || true
+  stop_started
   rm -rf "$tmp"
   if ((status != 0 && status != 130 && status != 143)); then
     printf 'demo: failed (exit %d)\n' "$status" >&2

@@ -27,6 +27,18 @@ stop_vault() {
   done
 }
 
+# stop_started: stops the Vault server and the emulator that the caller started, as
+# its vault_pid and emulator_pid name them, and waits for its other children.
+stop_started() {
+  if [[ -n "${vault_pid:-}" ]]; then
+    stop_vault "$vault_pid"
+  fi
+  if [[ -n "${emulator_pid:-}" ]]; then
+    stop_pid "$emulator_pid"
+  fi
+  wait 2>/dev/null || true
+}
+
 # port_in_use PORT: something accepts connections on 127.0.0.1:PORT.
 port_in_use() {
   (: <"/dev/tcp/127.0.0.1/$1") 2>/dev/null
