@@ -448,6 +448,16 @@ func TestRotateRootWithPasswordPolicyAndHistory(t *testing.T) {
 	}
 	e.assertWorkingSecret(t)
 
+	// A policy that makes the current secret again is refused before the tenant is
+	// asked, as a 400, not sent as a change to the same password.
+	sequence = []string{"Policy-Made-Secret-B2"}
+	changes := e.emu.Stats().PasswordChanges
+	resp, err = e.request(t, logical.UpdateOperation, "config/rotate-root", nil)
+	assertBadRequest(t, resp, err, "password_policy")
+	if n := e.emu.Stats().PasswordChanges; n != changes || len(passwordChangeRequests(e)) != 3 {
+		t.Errorf("a policy that made the current secret reached the tenant (%d changes, %d requests)", n-changes, len(passwordChangeRequests(e)))
+	}
+
 	resp, err = e.request(t, logical.UpdateOperation, "config", map[string]any{"password_policy": "missing"})
 	if err != nil || resp.IsError() {
 		t.Fatalf("naming a policy is not checked at write time: %v %v", resp, err)
@@ -495,4 +505,15 @@ func TestRotateRootLateChangeIsKept(t *testing.T) {
 		t.Errorf("%d token requests; want the refused read, the settle's grant and the read again", n)
 	}
 	e.assertWorkingSecret(t)
+}
+
+// passwordChangeRequests are the password changes the tenant received.
+func passwordChangeRequests(e *testEnv) []emulator.Request {
+	var out []emulator.Request
+	for _, r := range e.emu.Requests() {
+		if strings.EqualFold(r.Path, changePasswordPath) {
+			out = append(out, r)
+		}
+	}
+	return out
 }

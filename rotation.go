@@ -227,7 +227,8 @@ func (b *backend) rotateRootLocked(ctx context.Context, s logical.Storage, manua
 	case cfg.Rotation.Unresolved:
 		return nil, errUnresolved
 	case cfg.Rotation.PendingSecret != "":
-		return nil, fmt.Errorf("the tenant accepts the new secret neither yet nor (perhaps) the current one; both are kept and checked again every few minutes: %w", client.ErrOutcomeUnknown)
+		// The last check's own words say which secret the tenant still takes.
+		return nil, fmt.Errorf("the rotation is not settled: %s: %w", cfg.Rotation.LastError, client.ErrOutcomeUnknown)
 	case cfg.ClientSecret != secret:
 		return nil, &errRotation{"the tenant kept the current secret: " + cfg.Rotation.LastError}
 	}
@@ -406,6 +407,10 @@ func (b *backend) newPassword(ctx context.Context, cfg *cyberarkConfig) (string,
 		}
 		if strings.TrimSpace(secret) != secret || checkText(secret, maxClientSecretLength) != nil {
 			return "", &errRotation{fmt.Sprintf("password_policy %q makes passwords with white space at an end or characters a secret must not hold", cfg.PasswordPolicy)}
+		}
+		if secret == cfg.ClientSecret {
+			// A policy with too few possible passwords; the tenant would refuse it too.
+			return "", &errRotation{fmt.Sprintf("password_policy %q made the current secret again; give it more length or characters", cfg.PasswordPolicy)}
 		}
 		return secret, nil
 	}
