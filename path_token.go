@@ -296,39 +296,49 @@ func (p *tokenPlan) reuseKey() string {
 // or for a lease-free role answers with the token alone.
 func (b *backend) tokenLease(v *view, p *tokenPlan, tok *client.Token) (*logical.Response, error) {
 	now := b.now()
-	if p.leaseFree {
-		return leaseFreeResponse(v.role, tok, now)
-	}
-	ttl, warning, err := leaseTTL(tok, now, v.role)
-	if err != nil {
-		return nil, tenantFailure("getting a token", err)
-	}
 	expiresIn := tok.ExpiresIn
 	if p.shared {
 		expiresIn = remainingSeconds(tok, now)
 	}
-	// Vault stores the internal data with every lease, so it holds only what the lease's
-	// end needs: the role for the renewal refusal's message, and for a lease that
-	// revokes, what revocation at the tenant needs. Vault keeps it encrypted in its
-	// storage, as it keeps the response data itself.
-	internal := map[string]any{"role": p.role, "shared": p.shared, "revoke": p.revoke}
-	if p.revoke {
-		internal["app_id"] = p.appID
-		internal["client_id"] = v.config.ClientID
-		internal["expires_at"] = tok.Expiry.Unix()
-		internal["access_token"] = tok.AccessToken
-		internal["revoke_endpoint"] = v.config.revokeEndpoint(p.appID)
-	}
-	resp := b.Secret(secretAccessTokenType).Response(map[string]any{
+	data := map[string]any{
 		"access_token": tok.AccessToken,
 		"token_type":   tok.TokenType,
 		"expires_in":   expiresIn,
 		"expires_at":   tok.Expiry.UTC().Format(time.RFC3339),
 		"scope":        tok.Scope,
-	}, internal)
-	resp.Secret.TTL = ttl
-	resp.Secret.MaxTTL = ttl
-	resp.Secret.Renewable = false
+	}
+	var resp *logical.Response
+	var warning string
+	if p.leaseFree {
+		ttl, period, w, err := leaseFreeTiming(v.role, tok, now)
+		if err != nil {
+			return nil, tenantFailure("getting a token", err)
+		}
+		data["ttl"], data["rotation_period"] = ttl, period
+		resp, warning = &logical.Response{Data: data}, w
+	} else {
+		ttl, w, err := leaseTTL(tok, now, v.role)
+		if err != nil {
+			return nil, tenantFailure("getting a token", err)
+		}
+		// Vault stores the internal data with every lease, so it holds only what the
+		// lease's end needs: the role for the renewal refusal's message, and for a
+		// lease that revokes, what revocation at the tenant needs. Vault keeps it
+		// encrypted in its storage, as it keeps the response data itself.
+		internal := map[string]any{"role": p.role, "shared": p.shared, "revoke": p.revoke}
+		if p.revoke {
+			internal["app_id"] = p.appID
+			internal["client_id"] = v.config.ClientID
+			internal["expires_at"] = tok.Expiry.Unix()
+			internal["access_token"] = tok.AccessToken
+			internal["revoke_endpoint"] = v.config.revokeEndpoint(p.appID)
+		}
+		resp = b.Secret(secretAccessTokenType).Response(data, internal)
+		resp.Secret.TTL = ttl
+		resp.Secret.MaxTTL = ttl
+		resp.Secret.Renewable = false
+		warning = w
+	}
 	for _, w := range p.warnings {
 		resp.AddWarning(w)
 	}
@@ -344,20 +354,20 @@ func remainingSeconds(tok *client.Token, now time.Time) int64 {
 	return int64(tok.Expiry.Sub(now) / time.Second)
 }
 
-// leaseFreeResponse answers with the token and no lease. Vault Agent (consul-template
-// v0.39's leaseCheckWait) reads a leaseless secret whose data has rotation_period and
-// ttl again ttl+1 seconds later. ttl is therefore the time until the reuse rule stops
-// handing this token out: the Agent's next read gets a newer token, while this one
-// still has the reuse floor (at least the lease margin and a second) to live.
-func leaseFreeResponse(role *roleEntry, tok *client.Token, now time.Time) (*logical.Response, error) {
+// leaseFreeTiming is what a lease-free read says in place of a lease, in seconds:
+// ttl and rotation_period. Vault Agent (consul-template v0.39's leaseCheckWait) reads
+// a leaseless secret whose data has both again ttl+1 seconds later. ttl is therefore
+// the time until the reuse rule stops handing this token out: the Agent's next read
+// gets a newer token, while this one still has the reuse floor (at least the lease
+// margin and a second) to live.
+func leaseFreeTiming(role *roleEntry, tok *client.Token, now time.Time) (ttlSeconds, periodSeconds int64, warning string, err error) {
 	remaining := tok.Expiry.Sub(now)
 	if remaining < time.Second {
-		return nil, tenantFailure("getting a token", fmt.Errorf("the tenant issued a token that expires in under a second (expires_in %d)", tok.ExpiresIn))
+		return 0, 0, "", fmt.Errorf("the tenant issued a token that expires in under a second (expires_in %d)", tok.ExpiresIn)
 	}
 	lifetime := time.Duration(tok.ExpiresIn) * time.Second
 	floor := reuseFloor(tok, role)
 	ttl, period := remaining-floor, lifetime-floor
-	var warning string
 	// The lifetime decides, not the life left: a token the cache handed out a moment
 	// before it crossed the floor gets ttl 0 (read again now), not this branch.
 	if lifetime < floor {
@@ -373,19 +383,7 @@ func leaseFreeResponse(role *roleEntry, tok *client.Token, now time.Time) (*logi
 	if role.TTL > 0 && role.TTL < ttl {
 		ttl = role.TTL // an earlier read gets the same token again: harmless
 	}
-	resp := &logical.Response{Data: map[string]any{
-		"access_token":    tok.AccessToken,
-		"token_type":      tok.TokenType,
-		"expires_in":      remainingSeconds(tok, now),
-		"expires_at":      tok.Expiry.UTC().Format(time.RFC3339),
-		"scope":           tok.Scope,
-		"ttl":             int64(ttl / time.Second),
-		"rotation_period": int64(max(period.Truncate(time.Second), time.Second) / time.Second),
-	}}
-	if warning != "" {
-		resp.AddWarning(warning)
-	}
-	return resp, nil
+	return int64(ttl / time.Second), int64(max(period.Truncate(time.Second), time.Second) / time.Second), warning, nil
 }
 
 // grant performs one client-credentials grant and records its outcome.

@@ -666,11 +666,11 @@ func TestLeaseFreeJustPastTheFloor(t *testing.T) {
 	tok := &client.Token{AccessToken: "x", TokenType: "Bearer", ExpiresIn: 3600}
 	floor := reuseFloor(tok, role) // 6m for a 1h token
 	tok.Expiry = now.Add(floor - time.Millisecond)
-	resp, err := leaseFreeResponse(role, tok, now)
+	ttl, period, warning, err := leaseFreeTiming(role, tok, now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if resp.Data["ttl"] != int64(0) || resp.Data["rotation_period"] != int64(3240) || len(resp.Warnings) != 0 {
-		t.Errorf("ttl=%v rotation_period=%v warnings=%q; want 0, 3240 and none", resp.Data["ttl"], resp.Data["rotation_period"], resp.Warnings)
+	if ttl != 0 || period != 3240 || warning != "" {
+		t.Errorf("ttl=%d rotation_period=%d warning=%q; want 0, 3240 and none", ttl, period, warning)
 	}
 }

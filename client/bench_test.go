@@ -95,14 +95,7 @@ func BenchmarkParseToken(b *testing.B) {
 // against a local TLS endpoint that answers a fixed JWT-sized token over a kept-alive
 // connection: the client's own cost per grant, plus loopback TLS.
 func BenchmarkToken(b *testing.B) {
-	body := benchTokenBody(b)
-	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write(body)
-	}))
-	b.Cleanup(srv.Close)
-	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
-	c := benchClient(b, srv.URL+"/oauth2/token/app", AuthBasic, string(caPEM))
+	c := benchTenant(b)
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
@@ -115,14 +108,7 @@ func BenchmarkToken(b *testing.B) {
 // BenchmarkBarePost is BenchmarkToken's request made with net/http alone on the
 // client's own transport: the floor that BenchmarkToken's extra cost is read against.
 func BenchmarkBarePost(b *testing.B) {
-	body := benchTokenBody(b)
-	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write(body)
-	}))
-	b.Cleanup(srv.Close)
-	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
-	c := benchClient(b, srv.URL+"/oauth2/token/app", AuthBasic, string(caPEM))
+	c := benchTenant(b)
 	hc := &http.Client{Transport: c.transport}
 	ctx := context.Background()
 	b.ReportAllocs()
@@ -140,4 +126,18 @@ func BenchmarkBarePost(b *testing.B) {
 		}
 		_ = resp.Body.Close()
 	}
+}
+
+// benchTenant is a client of a local TLS endpoint that answers every request with a
+// fixed JWT-sized token, over a kept-alive connection.
+func benchTenant(b *testing.B) *Client {
+	b.Helper()
+	body := benchTokenBody(b)
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(body)
+	}))
+	b.Cleanup(srv.Close)
+	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
+	return benchClient(b, srv.URL+"/oauth2/token/app", AuthBasic, string(caPEM))
 }

@@ -377,17 +377,12 @@ func (b *bench) vaultRead(path string) func(context.Context) error {
 			return err
 		}
 		req.Header.Set("X-Vault-Token", b.token)
-		resp, err := b.vaultHC.Do(req)
+		status, body, err := fetch(b.vaultHC, req)
 		if err != nil {
 			return err
 		}
-		defer resp.Body.Close()
-		body, err := io.ReadAll(resp.Body)
-		if err != nil {
-			return err
-		}
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("%s: HTTP %d: %.200s", path, resp.StatusCode, body)
+		if status != http.StatusOK {
+			return fmt.Errorf("%s: HTTP %d: %.200s", path, status, body)
 		}
 		return nil
 	}
@@ -407,20 +402,26 @@ func (b *bench) tenantCall() func(context.Context) error {
 		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 		req.Header.Set("Accept", "application/json")
 		req.Header.Set("Authorization", auth)
-		resp, err := b.tenant.Do(req)
+		status, body, err := fetch(b.tenant, req)
 		if err != nil {
 			return err
 		}
-		defer resp.Body.Close()
-		body, err := io.ReadAll(resp.Body)
-		if err != nil {
-			return err
-		}
-		if resp.StatusCode != http.StatusOK || !bytes.Contains(body, []byte(`"access_token"`)) {
-			return fmt.Errorf("tenant: HTTP %d", resp.StatusCode)
+		if status != http.StatusOK || !bytes.Contains(body, []byte(`"access_token"`)) {
+			return fmt.Errorf("tenant: HTTP %d", status)
 		}
 		return nil
 	}
+}
+
+// fetch sends req and reads the whole answer, as a client would.
+func fetch(hc *http.Client, req *http.Request) (int, []byte, error) {
+	resp, err := hc.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, body, err
 }
 
 // clientCall is the grant made with the engine's client package, as the engine makes
