@@ -74,6 +74,25 @@ func (e *Error) Refused() bool {
 	return e.StatusCode >= 300 && e.StatusCode < 500 && !e.Temporary()
 }
 
+// notAuthFailures are OAuth error codes that say the request, not the client's
+// credentials, was wrong: the tenant authenticated the client first, or never needed
+// to. Every other refusal may be a failed login.
+var notAuthFailures = map[string]bool{
+	"invalid_scope":          true,
+	"invalid_request":        true,
+	"unsupported_grant_type": true,
+	"unsupported_token_type": true,
+}
+
+// CredentialsRefused reports whether a refusal may have counted as a failed login of
+// the client at the tenant, towards locking it out. It errs on the side of yes: a
+// refusal of an unknown shape (a redirect, an HTML page, no OAuth code) counts, since
+// over-counting only slows the caller down, while under-counting can lock the service
+// user out.
+func (e *Error) CredentialsRefused() bool {
+	return e.Refused() && !notAuthFailures[e.Code]
+}
+
 // maxExcerpt bounds how much of an unexpected body is quoted back in an error.
 const maxExcerpt = 200
 

@@ -85,6 +85,22 @@ func (c *Client) ChangePassword(ctx context.Context, changeURL string, scopes []
 	return tok.AccessToken, c.changePassword(ctx, changeURL, tok.AccessToken, newSecret)
 }
 
+// SendPasswordChange is the change step of ChangePassword alone, for a caller that
+// granted the bearer token itself (to count that grant's refusal as a failed login).
+// The same rules hold: sent once, never retried, ErrOutcomeUnknown when the tenant may
+// have applied it.
+func (c *Client) SendPasswordChange(ctx context.Context, changeURL, bearer, newSecret string) error {
+	switch {
+	case changeURL == "":
+		return errors.New("no password change endpoint is configured")
+	case newSecret == "" || newSecret == c.cfg.ClientSecret:
+		return errors.New("the new password must differ from the current one")
+	case bearer == "":
+		return errors.New("no bearer token to change the password with")
+	}
+	return c.changePassword(ctx, changeURL, bearer, newSecret)
+}
+
 func (c *Client) changePassword(ctx context.Context, changeURL, bearer, newSecret string) (err error) {
 	secrets := c.sensitive(append(sensitiveForms(newSecret), sensitiveForms(bearer)...)...)
 	// The fields are redacted as they are read, but an error's text is more: quoting an
