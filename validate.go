@@ -1,10 +1,12 @@
 package cyberark
 
 import (
+	"context"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/url"
 	"regexp"
@@ -16,6 +18,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/hashicorp/go-secure-stdlib/parseutil"
 	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/logical"
 	"github.com/hashicorp/vault/sdk/rotation"
@@ -391,6 +394,11 @@ func checkRotationSchedule(spec string, now time.Time) error {
 	if err := checkText(spec, maxRotationScheduleLength); err != nil {
 		return err
 	}
+	// The SDK's parser takes a time zone prefix and then runs the schedule in UTC all
+	// the same ("TZ=UTC" alone makes it panic).
+	if lead := strings.TrimLeft(spec, " "); hasPrefixFold(lead, "TZ=") || hasPrefixFold(lead, "CRON_TZ=") {
+		return errors.New(`time zone prefixes (TZ=, CRON_TZ=) are not supported: the schedule runs in UTC; give five fields (minute hour day-of-month month day-of-week) in UTC, e.g. "0 1 * * *" for 10:00 in Asia/Tokyo (UTC+9)`)
+	}
 	sched, err := rotation.DefaultScheduler.Parse(spec)
 	if err != nil {
 		return fmt.Errorf("is not a cron schedule of five fields (minute hour day-of-month month day-of-week): %s", quoteShort(err.Error()))
@@ -399,4 +407,60 @@ func checkRotationSchedule(spec string, now time.Time) error {
 		return fmt.Errorf("%s never fires: no date matches it", quoteShort(spec))
 	}
 	return nil
+}
+
+// hasPrefixFold is strings.HasPrefix without regard to ASCII case.
+func hasPrefixFold(s, prefix string) bool {
+	return len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix)
+}
+
+// checkRotationInputs makes the config write's checks of rotation inputs that need the
+// request's raw values or Vault: a rotation_period or rotation_window the framework
+// would store as 0 (which turns rotation off, or widens the window to the whole
+// period), and a password_policy given in this write that does not exist or makes
+// secrets unfit for root rotation (samplePasswordPolicy).
+func (b *backend) checkRotationInputs(ctx context.Context, d *framework.FieldData, cfg *cyberarkConfig) fieldErrors {
+	var problems fieldErrors
+	if shown, ok := lostToTruncation(d.Raw["rotation_period"]); ok {
+		problems.add("rotation_period", "must be 0 (off) or at least %s, got %s", minRotationPeriod, shown)
+	}
+	if shown, ok := lostToTruncation(d.Raw["rotation_window"]); ok {
+		problems.add("rotation_window", "must be 0 (the whole period) or at least 1h, as Vault's rotation manager requires, got %s", shown)
+	}
+	// A name cfg.validate refuses is not sent to Vault.
+	if v, ok := d.GetOk("password_policy"); ok && v.(string) != "" && checkText(cfg.PasswordPolicy, maxPolicyNameLength) == nil {
+		if _, err := b.samplePasswordPolicy(ctx, cfg.PasswordPolicy); err != nil {
+			problems.add("password_policy", "%s", err)
+		}
+	}
+	return problems
+}
+
+// lostToTruncation reports a duration field's raw value that is not zero but that the
+// framework, which keeps whole seconds only, turns into 0: "300ms", "-0.5s", 0.5. It
+// returns the value as a duration to show. A value that does not parse is left to
+// checkFieldTypes, and one of a second or more to cfg.validate.
+func lostToTruncation(raw any) (string, bool) {
+	switch v := raw.(type) {
+	case nil:
+		return "", false
+	case float64:
+		return floatSeconds(v)
+	case float32:
+		return floatSeconds(float64(v))
+	}
+	dur, err := parseutil.ParseDurationSecond(raw)
+	if err != nil || dur == 0 || int(dur.Seconds()) != 0 {
+		return "", false
+	}
+	return dur.String(), true
+}
+
+// floatSeconds is lostToTruncation for a number of seconds that may have a fraction,
+// which the framework truncates to whole seconds before it multiplies.
+func floatSeconds(v float64) (string, bool) {
+	if v == 0 || math.IsNaN(v) || math.Abs(v) >= 1 {
+		return "", false
+	}
+	return strconv.FormatFloat(v, 'g', -1, 64) + "s", true
 }

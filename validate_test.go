@@ -9,7 +9,9 @@ import (
 	"maps"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/hashicorp/vault/sdk/framework"
 	"github.com/hashicorp/vault/sdk/helper/errutil"
 	"github.com/hashicorp/vault/sdk/helper/jsonutil"
 	"github.com/hashicorp/vault/sdk/logical"
@@ -391,6 +393,10 @@ func cronAttacks() []badInput {
 		out = append(out, badInput{name: "rotation_schedule/never fires " + s, data: map[string]any{"rotation_schedule": s}, field: "rotation_schedule"})
 	}
 	out = append(out, textAttacks("rotation_schedule", "0 3 * * *", "", false)...)
+	// The SDK's parser takes a time zone and runs the schedule in UTC all the same;
+	// "TZ=UTC" with nothing after it makes it panic.
+	out = append(out, valueAttacks("rotation_schedule", "TZ=Asia/Tokyo 0 3 * * *", "CRON_TZ=Asia/Tokyo 0 3 * * *",
+		"CRON_TZ=UTC 0 3 * * *", "TZ=UTC", "CRON_TZ=UTC", "TZ=", " TZ=Europe/Paris 0 3 * * *", "cron_tz=UTC 0 3 * * *")...)
 	return out
 }
 
@@ -441,6 +447,13 @@ func configAttacks(e *testEnv) []badInput {
 	out = append(out, durationAttacks("total_timeout", 0, "0s", 86, "90s", "2m")...)
 	out = append(out, durationAttacks("rotation_period", 1, 4, "4s")...)
 	out = append(out, durationAttacks("rotation_window")...)
+	// Not zero, but the framework keeps whole seconds and would store 0: rotation off,
+	// or a window of the whole period.
+	out = append(out, valueAttacks("rotation_period", "300ms", "0.5", 0.5, float32(0.25), "0.5s", "999ms", "1ns", "-300ms", -0.5,
+		json.Number("0.5"), 300*time.Millisecond)...)
+	for _, w := range []any{"500ms", 0.5, "0.999s", "-1ms", "0.5"} {
+		out = append(out, badInput{name: fmt.Sprintf("rotation_window/%T %v", w, w), data: map[string]any{"rotation_window": w, "rotation_schedule": "0 * * * *"}, field: "rotation_window"})
+	}
 	out = append(out,
 		badInput{name: "rotation_period/with rotation_schedule", data: map[string]any{"rotation_period": "1h", "rotation_schedule": "0 * * * *"}, field: "rotation_"},
 		badInput{name: "rotation_window/without rotation_schedule", data: map[string]any{"rotation_window": "1h"}, field: "rotation_window"},
@@ -658,6 +671,10 @@ func TestGoodInputAccepted(t *testing.T) {
 		{"password_length": 16}, {"password_length": json.Number("64")},
 		{"request_timeout": 1}, {"request_timeout": "5m"}, {"total_timeout": "85s"},
 		{"rotation_period": "5s"}, {"rotation_period": 0},
+		{"rotation_period": "0s"}, {"rotation_period": "0ms"}, {"rotation_period": 0.0}, {"rotation_period": json.Number("0")},
+		{"rotation_period": 5.5}, {"rotation_period": "5.5s"}, {"rotation_period": 5 * time.Second},
+		{"rotation_schedule": "0 3 * * *", "rotation_window": "0s"},
+		{"rotation_schedule": "0 3 * * *", "rotation_window": 3600.5},
 		{"rotation_schedule": "0 3 * * 1-5", "rotation_window": "1h"},
 		{"rotation_schedule": "0 0 29 2 *"},
 		{"revoke_tokens": "true"}, {"revoke_tokens": json.Number("0")},
@@ -756,5 +773,84 @@ func TestCheckRotationSchedule(t *testing.T) {
 	}
 	if err := checkRotationSchedule(strings.Repeat("x ", 1<<19), now); err == nil || len(err.Error()) > 512 {
 		t.Errorf("a megabyte schedule: %v", err)
+	}
+}
+
+// TestCheckRotationScheduleTimeZone: a time zone prefix is refused with a message that
+// says the schedule runs in UTC and what to give instead, before the SDK's parser
+// (which panics on "TZ=UTC") sees it.
+func TestCheckRotationScheduleTimeZone(t *testing.T) {
+	t.Parallel()
+	now := newBackend().now()
+	for _, spec := range []string{"TZ=Asia/Tokyo 0 3 * * *", "CRON_TZ=Asia/Tokyo 0 3 * * *", "TZ=UTC", "CRON_TZ=UTC",
+		"TZ=", "CRON_TZ=Mars/Olympus 0 3 * * *", "  TZ=UTC 0 3 * * *", "tz=UTC 0 3 * * *", "Cron_Tz=UTC 0 3 * * *"} {
+		t.Run(spec, func(t *testing.T) {
+			err := runNoPanicErr(t, func() error { return checkRotationSchedule(spec, now) })
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			for _, want := range []string{"time zone prefixes", "runs in UTC", "five fields", "0 1 * * *"} {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("%q does not say %q", err, want)
+				}
+			}
+		})
+	}
+	// A field that merely holds "TZ" is the parser's to judge.
+	if err := checkRotationSchedule("0 3 * * MON", now); err != nil {
+		t.Error(err)
+	}
+}
+
+// runNoPanicErr runs f and turns a panic into a test failure.
+func runNoPanicErr(t *testing.T, f func() error) (err error) {
+	t.Helper()
+	defer func() {
+		if r := recover(); r != nil {
+			t.Fatalf("panic: %v", r)
+		}
+	}()
+	return f()
+}
+
+// TestCheckRotationInputs: a rotation_period or rotation_window that is not zero but
+// that the framework would store as 0 is named, with what is allowed and the value as
+// given; zero, whole seconds and what the framework itself refuses are left alone.
+func TestCheckRotationInputs(t *testing.T) {
+	t.Parallel()
+	b := newBackend()
+	schema := pathConfig(b).Fields
+	for _, tc := range []struct {
+		name string
+		raw  map[string]any
+		want string // the whole problem list, "" for none
+	}{
+		{"300ms", map[string]any{"rotation_period": "300ms"}, "rotation_period: must be 0 (off) or at least 5s, got 300ms"},
+		{"float 0.5", map[string]any{"rotation_period": 0.5}, "rotation_period: must be 0 (off) or at least 5s, got 0.5s"},
+		{"float32 0.25", map[string]any{"rotation_period": float32(0.25)}, "rotation_period: must be 0 (off) or at least 5s, got 0.25s"},
+		{"-300ms", map[string]any{"rotation_period": "-300ms"}, "rotation_period: must be 0 (off) or at least 5s, got -300ms"},
+		{"-0.5", map[string]any{"rotation_period": -0.5}, "rotation_period: must be 0 (off) or at least 5s, got -0.5s"},
+		{"1ns", map[string]any{"rotation_period": "1ns"}, "rotation_period: must be 0 (off) or at least 5s, got 1ns"},
+		{"a time.Duration", map[string]any{"rotation_period": 300 * time.Millisecond}, "rotation_period: must be 0 (off) or at least 5s, got 300ms"},
+		{"window 500ms", map[string]any{"rotation_window": "500ms"}, "rotation_window: must be 0 (the whole period) or at least 1h, as Vault's rotation manager requires, got 500ms"},
+		{"both", map[string]any{"rotation_period": "1ms", "rotation_window": 0.1}, "rotation_period: must be 0 (off) or at least 5s, got 1ms; rotation_window: must be 0 (the whole period) or at least 1h, as Vault's rotation manager requires, got 0.1s"},
+		// Left to others: zero, whole seconds (cfg.validate), what does not parse
+		// (checkFieldTypes).
+		{"0", map[string]any{"rotation_period": 0, "rotation_window": "0s"}, ""},
+		{"0.0", map[string]any{"rotation_period": 0.0, "rotation_window": json.Number("0")}, ""},
+		{"empty string", map[string]any{"rotation_period": ""}, ""},
+		{"4s", map[string]any{"rotation_period": "4s"}, ""},
+		{"1.5s", map[string]any{"rotation_period": "1.5s"}, ""},
+		{"string 0.5", map[string]any{"rotation_period": "0.5"}, ""},
+		{"json 0.5", map[string]any{"rotation_period": json.Number("0.5")}, ""},
+		{"absent", map[string]any{}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := &framework.FieldData{Raw: tc.raw, Schema: schema}
+			got := strings.Join(b.checkRotationInputs(context.Background(), d, &cyberarkConfig{}), "; ")
+			if got != tc.want {
+				t.Errorf("got %q, want %q", got, tc.want)
+			}
+		})
 	}
 }
