@@ -76,16 +76,26 @@ func (c *replicationStateCache) ReplicationState() consts.ReplicationState {
 	return state
 }
 
+// Lock order. A credential's owner lock (credential.mu) comes first: rotations, settles,
+// the schedule and config writes and deletes hold it, across tenant calls. Under it,
+// or without it, a goroutine may take one of the leaf locks, cache.mu, gate.mu or the
+// scheduler's, for a few memory operations and never while it waits or calls out:
+// none of them is held with another. roleMu serialises role writes and is never held
+// with the owner lock. Token reads take no lock across a tenant call: a reuse-cache hit
+// takes cache.mu for a lookup; a grant passes the credential's gate, which may make it
+// wait (bounded by the request and total_timeout) for a password change in progress or
+// for an attempt left in the failed-login budget, but holds no lock meanwhile.
+//
 // backend is the engine. Everything a token read needs besides the tenant's answer is
 // kept in cache, so a read costs no storage access and no TLS or CA parsing.
 type backend struct {
 	*framework.Backend
 
-	// configMu serialises config writes, so a partial update reads and writes a
-	// consistent config. A write holds it through verify_connection's grant, at most
-	// total_timeout; token reads never take it.
-	configMu sync.Mutex
-	// roleMu does the same for role writes.
+	// root is the config's client secret and its rotation: the one credential a mount
+	// holds today.
+	root *credential
+	// roleMu serialises role writes, so a partial update reads and writes a
+	// consistent role.
 	roleMu sync.Mutex
 
 	cache *cache
@@ -97,9 +107,6 @@ type backend struct {
 	schedule *scheduler
 	// afterRotationStep, when set by a test, is called after each step of a rotation.
 	afterRotationStep func(step string)
-	// rotating is held by a rotation from the tenant's change until the new secret is
-	// stored; token grants wait on it instead of failing with the old secret.
-	rotating sync.RWMutex
 
 	revokeFailures *failureCounter
 
@@ -126,6 +133,7 @@ func newBackend() *backend {
 		now:            time.Now,
 	}
 	b.cache = newCache(b.newTenantClient)
+	b.root = newCredential(b, "default", configPath)
 	b.Backend = &framework.Backend{
 		Help:        strings.TrimSpace(backendHelp),
 		BackendType: logical.TypeLogical,
@@ -153,6 +161,8 @@ func (b *backend) invalidate(_ context.Context, key string) {
 	switch {
 	case key == configPath:
 		b.cache.resetConfig()
+	case key == b.root.gate.key:
+		b.root.gate.invalidate()
 	case strings.HasPrefix(key, rolePrefix):
 		b.cache.resetRole(strings.TrimPrefix(key, rolePrefix))
 	}
@@ -171,7 +181,7 @@ func (b *backend) initialize(ctx context.Context, req *logical.InitializationReq
 	if !b.WriteSafeReplicationState() {
 		return nil
 	}
-	if _, err := b.settle(ctx, req.Storage, settleOnStart); err != nil {
+	if _, err := b.root.settleIf(ctx, req.Storage, settleOnStart); err != nil {
 		// The mount must still come up: tokens are served with the stored secret,
 		// and the periodic function tries again.
 		b.Logger().Error("could not settle an interrupted root rotation at start", "error", err)
@@ -187,7 +197,7 @@ func (b *backend) initialize(ctx context.Context, req *logical.InitializationReq
 
 // periodic runs about once a minute on the active node (Vault's rollback manager).
 func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
-	if _, err := b.settle(ctx, req.Storage, settlePeriodic); err != nil {
+	if _, err := b.root.settleIf(ctx, req.Storage, settlePeriodic); err != nil {
 		b.Logger().Error("could not settle an interrupted root rotation", "error", err)
 	}
 	return b.rotateIfDue(ctx, req.Storage)

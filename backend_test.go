@@ -507,7 +507,8 @@ func TestPerformanceStandby(t *testing.T) {
 			}
 			forwards := state == consts.ReplicationPerformanceStandby
 			for _, checked := range []time.Time{time.Now().UTC(), {}} {
-				cfg.Rotation.LastCheck = checked
+				// Checked a moment ago and found refused: another refusal is no news.
+				cfg.Rotation.LastCheck, cfg.Rotation.CurrentRefused = checked, !checked.IsZero()
 				entry, _ := logical.StorageEntryJSON(configPath, cfg)
 				if err := active.storage.Put(t.Context(), entry); err != nil {
 					t.Fatal(err)

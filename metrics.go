@@ -22,6 +22,12 @@ var (
 	metricRevoke        = []string{"cyberark", "revoke"}
 	metricRevokeLatency = []string{"cyberark", "revoke", "duration"}
 	metricRotation      = []string{"cyberark", "rotation"}
+	// metricFailedLogin counts refused client authentications the engine caused, by
+	// call; metricFailedLoginsInWindow is how many the budget's window holds, and
+	// metricLoginBudget counts calls the spent budget answered without the tenant.
+	metricFailedLogin          = []string{"cyberark", "failed_login"}
+	metricFailedLoginsInWindow = []string{"cyberark", "failed_logins_in_window"}
+	metricLoginBudget          = []string{"cyberark", "login_budget_spent"}
 )
 
 // newMetrics is one mount's metrics: go-metrics, as Vault's telemetry uses, into a

@@ -66,6 +66,10 @@ type cyberarkConfig struct {
 	PasswordPolicy string `json:"password_policy,omitempty"`
 	// PasswordLength is the length of our generated secrets; 0 means the default.
 	PasswordLength int `json:"password_length,omitempty"`
+	// MaxFailedLogins and FailedLoginWindow bound the refused logins the engine
+	// causes (budget.go); 0 means the default, as in configs of earlier releases.
+	MaxFailedLogins   int           `json:"max_failed_logins,omitempty"`
+	FailedLoginWindow time.Duration `json:"failed_login_window,omitempty"`
 	automatedrotationutil.AutomatedRotationParams
 	Rotation rotationState `json:"rotation"`
 }
@@ -212,6 +216,16 @@ func pathConfig(b *backend) *framework.Path {
 				Description: "Length of secrets generated for root rotation when no password_policy is set; 16 to 64.",
 				Default:     defaultPasswordLength,
 			},
+			"max_failed_logins": {
+				Type:        framework.TypeInt,
+				Description: "At most this many refused logins (client authentications) the engine causes at the tenant per failed_login_window, across token reads, checks, rotation and revocation; once they are spent, reads are refused at once without asking the tenant. Keep it below the tenant's lockout threshold. 1 to 100.",
+				Default:     defaultMaxFailedLogins,
+			},
+			"failed_login_window": {
+				Type:        framework.TypeDurationSecond,
+				Description: "The window of max_failed_logins, as seconds or a duration string; at least the tenant's own capture window. 1m to 24h.",
+				Default:     int(defaultFailedLoginWindow.Seconds()),
+			},
 			"verify_connection": {
 				Type:        framework.TypeBool,
 				Description: "Fetch one token with the new settings before storing them, and refuse the write if the tenant does. Not stored.",
@@ -308,6 +322,13 @@ func configReadFields() map[string]*framework.FieldSchema {
 		"rotation_scopes":            list("Scopes asked for in the grant that authorises a root rotation."),
 		"password_policy":            str("Vault password policy that generates rotated secrets, or empty."),
 		"password_length":            num("Length of rotated secrets when no password_policy is set."),
+		"max_failed_logins":          num("Refused logins the engine may cause per failed_login_window."),
+		"failed_login_window":        num("The window of max_failed_logins, in seconds."),
+		"failed_logins":              num("Refused logins the engine caused within the current window."),
+		"failed_logins_total":        num("Refused logins since the stored credentials were last verified by a config write."),
+		"failed_logins_since":        when("When the first of failed_logins_total happened, or absent."),
+		"last_failed_login":          str("The tenant's last refusal, without secrets, or absent."),
+		"next_login_attempt":         when("While the budget is spent: when the engine may try the tenant again; absent otherwise."),
 		"rotation_state":             str(`State of root rotation: "ok", "pending" (a rotation did not finish; the engine settles it) or "unresolved" (the tenant refused both secrets; see docs/rotation.md).`),
 		"rotation_pending_since":     when("When the unfinished rotation began; only while rotation_state is pending or unresolved."),
 		"last_rotation_error":        str("Why the last rotation failed, or what its last check found; without secrets."),
@@ -332,25 +353,30 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 		return nil, err
 	}
 	data := map[string]any{
-		"tenant_url":        cfg.TenantURL,
-		"app_id":            cfg.AppID,
-		"client_id":         cfg.ClientID,
-		"client_secret_set": cfg.ClientSecret != "",
-		"scopes":            nonNil(cfg.Scopes),
-		"token_url":         cfg.TokenURL,
-		"token_endpoint":    cfg.tokenEndpoint(cfg.AppID),
-		"client_auth":       cfg.ClientAuth,
-		"ca_cert":           cfg.CACert,
-		"request_timeout":   int64(cfg.RequestTimeout.Seconds()),
-		"total_timeout":     int64(cfg.TotalTimeout.Seconds()),
-		"max_retries":       cfg.MaxRetries,
-		"revoke_tokens":     cfg.revokes(),
-		"revoke_url":        cfg.RevokeURL,
-		"revoke_endpoint":   cfg.revokeEndpoint(cfg.AppID),
-		"rotation_scopes":   nonNil(cfg.RotationScopes),
-		"password_policy":   cfg.PasswordPolicy,
-		"password_length":   cmp.Or(cfg.PasswordLength, defaultPasswordLength),
-		"rotation_state":    cfg.Rotation.status(),
+		"tenant_url":          cfg.TenantURL,
+		"app_id":              cfg.AppID,
+		"client_id":           cfg.ClientID,
+		"client_secret_set":   cfg.ClientSecret != "",
+		"scopes":              nonNil(cfg.Scopes),
+		"token_url":           cfg.TokenURL,
+		"token_endpoint":      cfg.tokenEndpoint(cfg.AppID),
+		"client_auth":         cfg.ClientAuth,
+		"ca_cert":             cfg.CACert,
+		"request_timeout":     int64(cfg.RequestTimeout.Seconds()),
+		"total_timeout":       int64(cfg.TotalTimeout.Seconds()),
+		"max_retries":         cfg.MaxRetries,
+		"revoke_tokens":       cfg.revokes(),
+		"revoke_url":          cfg.RevokeURL,
+		"revoke_endpoint":     cfg.revokeEndpoint(cfg.AppID),
+		"rotation_scopes":     nonNil(cfg.RotationScopes),
+		"password_policy":     cfg.PasswordPolicy,
+		"password_length":     cmp.Or(cfg.PasswordLength, defaultPasswordLength),
+		"rotation_state":      cfg.Rotation.status(),
+		"max_failed_logins":   cfg.loginLimits().max,
+		"failed_login_window": int64(cfg.loginLimits().window.Seconds()),
+	}
+	if err := b.root.addLoginStatus(ctx, req.Storage, cfg, data); err != nil {
+		return nil, err
 	}
 	cfg.PopulateSetAutomatedRotationData(data)
 	info := automatedrotationutil.RotationInfoResponseParams{
@@ -382,13 +408,14 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 }
 
 func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
-	b.configMu.Lock()
-	defer b.configMu.Unlock()
-	cfg, err := readConfig(ctx, req.Storage)
+	c := b.root
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cfg, err := c.load(ctx, req.Storage)
 	if err != nil {
 		return nil, err
 	}
-	if err := req.Storage.Delete(ctx, configPath); err != nil {
+	if err := c.remove(ctx, req.Storage); err != nil {
 		return nil, fmt.Errorf("deleting config: %w", err)
 	}
 	if cfg != nil && cfg.Rotation.RotationID != "" {
@@ -398,7 +425,6 @@ func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, _ 
 			b.Logger().Error("config deleted, but its rotation job could not be removed from Vault's rotation manager", "error", err)
 		}
 	}
-	b.cache.resetConfig()
 	b.armSchedule(nil)
 	if cfg != nil && cfg.Rotation.PendingSecret != "" {
 		// After a rotation, Vault held the only copy of the password; say so loudly.
@@ -413,10 +439,11 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	if resp := unknownFields(req, d); resp != nil {
 		return resp, nil
 	}
-	b.configMu.Lock()
-	defer b.configMu.Unlock()
+	c := b.root
+	c.mu.Lock()
+	defer c.mu.Unlock()
 
-	cfg, err := readConfig(ctx, req.Storage)
+	cfg, err := c.load(ctx, req.Storage)
 	if err != nil {
 		return nil, err
 	}
@@ -499,9 +526,18 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		cfg.PasswordPolicy = v.(string)
 	}
 	if v, ok := d.GetOk("password_length"); ok {
-		cfg.PasswordLength = v.(int)
-		if cfg.PasswordLength < minPasswordLength || cfg.PasswordLength > maxPasswordLength {
-			problems.add("password_length", "must be between %d and %d, got %d", minPasswordLength, maxPasswordLength, cfg.PasswordLength)
+		if cfg.PasswordLength = v.(int); cfg.PasswordLength == 0 {
+			problems.add("password_length", "must be between %d and %d, got 0", minPasswordLength, maxPasswordLength)
+		}
+	}
+	if v, ok := d.GetOk("max_failed_logins"); ok {
+		if cfg.MaxFailedLogins = v.(int); cfg.MaxFailedLogins == 0 {
+			problems.add("max_failed_logins", "must be between 1 and %d, got 0", maxMaxFailedLogins)
+		}
+	}
+	if v, ok := d.GetOk("failed_login_window"); ok {
+		if cfg.FailedLoginWindow = time.Duration(v.(int)) * time.Second; cfg.FailedLoginWindow == 0 {
+			problems.add("failed_login_window", "must be between %s and %s, got 0s", minFailedLoginWindow, maxFailedLoginWindow)
 		}
 	}
 	if v, ok := d.GetOk("rotation_schedule"); ok && v.(string) != "" {
@@ -515,6 +551,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 			problems = append(problems, err.Error())
 		}
 	}
+	problems = append(problems, b.checkRotationInputs(ctx, d, cfg)...)
 	problems = append(problems, cfg.validate(creating)...)
 	if !creating && !secretGiven {
 		if moved := old.destinationChanges(cfg); len(moved) > 0 {
@@ -533,14 +570,9 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		return logical.ErrorResponse("verify_connection: must stay true while a root rotation is %s: the written secret replaces one the tenant may hold, so it is checked first", old.Rotation.status()), nil
 	}
 	if verify {
-		if resp, err := b.verifyConfig(ctx, cfg); resp != nil || err != nil {
+		if resp, err := b.verifyConfig(ctx, req.Storage, cfg); resp != nil || err != nil {
 			return resp, err
 		}
-	}
-	if secretGiven {
-		// A written secret is the manual rotation: it settles any rotation under way.
-		cfg.Rotation.PendingSecret, cfg.Rotation.PendingSince = "", time.Time{}
-		cfg.Rotation.Unresolved, cfg.Rotation.LastError = false, ""
 	}
 	rescheduled := creating || rotationFieldsGiven(d)
 	if rescheduled {
@@ -548,7 +580,13 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 			return nil, err
 		}
 	}
-	if err := b.storeConfig(ctx, req.Storage, cfg); err != nil {
+	var stored *cyberarkConfig
+	if !creating {
+		stored = &old
+	}
+	// A written secret is the manual rotation: it settles any rotation under way, as
+	// far as a change in flight allows (operatorWrite).
+	if err := c.operatorWrite(ctx, req.Storage, stored, cfg, secretGiven, verify); err != nil {
 		if rescheduled {
 			// Put Vault's rotation manager back as the stored config has it.
 			b.restoreRotationJob(ctx, req, &old, cfg)
@@ -567,50 +605,6 @@ func rotationFieldsGiven(d *framework.FieldData) bool {
 		}
 	}
 	return false
-}
-
-// scheduleRotation hands the rotation schedule to Vault's rotation manager where there
-// is one (Vault Enterprise), and otherwise to the engine's own scheduler.
-func (b *backend) scheduleRotation(ctx context.Context, req *logical.Request, cfg *cyberarkConfig) error {
-	if cfg.ShouldDeregisterRotationJob() {
-		if cfg.Rotation.RotationID != "" {
-			err := b.System().DeregisterRotationJob(ctx, &rotation.RotationJobDeregisterRequest{MountPoint: req.MountPoint, ReqPath: configPath})
-			if err != nil {
-				return fmt.Errorf("removing the rotation job from Vault's rotation manager: %w", err)
-			}
-		}
-		cfg.Rotation.RotationID, cfg.Rotation.NextRotation = "", time.Time{}
-		return nil
-	}
-	id, err := b.System().RegisterRotationJob(ctx, &rotation.RotationJobConfigureRequest{
-		Name:             "root",
-		MountPoint:       req.MountPoint,
-		ReqPath:          configPath,
-		RotationSchedule: cfg.RotationSchedule,
-		RotationWindow:   cfg.RotationWindow,
-		RotationPeriod:   cfg.RotationPeriod,
-		RotationPolicy:   cfg.RotationPolicy,
-	})
-	switch {
-	case err == nil:
-		cfg.Rotation.RotationID, cfg.Rotation.NextRotation = id, time.Time{}
-	case rotationManagerMissing(err):
-		cfg.Rotation.RotationID = ""
-		cfg.Rotation.NextRotation = cfg.nextRotation(b.now(), time.Time{})
-	default:
-		return fmt.Errorf("registering the rotation job with Vault's rotation manager: %w", err)
-	}
-	return nil
-}
-
-// rotationManagerMissing recognises Vault Community Edition's answer to a rotation job,
-// and an older Vault that does not know the call at all. Errors lose their type on
-// the way from Vault to the plugin, so the text is what can be compared.
-func rotationManagerMissing(err error) bool {
-	msg := err.Error()
-	return errors.Is(err, automatedrotationutil.ErrRotationManagerUnsupported) ||
-		strings.Contains(msg, automatedrotationutil.ErrRotationManagerUnsupported.Error()) ||
-		strings.Contains(msg, "not implemented") || strings.Contains(msg, "Unimplemented")
 }
 
 // destinationChanges names the fields whose change from c to next moves where the
@@ -716,6 +710,12 @@ func (c *cyberarkConfig) validate(creating bool) fieldErrors {
 	if c.HasNonzeroRotationValues() && c.changePasswordURL() == "" {
 		problems.add("tenant_url", "is required for scheduled root rotation: the secret is changed through the tenant's UserMgmt/ChangeUserPassword")
 	}
+	if c.MaxFailedLogins < 0 || c.MaxFailedLogins > maxMaxFailedLogins {
+		problems.add("max_failed_logins", "must be between 1 and %d, got %d", maxMaxFailedLogins, c.MaxFailedLogins)
+	}
+	if c.FailedLoginWindow != 0 && (c.FailedLoginWindow < minFailedLoginWindow || c.FailedLoginWindow > maxFailedLoginWindow) {
+		problems.add("failed_login_window", "must be between %s and %s, got %s", minFailedLoginWindow, maxFailedLoginWindow, c.FailedLoginWindow)
+	}
 	if c.MaxRetries < 0 || c.MaxRetries > maxMaxRetries {
 		problems.add("max_retries", "must be between 0 and %d, got %d", maxMaxRetries, c.MaxRetries)
 	}
@@ -732,13 +732,13 @@ func (c *cyberarkConfig) validate(creating bool) fieldErrors {
 
 // verifyConfig fetches one token with cfg before it is stored. A refusal by the tenant
 // is the writer's to fix (400); a tenant that cannot be reached is not (502).
-func (b *backend) verifyConfig(ctx context.Context, cfg *cyberarkConfig) (*logical.Response, error) {
-	c, err := b.newTenantClient(cfg, cfg.AppID)
+func (b *backend) verifyConfig(ctx context.Context, s logical.Storage, cfg *cyberarkConfig) (*logical.Response, error) {
+	tc, err := b.newTenantClient(cfg, cfg.AppID)
 	if err != nil {
 		return logical.ErrorResponse("ca_cert: %s", err), nil
 	}
-	defer c.Close()
-	tok, err := b.grant(ctx, c, cfg.Scopes)
+	defer tc.Close()
+	tok, err := b.root.verify(ctx, s, cfg, tc)
 	if err != nil {
 		b.Logger().Warn("config not stored: verification grant failed", "token_endpoint", cfg.tokenEndpoint(cfg.AppID), "error", err)
 		var te *client.Error
@@ -753,7 +753,7 @@ func (b *backend) verifyConfig(ctx context.Context, cfg *cyberarkConfig) (*logic
 			fmt.Sprintf("verify_connection: could not get a token from the tenant, nothing was stored (set verify_connection=false to store anyway): %s", err))
 	}
 	if cfg.revokes() {
-		b.revokeQuietly(ctx, c, tok.AccessToken) // the verification token has served
+		b.root.revokeQuietly(ctx, s, cfg, tc, tok.AccessToken) // the verification token has served
 	}
 	return nil, nil
 }
@@ -794,24 +794,4 @@ func nonNil(s []string) []string {
 		return []string{}
 	}
 	return s
-}
-
-// restoreRotationJob puts Vault's rotation manager back as old (the stored config) has
-// it, after a write that changed the job failed to store next. Best effort: it logs
-// what it cannot undo.
-func (b *backend) restoreRotationJob(ctx context.Context, req *logical.Request, old, next *cyberarkConfig) {
-	var err error
-	switch {
-	case old.Rotation.RotationID != "":
-		_, err = b.System().RegisterRotationJob(ctx, &rotation.RotationJobConfigureRequest{
-			Name: "root", MountPoint: req.MountPoint, ReqPath: configPath,
-			RotationSchedule: old.RotationSchedule, RotationWindow: old.RotationWindow,
-			RotationPeriod: old.RotationPeriod, RotationPolicy: old.RotationPolicy,
-		})
-	case next.Rotation.RotationID != "":
-		err = b.System().DeregisterRotationJob(ctx, &rotation.RotationJobDeregisterRequest{MountPoint: req.MountPoint, ReqPath: configPath})
-	}
-	if err != nil {
-		b.Logger().Error("the config was not stored, and Vault's rotation manager could not be put back as it has it", "error", err)
-	}
 }

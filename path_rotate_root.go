@@ -55,10 +55,14 @@ func (b *backend) pathRotateRootUpdate(ctx context.Context, req *logical.Request
 	cfg, err := b.rotateRoot(ctx, req.Storage, true)
 	var re *errRotation
 	var te *client.Error
+	var coded logical.HTTPCodedError
 	switch {
 	case errors.As(err, &re):
 		return logical.ErrorResponse("%s", re.Error()), nil
-	case errors.Is(err, errUnresolved), errors.Is(err, errPending):
+	case errors.As(err, &coded):
+		// An unsettled or unresolved rotation is a 409, a spent failed-login budget a
+		// 400: answers a Vault client does not retry, since a retry could only add
+		// failed logins.
 		return nil, err
 	case errors.As(err, &te) && te.StatusCode == http.StatusTooManyRequests:
 		return nil, logical.CodedError(http.StatusTooManyRequests, "root rotation: "+err.Error())

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
-	"github.com/hashicorp/vault/sdk/helper/consts"
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/idsec-labs/vault-plugin-secrets-cyberark/client"
@@ -130,92 +129,57 @@ func (b *backend) pathTokenRead(ctx context.Context, req *logical.Request, d *fr
 	if raw, ok := d.GetOk("scope"); ok {
 		asked = splitScopes(raw.([]string))
 	}
-	resp, err := b.readToken(ctx, req, name, asked)
-	var refused *refusedDuringRotation
-	if errors.As(err, &refused) && !b.WriteSafeReplicationState() {
-		// This node cannot settle a rotation (that writes storage). A performance
-		// standby hands the read to the active node of its cluster, which Vault does
-		// for a request that answers ErrReadOnly, but only when that node would settle
-		// now: otherwise the active node would only repeat the refused grant, one more
-		// failed login towards locking the service user. A performance secondary never
-		// does, since its lease would then live on the primary; the primary settles on
-		// its own.
-		if refused.settleDue && b.System().ReplicationState().HasState(consts.ReplicationPerformanceStandby) {
-			return nil, logical.ErrReadOnly
-		}
-		b.Logger().Error("token request failed during an unsettled root rotation", "role", name, "app_id", refused.appID, "error", refused.err)
-		return nil, tenantFailure("getting a token", refused.err)
-	}
-	if errors.As(err, &refused) {
-		// The tenant may hold the secret of a rotation that did not finish: settle it,
-		// and if that changed the stored secret, read once more with it.
-		changed, serr := b.settle(ctx, req.Storage, settleOnRefusal)
-		switch {
-		case serr != nil:
-			b.Logger().Error("could not settle an interrupted root rotation", "error", serr)
-		case changed:
-			resp, err = b.readToken(ctx, req, name, asked)
-		}
-	}
-	if errors.As(err, &refused) {
-		b.Logger().Error("token request failed", "role", name, "app_id", refused.appID, "error", refused.err)
-		return nil, tenantFailure("getting a token", refused.err)
-	}
-	return resp, err
+	return b.readToken(ctx, req, name, asked)
 }
 
-// refusedDuringRotation is a grant the tenant refused while a rotation was pending,
-// which settling the rotation may mend.
-type refusedDuringRotation struct {
-	appID string
-	err   error
-	// settleDue: the last check of the rotation is older than readSettleInterval, so
-	// a settle would ask the tenant now.
-	settleDue bool
-}
+// maxReadTries bounds how often a read starts over with a new view: after a password
+// change it waited for, or a settle that promoted the pending secret.
+const maxReadTries = 3
 
-func (e *refusedDuringRotation) Error() string { return e.err.Error() }
-func (e *refusedDuringRotation) Unwrap() error { return e.err }
-
-// readToken serves one read from one view of the settings. It holds the rotation gate
-// throughout, so that a read never takes a view from before a rotation's change and a
-// grant after it: it waits for the rotation to store the new secret instead. A refusal
-// while a rotation is pending comes back as refusedDuringRotation, for the caller to
-// settle the rotation (which needs the gate released) and read again.
+// readToken serves one read from one view of the settings. It takes no lock across a
+// tenant call: a reuse-cache hit is answered at once, and a grant passes the
+// credential's gate (rotation.go), which may hold it back while a password change is
+// at the tenant, or refuse it at once when the failed-login budget is spent. When the
+// secret changed under it, it starts over with a new view.
 func (b *backend) readToken(ctx context.Context, req *logical.Request, name string, asked []string) (*logical.Response, error) {
-	b.rotating.RLock()
-	defer b.rotating.RUnlock()
-	v, err := b.cache.view(ctx, req.Storage, name, "")
-	if err != nil {
-		return nil, err
+	for range maxReadTries {
+		epoch := b.root.gate.epochNow()
+		v, err := b.cache.view(ctx, req.Storage, name, "")
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case v.config == nil:
+			return logical.ErrorResponse("the engine is not configured: write %sconfig first", req.MountPoint), nil
+		case name != "" && v.role == nil:
+			return logical.ErrorResponse("role: %q does not exist", name), nil
+		}
+		plan, resp := newTokenPlan(v, name, asked)
+		if resp != nil {
+			return resp, nil
+		}
+		tok, err := b.token(ctx, req.Storage, v, plan, epoch)
+		var coded logical.HTTPCodedError
+		switch {
+		case errors.Is(err, errStaleView):
+			continue
+		case errors.Is(err, logical.ErrReadOnly), errors.As(err, &coded):
+			return nil, err
+		case err != nil:
+			b.Logger().Error("token request failed", "role", name, "app_id", plan.appID, "error", err)
+			return nil, tenantFailure("getting a token", err)
+		}
+		return b.tokenLease(v, plan, tok)
 	}
-	switch {
-	case v.config == nil:
-		return logical.ErrorResponse("the engine is not configured: write %sconfig first", req.MountPoint), nil
-	case name != "" && v.role == nil:
-		return logical.ErrorResponse("role: %q does not exist", name), nil
-	}
-	plan, resp := newTokenPlan(v, name, asked)
-	if resp != nil {
-		return resp, nil
-	}
-	tok, err := b.token(ctx, v, plan)
-	var te *client.Error
-	switch {
-	case err != nil && errors.As(err, &te) && te.Refused() && v.config.Rotation.PendingSecret != "" && !v.config.Rotation.Unresolved:
-		return nil, &refusedDuringRotation{appID: plan.appID, err: err,
-			settleDue: b.now().Sub(v.config.Rotation.LastCheck) >= readSettleInterval}
-	case err != nil:
-		b.Logger().Error("token request failed", "role", name, "app_id", plan.appID, "error", err)
-		return nil, tenantFailure("getting a token", err)
-	}
-	return b.tokenLease(v, plan, tok)
+	return nil, logical.CodedError(http.StatusServiceUnavailable, "the client secret changed during this request more often than it could follow; try again")
 }
 
 // token gets the plan's token: from the reuse cache or a grant shared with concurrent
 // readers for a role with token_reuse, else a grant of its own.
-func (b *backend) token(ctx context.Context, v *view, plan *tokenPlan) (*client.Token, error) {
-	grant := func(ctx context.Context) (*client.Token, error) { return b.grant(ctx, v.client, plan.scopes) }
+func (b *backend) token(ctx context.Context, s logical.Storage, v *view, plan *tokenPlan, epoch uint64) (*client.Token, error) {
+	grant := func(ctx context.Context) (*client.Token, error) {
+		return b.root.grantFor(ctx, s, v, epoch, plan.scopes)
+	}
 	if plan.shared {
 		tok, hit, err := b.cache.sharedToken(ctx, v, plan.reuseKey(),
 			func(t *client.Token) bool { return b.reusable(t, v.role) },

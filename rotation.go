@@ -9,28 +9,25 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/vault/sdk/helper/consts"
 	"github.com/hashicorp/vault/sdk/logical"
-	"github.com/hashicorp/vault/sdk/rotation"
 
 	"github.com/idsec-labs/vault-plugin-secrets-cyberark/client"
 )
 
-const (
-	// minRotationPeriod keeps a mistyped period from rotating the secret in a loop.
-	minRotationPeriod = 5 * time.Second
-	// rotationRetryDelay is how long a failed scheduled rotation waits before it is
-	// tried again; it doubles with each failure in a row, up to maxRotationRetryDelay.
-	rotationRetryDelay    = time.Minute
-	maxRotationRetryDelay = 6 * time.Hour
+// How one rotation happens: the credential type below owns a rotated secret and its
+// persisted state. When rotations happen is schedule.go's.
 
+const (
 	// pendingGrace is how long a pending secret that the tenant refuses is kept, in
 	// case a change request still in flight (cut off by a timeout, or by the death of
 	// the process that sent it) is applied late. It outlasts the longest exchange
 	// (request_timeout, at most 5m) with room to spare. Until it has passed, a refused
-	// pending secret is neither dropped nor declared unresolved.
+	// pending secret is neither dropped nor declared unresolved, and a written secret
+	// does not replace it.
 	pendingGrace = 10 * time.Minute
-	// settleInterval spaces the periodic checks of a pending rotation: each check may
-	// be a failed login, and failed logins count towards locking the service user.
+	// settleInterval spaces the checks of a pending rotation that the periodic function
+	// and rotate-root make: each check may be a failed login.
 	settleInterval = 2 * time.Minute
 	// readSettleInterval spaces the checks that refused token reads trigger.
 	readSettleInterval = 10 * time.Second
@@ -42,31 +39,58 @@ const (
 	rotationStateUnresolved = "unresolved"
 )
 
-// rotationState is what the engine remembers about root rotation, stored in the config
-// entry beside the secret, so that the secret and the state always change together.
+// rotationState is what the engine remembers about a credential's rotation, stored in
+// the config entry beside the secret, so that the secret and the state always change
+// together. Its two halves change for different reasons: the protocol state says which
+// secrets the tenant may accept, the schedule state when the next rotation is due. Both
+// are written only by credential's methods. (Embedded, so the stored JSON keeps the
+// field names of earlier releases.)
 type rotationState struct {
+	protocolState
+	scheduleState
+}
+
+// protocolState says which secrets the tenant may accept.
+type protocolState struct {
 	// PendingSecret is a new secret that a rotation is setting, or set, at the tenant.
 	// It is stored before the tenant is asked, so that no secret the tenant may accept
 	// ever lives only in memory.
 	PendingSecret string    `json:"pending_secret,omitempty"`
 	PendingSince  time.Time `json:"pending_since,omitempty"`
+	// ChangeConfirmed: the tenant answered the change with success, so the pending
+	// secret is the one to try first.
+	ChangeConfirmed bool `json:"change_confirmed,omitempty"`
+	// CurrentRefused: the last check (or a read) found the current secret refused, so
+	// the pending one is tried first.
+	CurrentRefused bool `json:"current_refused,omitempty"`
 	// Unresolved is set when the tenant has accepted neither the pending nor the current
 	// secret for longer than pendingGrace; both are kept until one works or an operator
 	// writes one.
 	Unresolved bool `json:"unresolved,omitempty"`
-	// LastCheck is when a settle last asked the tenant about a pending secret.
-	LastCheck time.Time `json:"last_check,omitempty"`
+	// LastCheck is when a settle last asked the tenant about a pending secret;
+	// LastFullCheck when the periodic function or a start last did, which refused reads
+	// cannot put off.
+	LastCheck     time.Time `json:"last_check,omitempty"`
+	LastFullCheck time.Time `json:"last_full_check,omitempty"`
 	// LastRotation is when the secret was last changed by a rotation.
 	LastRotation time.Time `json:"last_rotation,omitempty"`
+	// LastError is the last failed rotation's error, or what its last check found;
+	// without secrets.
+	LastError string `json:"last_error,omitempty"`
+}
+
+// scheduleState says when the next rotation is due.
+type scheduleState struct {
 	// NextRotation is when the engine's own scheduler rotates next; zero when nothing
-	// is scheduled or Vault's rotation manager drives the schedule.
+	// is scheduled or Vault's rotation manager drives the schedule. A retry never moves
+	// it: only a rotation that lands, or a window that passed, does.
 	NextRotation time.Time `json:"next_rotation,omitempty"`
-	// Failures counts scheduled rotations that failed in a row, for their backoff.
-	Failures int `json:"failures,omitempty"`
+	// RetryAt holds a failed scheduled rotation back; Failures counts those in a row,
+	// for the backoff.
+	RetryAt  time.Time `json:"retry_at,omitempty"`
+	Failures int       `json:"failures,omitempty"`
 	// RotationID is set while Vault's rotation manager (Enterprise) holds the job.
 	RotationID string `json:"rotation_id,omitempty"`
-	// LastError is the last failed rotation's error, without secrets.
-	LastError string `json:"last_error,omitempty"`
 }
 
 func (r *rotationState) status() string {
@@ -78,6 +102,11 @@ func (r *rotationState) status() string {
 	default:
 		return rotationStateOK
 	}
+}
+
+// graceOver says whether a change sent for the pending secret can no longer land.
+func (r *rotationState) graceOver(now time.Time) bool {
+	return now.Sub(r.PendingSince) > pendingGrace
 }
 
 // changePasswordURL is where the service user's password is changed; rotation needs
@@ -104,232 +133,261 @@ func (e *errRotation) Error() string { return e.msg }
 
 // errUnresolved says the tenant accepts neither secret. It is a conflict with the
 // tenant's state, not a server failure: Vault clients retry 5xx answers, and every
-// retry would add two failed logins towards locking the service user.
+// retry would be failed logins towards locking the service user.
 var errUnresolved = logical.CodedError(http.StatusConflict,
 	"root rotation unresolved: the tenant accepts neither the current nor the new secret, and both are kept; fix the service user at the tenant, then write the secret it accepts to client_secret (see the rotation runbook)")
 
-// errPending says an earlier rotation is not settled yet: the tenant has accepted
-// neither secret so far, and both are kept while a late change may still land.
-var errPending = logical.CodedError(http.StatusConflict,
-	"an earlier root rotation is not settled yet: both secrets are kept and the engine checks which one the tenant accepts every few minutes; try again later")
-
-// rotateRoot changes the client secret: generate, store as pending, change at the
-// tenant, check with a grant, store as current. Each step is safe to die after: the
-// stored config always holds every secret the tenant may accept, and settle finds out
-// which one it does. Rotations and config writes are serialised by configMu. manual is
-// true for an operator's request, which may retry an unresolved rotation; the schedule
-// never does, since each try is failed logins at the tenant.
-func (b *backend) rotateRoot(ctx context.Context, s logical.Storage, manual bool) (*cyberarkConfig, error) {
-	b.configMu.Lock()
-	defer b.configMu.Unlock()
-	cfg, err := b.rotateRootLocked(ctx, s, manual)
-	if err == nil {
-		b.armSchedule(cfg)
+// unsettledError says an earlier (or this) rotation is not settled: both secrets are
+// kept while a late change may still land, and the engine checks on its own. A 409, so
+// that no Vault client retries it.
+func unsettledError(r *rotationState, now time.Time) error {
+	next := r.LastCheck.Add(settleInterval)
+	if next.Before(now) {
+		next = now
 	}
-	return cfg, err
+	return logical.CodedError(http.StatusConflict, fmt.Sprintf(
+		"root rotation pending since %s and not settled: both secrets are kept until the tenant is seen to accept one (a change may land until %s); the engine checks again from %s on its own, nothing needs retrying. Last check: %s",
+		r.PendingSince.UTC().Format(time.RFC3339), r.PendingSince.Add(pendingGrace).UTC().Format(time.RFC3339),
+		next.UTC().Format(time.RFC3339), orNone(r.LastError)))
 }
 
-// rotateRootLocked is rotateRoot for a caller that holds configMu.
-func (b *backend) rotateRootLocked(ctx context.Context, s logical.Storage, manual bool) (*cyberarkConfig, error) {
-	cfg, err := readConfig(ctx, s)
-	switch {
-	case err != nil:
-		return nil, err
-	case cfg == nil:
-		return nil, &errRotation{"the engine is not configured: write the config first"}
-	case cfg.changePasswordURL() == "":
-		return nil, &errRotation{"rotation needs tenant_url: the secret is changed through the tenant's UserMgmt/ChangeUserPassword"}
-	case !b.WriteSafeReplicationState():
-		return nil, errors.New("root rotation runs only on the node that writes storage (the active node of the primary cluster)")
+func orNone(s string) string {
+	if s == "" {
+		return "none yet"
 	}
-	if cfg.Rotation.PendingSecret != "" {
-		if cfg.Rotation.Unresolved && !manual {
-			return nil, errUnresolved
-		}
-		// An earlier rotation did not finish: settle it before starting another.
-		if cfg, _, err = b.settleLocked(ctx, s, cfg, true); err != nil {
-			return nil, fmt.Errorf("settling an earlier rotation first: %w", err)
-		}
-		switch {
-		case cfg.Rotation.Unresolved:
-			return nil, errUnresolved
-		case cfg.Rotation.PendingSecret != "":
-			return nil, errPending
-		}
-	}
-
-	secret, err := b.newPassword(ctx, cfg)
-	if err != nil {
-		return nil, err
-	}
-	current, err := b.newTenantClient(cfg, cfg.AppID)
-	if err != nil {
-		return nil, err
-	}
-	defer current.Close()
-
-	// Step 1: the new secret is in Vault before the tenant hears of it.
-	cfg.Rotation.PendingSecret = secret
-	cfg.Rotation.PendingSince = b.now().UTC()
-	cfg.Rotation.Unresolved = false
-	if err := b.storeConfig(ctx, s, cfg); err != nil {
-		return nil, fmt.Errorf("storing the new secret before changing it at the tenant (nothing was changed): %w", err)
-	}
-	b.rotationStep("stored_pending")
-
-	// Token reads wait from the change until the new secret is stored, rather than
-	// each adding a failed login with a secret the tenant no longer takes.
-	b.rotating.Lock()
-	defer b.rotating.Unlock()
-
-	// Step 2: the tenant changes it.
-	bearer, err := current.ChangePassword(ctx, cfg.changePasswordURL(), cfg.RotationScopes, secret)
-	b.rotationStep("tenant_changed")
-	if err != nil && !errors.Is(err, client.ErrOutcomeUnknown) {
-		// The tenant said no, or was never asked: the pending secret is worthless.
-		b.revokeQuietly(ctx, current, bearer)
-		b.Logger().Error("root rotation: the tenant did not change the secret", "error", err)
-		cfg.Rotation.PendingSecret, cfg.Rotation.PendingSince = "", time.Time{}
-		cfg.Rotation.LastError = err.Error()
-		if serr := b.storeConfig(ctx, s, cfg); serr != nil {
-			b.Logger().Error("root rotation: could not drop the refused secret; it is settled later", "error", serr)
-		}
-		var te *client.Error
-		var me *client.ManagementError
-		if errors.As(err, &me) || errors.As(err, &te) && te.Refused() {
-			return nil, &errRotation{"the tenant did not change the secret, which stays as it was: " + err.Error()}
-		}
-		return nil, fmt.Errorf("the secret stays as it was: %w", err)
-	}
-	if err != nil {
-		b.Logger().Warn("root rotation: no answer from the tenant to the change; finding out which secret it accepts", "error", err)
-	}
-
-	// Steps 3 and 4: a grant shows which secret the tenant accepts, and that one stays.
-	cfg, _, serr := b.settleLocked(ctx, s, cfg, true)
-	if kept, cerr := b.newTenantClient(cfg, cfg.AppID); cerr == nil {
-		// The token that could change the password has served; whichever secret the
-		// tenant now takes authenticates its revocation.
-		b.revokeQuietly(ctx, kept, bearer)
-		kept.Close()
-	}
-	switch {
-	case serr != nil:
-		return nil, serr
-	case cfg.Rotation.Unresolved:
-		return nil, errUnresolved
-	case cfg.Rotation.PendingSecret != "":
-		// The last check's own words say which secret the tenant still takes.
-		return nil, fmt.Errorf("the rotation is not settled: %s: %w", cfg.Rotation.LastError, client.ErrOutcomeUnknown)
-	case cfg.ClientSecret != secret:
-		return nil, &errRotation{"the tenant kept the current secret: " + cfg.Rotation.LastError}
-	}
-	return cfg, nil
+	return s
 }
 
-// revokeQuietly revokes a token the engine no longer needs (a check's, or the one that
-// authorised a password change), best effort: it only shortens how long the token
-// stays usable, so a failure does not fail the caller. It is a warning all the same,
-// since such a token, the rotation's above all, stays valid until it expires.
-func (b *backend) revokeQuietly(ctx context.Context, c *client.Client, token string) {
-	if token == "" {
-		return
-	}
-	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	if err := c.Revoke(rctx, token); err != nil && !errors.Is(err, client.ErrRevokeUnsupported) {
-		b.Logger().Warn("could not revoke a token the engine no longer needs; it stays valid until it expires", "error", err)
-	}
+// credential is one client secret that the engine stores and rotates. Its methods are
+// the only writers of the entry that holds the secret and its rotation state, one
+// method per transition, each one storage write. mu, the owner lock, serialises them
+// with operator writes; no token read takes it (reads meet a rotation only at gate).
+type credential struct {
+	b    *backend
+	name string
+	// key is the storage key of the config entry holding the secret and state.
+	key  string
+	mu   sync.Mutex
+	gate *gate
 }
 
-// settleLocked finds out which of the pending and current secrets the tenant accepts,
-// by a grant with the pending one and, when full and that is refused, the current one,
-// and keeps the one it accepts. A refused pending secret is kept for pendingGrace, in
-// case a change still in flight lands late; after that it is dropped if the current one
-// works, and both are kept, unresolved, if neither does. If the tenant cannot be asked,
-// nothing changes and the error says why. changed reports whether the stored secret
-// changed. The caller holds configMu.
-func (b *backend) settleLocked(ctx context.Context, s logical.Storage, cfg *cyberarkConfig, full bool) (_ *cyberarkConfig, changed bool, _ error) {
-	pending := cfg.Rotation.PendingSecret
-	if pending == "" {
-		return cfg, false, nil
-	}
-	now := b.now().UTC()
-	accepted, err := b.accepts(ctx, cfg.withSecret(pending))
+func newCredential(b *backend, name, key string) *credential {
+	return &credential{b: b, name: name, key: key, gate: newGate(failedLoginsPrefix + name)}
+}
+
+func (c *credential) load(ctx context.Context, s logical.Storage) (*cyberarkConfig, error) {
+	return readConfig(ctx, s)
+}
+
+// store writes cfg and drops every cache built from the old one. Only the transition
+// methods below call it.
+func (c *credential) store(ctx context.Context, s logical.Storage, cfg *cyberarkConfig) error {
+	entry, err := logical.StorageEntryJSON(c.key, cfg)
 	if err != nil {
-		return cfg, false, fmt.Errorf("checking the new secret at the tenant: %w", err)
+		return fmt.Errorf("encoding config: %w", err)
 	}
-	if accepted {
-		cfg.ClientSecret = pending
-		cfg.Rotation = rotationState{
-			LastRotation: now,
-			NextRotation: cfg.nextRotation(now, cfg.Rotation.NextRotation),
-			RotationID:   cfg.Rotation.RotationID,
-		}
-		if err := b.storeConfig(ctx, s, cfg); err != nil {
-			// The pending secret is still stored, and the next settle promotes it.
-			return cfg, false, fmt.Errorf("storing the new secret, which the tenant accepts (it stays stored as pending and is settled later): %w", err)
-		}
-		b.Logger().Info("root rotation: the tenant accepts the new secret; it is now the stored one")
-		b.count(metricRotation, "outcome", "success")
-		return cfg, true, nil
+	if err := s.Put(ctx, entry); err != nil {
+		return err
 	}
-	cfg.Rotation.LastCheck = now
-	graceOver := now.Sub(cfg.Rotation.PendingSince) > pendingGrace
-	currentWorks := false
+	c.b.cache.resetConfig()
+	return nil
+}
+
+// The transitions. Each changes cfg as the step says and stores it; on a failed write
+// the caller's cfg is as the step left it, and storage as before.
+
+// begin: OK → PENDING. The new secret is in Vault before the tenant hears of it.
+func (c *credential) begin(ctx context.Context, s logical.Storage, cfg *cyberarkConfig, secret string, now time.Time) error {
+	cfg.Rotation.protocolState = protocolState{
+		PendingSecret: secret,
+		PendingSince:  now.UTC(),
+		LastRotation:  cfg.Rotation.LastRotation,
+	}
+	return c.store(ctx, s, cfg)
+}
+
+// changeSent: the tenant confirmed the change, so the pending secret is tried first.
+// It is stored with the check that follows at once (promote, or checked), not by a
+// write of its own: a rotation killed in between is settled as one whose answer was
+// lost, at the cost of one failed login at most.
+func (c *credential) changeSent(cfg *cyberarkConfig) {
+	cfg.Rotation.ChangeConfirmed = true
+}
+
+// promote: PENDING → OK with the pending secret, which the tenant accepts. The due
+// time moves past now on the schedule's grid: this rotation served it.
+func (c *credential) promote(ctx context.Context, s logical.Storage, cfg *cyberarkConfig, now time.Time) error {
+	cfg.ClientSecret = cfg.Rotation.PendingSecret
+	cfg.Rotation.protocolState = protocolState{LastRotation: now.UTC()}
+	cfg.Rotation.NextRotation = cfg.nextRotation(now, cfg.Rotation.NextRotation)
+	cfg.Rotation.RetryAt, cfg.Rotation.Failures = time.Time{}, 0
+	if err := c.store(ctx, s, cfg); err != nil {
+		return fmt.Errorf("storing the new secret, which the tenant accepts (it stays stored as pending and is settled later): %w", err)
+	}
+	c.b.Logger().Info("root rotation: the tenant accepts the new secret; it is now the stored one", "credential", c.name)
+	return nil
+}
+
+// drop: PENDING → OK with the current secret: the tenant never took the pending one
+// and no change can land any more.
+func (c *credential) drop(ctx context.Context, s logical.Storage, cfg *cyberarkConfig, why string) error {
+	cfg.Rotation.protocolState = protocolState{LastRotation: cfg.Rotation.LastRotation, LastError: why}
+	return c.store(ctx, s, cfg)
+}
+
+// unresolved: PENDING → UNRESOLVED: the tenant refused both secrets after the grace.
+func (c *credential) unresolved(ctx context.Context, s logical.Storage, cfg *cyberarkConfig, now time.Time, full bool) error {
+	cfg.Rotation.Unresolved, cfg.Rotation.CurrentRefused = true, true
+	cfg.Rotation.LastCheck = now.UTC()
 	if full {
-		if currentWorks, err = b.accepts(ctx, cfg); err != nil {
-			return cfg, false, fmt.Errorf("checking the current secret at the tenant: %w", err)
-		}
+		cfg.Rotation.LastFullCheck = now.UTC()
 	}
-	switch {
-	case !full:
-		cfg.Rotation.LastError = "the tenant refused the new secret at the last check"
-	case currentWorks && graceOver:
-		cfg.Rotation.PendingSecret, cfg.Rotation.PendingSince, cfg.Rotation.Unresolved = "", time.Time{}, false
-		cfg.Rotation.LastError = "the tenant refused the new secret and still accepts the current one"
-		b.Logger().Warn("root rotation: the tenant still accepts the current secret; the new one was dropped")
-		b.count(metricRotation, "outcome", "kept_current")
-	case currentWorks:
-		cfg.Rotation.LastError = "the tenant accepts the current secret and not yet the new one; both are kept until " +
-			cfg.Rotation.PendingSince.Add(pendingGrace).UTC().Format(time.RFC3339) + " in case a late change lands"
-		b.Logger().Warn("root rotation: the tenant does not accept the new secret yet; both are kept for now", "pending_since", cfg.Rotation.PendingSince)
-	case graceOver:
-		cfg.Rotation.Unresolved = true
-		cfg.Rotation.LastError = "the tenant refused both the current and the new secret"
-		b.Logger().Error("root rotation unresolved: the tenant refuses both the current and the new secret; both are kept. Check the service user at the tenant, then write the secret it accepts to config (client_secret)",
-			"pending_since", cfg.Rotation.PendingSince)
-		b.count(metricRotation, "outcome", "unresolved")
-	default:
-		cfg.Rotation.LastError = "the tenant refused both the current and the new secret at the last check; both are kept and checked again"
-		b.Logger().Error("root rotation: the tenant refuses both the current and the new secret; both are kept and checked again", "pending_since", cfg.Rotation.PendingSince)
-	}
-	if err := b.storeConfig(ctx, s, cfg); err != nil {
-		return cfg, false, fmt.Errorf("recording the rotation's state: %w", err)
-	}
-	return cfg, false, nil
+	cfg.Rotation.LastError = "the tenant refused both the current and the new secret"
+	return c.store(ctx, s, cfg)
 }
 
-// accepts says whether the tenant grants a token to cfg's client: true or false when it
-// answered, an error when it could not be asked.
-func (b *backend) accepts(ctx context.Context, cfg *cyberarkConfig) (bool, error) {
-	c, err := b.newTenantClient(cfg, cfg.AppID)
+// checked: PENDING → PENDING, with what the check found.
+func (c *credential) checked(ctx context.Context, s logical.Storage, cfg *cyberarkConfig, now time.Time, full, currentRefused bool, found string) error {
+	cfg.Rotation.LastCheck = now.UTC()
+	if full {
+		cfg.Rotation.LastFullCheck = now.UTC()
+	}
+	cfg.Rotation.CurrentRefused = currentRefused
+	cfg.Rotation.LastError = found
+	if err := c.store(ctx, s, cfg); err != nil {
+		return fmt.Errorf("recording the rotation's state: %w", err)
+	}
+	return nil
+}
+
+// failed: a rotation failed before anything changed at the tenant. A scheduled one is
+// held back, doubling each time; its due time stays where it is.
+func (c *credential) failed(ctx context.Context, s logical.Storage, cfg *cyberarkConfig, now time.Time, scheduled bool, err error) (retry time.Time, serr error) {
+	cfg.Rotation.LastError = err.Error()
+	if scheduled {
+		cfg.Rotation.Failures++
+		retry = now.Add(min(rotationRetryDelay<<min(cfg.Rotation.Failures-1, 16), maxRotationRetryDelay))
+		cfg.Rotation.RetryAt = retry
+	}
+	return retry, c.store(ctx, s, cfg)
+}
+
+// operatorWrite stores an operator's config write: next is the merged config, old the
+// stored one (nil on create). A written secret settles a rotation, except while a change
+// sent for the pending secret may still land: the tenant could then switch to it after
+// the write (CyberArk's change is reported not to check oldPassword), so the pending
+// secret is kept beside the written one, which is tried first, until the grace is over.
+// A verified write starts the failed-login count again.
+func (c *credential) operatorWrite(ctx context.Context, s logical.Storage, old, next *cyberarkConfig, secretGiven, verified bool) error {
+	now := c.b.now()
+	if secretGiven && old != nil && old.Rotation.PendingSecret != "" {
+		r := &next.Rotation
+		switch {
+		case next.ClientSecret == r.PendingSecret || r.graceOver(now):
+			r.protocolState = protocolState{LastRotation: r.LastRotation}
+		default:
+			r.Unresolved, r.CurrentRefused = false, false
+			r.LastError = "a secret was written while a change for the pending one may still land (until " +
+				r.PendingSince.Add(pendingGrace).UTC().Format(time.RFC3339) + "); both are kept, the written one first"
+		}
+	}
+	if verified {
+		// First: a write that stores the config must not leave the old count in place.
+		if err := c.gate.reset(ctx, s); err != nil {
+			return fmt.Errorf("resetting the failed-login count: %w", err)
+		}
+		c.b.metrics.SetGauge(metricFailedLoginsInWindow, 0)
+	}
+	return c.store(ctx, s, next)
+}
+
+// remove deletes the entry.
+func (c *credential) remove(ctx context.Context, s logical.Storage) error {
+	if err := s.Delete(ctx, c.key); err != nil {
+		return err
+	}
+	c.b.cache.resetConfig()
+	return nil
+}
+
+// call makes one tenant call that authenticates with a stored secret, through the gate:
+// it waits for a change in progress, spends the failed-login budget, and counts a
+// refusal. what names the call for the metrics.
+func (c *credential) call(ctx context.Context, s logical.Storage, cfg *cyberarkConfig, kind callKind, epoch uint64, what string, fn func() error) error {
+	l := cfg.loginLimits()
+	t, err := c.gate.acquire(ctx, s, l, kind, epoch, c.b.now)
+	if err != nil {
+		var spent *budgetSpentError
+		if errors.As(err, &spent) {
+			c.b.count(metricLoginBudget, "call", what)
+		}
+		return err
+	}
+	err = fn()
+	refused, n, serr := t.done(ctx, s, l, err, c.b.now(), c.b.WriteSafeReplicationState())
+	if refused {
+		c.b.countFailedLogin(what, n)
+		c.b.Logger().Warn("the tenant refused the engine's credentials: a failed login towards locking the service user",
+			"credential", c.name, "call", what, "refused_in_window", n, "max_failed_logins", l.max, "error", err)
+	}
+	if serr != nil {
+		c.b.Logger().Error("could not store the failed-login count; this node still counts it", "credential", c.name, "error", serr)
+	}
+	return err
+}
+
+// accepts says whether the tenant grants a token to cfg's client with secret: true or
+// false when it answered, an error when it could not be asked (or the budget is spent).
+func (c *credential) accepts(ctx context.Context, s logical.Storage, cfg *cyberarkConfig, secret string) (bool, error) {
+	probe := cfg.withSecret(secret)
+	tc, err := c.b.newTenantClient(probe, probe.AppID)
 	if err != nil {
 		return false, err
 	}
-	defer c.Close()
-	tok, err := b.grant(ctx, c, cfg.Scopes)
+	defer tc.Close()
+	var tok *client.Token
+	err = c.call(ctx, s, cfg, callOwner, 0, "check", func() (err error) {
+		tok, err = c.b.grant(ctx, tc, probe.Scopes)
+		return err
+	})
 	var te *client.Error
 	switch {
 	case err == nil:
-		if cfg.revokes() {
-			b.revokeQuietly(ctx, c, tok.AccessToken) // it only proved a point
+		if probe.revokes() {
+			c.revokeQuietly(ctx, s, probe, tc, tok.AccessToken) // it only proved a point
 		}
 		return true, nil
 	case errors.As(err, &te) && te.Refused():
 		return false, nil
 	default:
 		return false, err
+	}
+}
+
+// verify is an operator's verification grant with cfg before it is stored: allowed
+// even with the budget spent, and counted like any other.
+func (c *credential) verify(ctx context.Context, s logical.Storage, cfg *cyberarkConfig, tc *client.Client) (*client.Token, error) {
+	var tok *client.Token
+	err := c.call(ctx, s, cfg, callOperator, 0, "verify", func() (err error) {
+		tok, err = c.b.grant(ctx, tc, cfg.Scopes)
+		return err
+	})
+	return tok, err
+}
+
+// revokeQuietly revokes a token the engine no longer needs (a check's, or the one that
+// authorised a password change), best effort: it only shortens how long the token
+// stays usable, so a failure does not fail the caller. It is a warning all the same,
+// since such a token, the rotation's above all, stays valid until it expires.
+func (c *credential) revokeQuietly(ctx context.Context, s logical.Storage, cfg *cyberarkConfig, tc *client.Client, token string) {
+	if token == "" {
+		return
+	}
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	err := c.call(rctx, s, cfg, callOwner, 0, "revoke", func() error { return tc.Revoke(rctx, token) })
+	if err != nil && !errors.Is(err, client.ErrRevokeUnsupported) {
+		c.b.Logger().Warn("could not revoke a token the engine no longer needs; it stays valid until it expires", "error", err)
 	}
 }
 
@@ -340,244 +398,336 @@ const (
 	// settleOnStart: the plugin started. It checks every pending rotation, an
 	// unresolved one too, since a restart is rare and often follows a fix.
 	settleOnStart settleWhy = iota
-	// settlePeriodic: about once a minute; it checks at most every settleInterval and
-	// leaves an unresolved rotation to the operator.
+	// settlePeriodic: about once a minute; it checks at most every settleInterval since
+	// the last full check (refused reads cannot put it off) and leaves an unresolved
+	// rotation to the operator.
 	settlePeriodic
-	// settleOnRefusal: a token read was refused. It asks only about the pending
-	// secret (the read just showed the current one refused), at most every
-	// readSettleInterval.
+	// settleOnRefusal: a token read was refused with the current secret. It asks only
+	// about the pending one: at once when the current one worked at the last check, else
+	// at most every readSettleInterval; the read counts as the check of the current one.
 	settleOnRefusal
+	// settleForRotation: a rotation found an earlier one pending, and a check is due.
+	settleForRotation
+	// settleAfterChange: the rotation's own check, right after its change.
+	settleAfterChange
 )
 
-// settle resolves an interrupted rotation, if there is one, on the node that writes
-// storage. changed reports whether the stored secret changed.
-func (b *backend) settle(ctx context.Context, s logical.Storage, why settleWhy) (changed bool, err error) {
-	if !b.WriteSafeReplicationState() {
+// settleDue says whether a settle for why would ask the tenant now.
+func settleDue(r *rotationState, why settleWhy, now time.Time) bool {
+	switch {
+	case r.PendingSecret == "":
+		return false
+	case why == settleOnStart || why == settleAfterChange:
+		return true
+	case why == settlePeriodic:
+		return !r.Unresolved && now.Sub(r.LastFullCheck) >= settleInterval
+	case why == settleOnRefusal:
+		// A refusal of a current secret that worked at the last check is news (a late
+		// change landed, or the password was changed elsewhere): ask at once. Once it
+		// is known refused, further refusals say nothing new.
+		return !r.Unresolved && (!r.CurrentRefused || now.Sub(r.LastCheck) >= readSettleInterval)
+	default:
+		return now.Sub(r.LastCheck) >= settleInterval
+	}
+}
+
+// settle finds out which of the pending and current secrets the tenant accepts and
+// keeps that one. It tries first the one most likely to work (the current one, unless
+// the change was confirmed or the current one was last refused), so that a change
+// that never reached the tenant costs no failed login. A refused pending secret is
+// kept until the grace is over; then it is dropped if the current one works, and both
+// are kept, unresolved, if neither does. If the tenant cannot be asked, nothing
+// changes and the error says why. The caller holds mu.
+func (c *credential) settle(ctx context.Context, s logical.Storage, cfg *cyberarkConfig, why settleWhy) (*cyberarkConfig, error) {
+	r := &cfg.Rotation
+	if r.PendingSecret == "" {
+		return cfg, nil
+	}
+	now := c.b.now()
+	full := why != settleOnRefusal
+	// currentRefused: the current secret was refused after the change was sent, by the
+	// read that asked for this settle or at an earlier check. Only an administrator at
+	// the tenant can make it work again, and a read with it would show that: asking
+	// again here would only be another failed login.
+	currentRefused := why == settleOnRefusal || r.CurrentRefused
+	pendingFirst := currentRefused || r.ChangeConfirmed || why == settleAfterChange
+
+	tryPending := func() (bool, error) {
+		ok, err := c.accepts(ctx, s, cfg, r.PendingSecret)
+		if err != nil {
+			return false, fmt.Errorf("checking the new secret at the tenant: %w", err)
+		}
+		return ok, nil
+	}
+	tryCurrent := func() (bool, error) {
+		ok, err := c.accepts(ctx, s, cfg, cfg.ClientSecret)
+		if err != nil {
+			return false, fmt.Errorf("checking the current secret at the tenant: %w", err)
+		}
+		return ok, nil
+	}
+
+	currentWorks := false
+	if pendingFirst {
+		ok, err := tryPending()
+		if err != nil {
+			return cfg, err
+		}
+		if ok {
+			return cfg, c.promote(ctx, s, cfg, now)
+		}
+		if !currentRefused {
+			if currentWorks, err = tryCurrent(); err != nil {
+				return cfg, err
+			}
+		}
+	} else {
+		ok, err := tryCurrent()
+		if err != nil {
+			return cfg, err
+		}
+		currentWorks = ok
+		if !currentWorks {
+			ok, err := tryPending()
+			if err != nil {
+				return cfg, err
+			}
+			if ok {
+				return cfg, c.promote(ctx, s, cfg, now)
+			}
+		}
+	}
+
+	// The pending secret was not seen to work.
+	graceOver := r.graceOver(now)
+	switch {
+	case currentWorks && graceOver:
+		c.b.Logger().Warn("root rotation: the tenant still accepts the current secret; the new one was dropped", "credential", c.name)
+		c.b.count(metricRotation, "outcome", "kept_current")
+		return cfg, c.drop(ctx, s, cfg, "the tenant never took the new secret and still accepts the current one")
+	case currentWorks:
+		return cfg, c.checked(ctx, s, cfg, now, full, false, "the tenant accepts the current secret and not yet the new one; both are kept until "+
+			r.PendingSince.Add(pendingGrace).UTC().Format(time.RFC3339)+" in case a late change lands")
+	case graceOver:
+		if !r.Unresolved {
+			c.b.Logger().Error("root rotation unresolved: the tenant refuses both the current and the new secret; both are kept. Check the service user at the tenant, then write the secret it accepts to config (client_secret)",
+				"credential", c.name, "pending_since", r.PendingSince)
+			c.b.count(metricRotation, "outcome", "unresolved")
+		}
+		if err := c.unresolved(ctx, s, cfg, now, full); err != nil {
+			return cfg, fmt.Errorf("recording the rotation's state: %w", err)
+		}
+		return cfg, nil
+	default:
+		c.b.Logger().Error("root rotation: the tenant refuses both the current and the new secret; both are kept and checked again",
+			"credential", c.name, "pending_since", r.PendingSince)
+		return cfg, c.checked(ctx, s, cfg, now, full, true, "the tenant refused both the current and the new secret at the last check; both are kept and checked again")
+	}
+}
+
+// settleIf settles when why makes a check due. It runs only where storage can be
+// written. A settle for a refused read does not wait for the owner lock: whoever holds
+// it is asking the tenant already. changed reports whether the stored secret changed.
+func (c *credential) settleIf(ctx context.Context, s logical.Storage, why settleWhy) (changed bool, err error) {
+	if !c.b.WriteSafeReplicationState() {
 		return false, nil
 	}
-	b.configMu.Lock()
-	defer b.configMu.Unlock()
-	cfg, err := readConfig(ctx, s)
-	if err != nil || cfg == nil || cfg.Rotation.PendingSecret == "" {
+	if why == settleOnRefusal {
+		if !c.mu.TryLock() {
+			return false, nil
+		}
+	} else {
+		c.mu.Lock()
+	}
+	defer c.mu.Unlock()
+	cfg, err := c.load(ctx, s)
+	if err != nil || cfg == nil || !settleDue(&cfg.Rotation, why, c.b.now()) {
 		return false, err
 	}
-	since := b.now().Sub(cfg.Rotation.LastCheck)
-	switch {
-	case why != settleOnStart && cfg.Rotation.Unresolved:
-		return false, nil
-	case why == settlePeriodic && since < settleInterval:
-		return false, nil
-	case why == settleOnRefusal && since < readSettleInterval:
-		return false, nil
-	}
-	b.Logger().Warn("root rotation: settling an interrupted rotation", "pending_since", cfg.Rotation.PendingSince)
-	_, changed, err = b.settleLocked(ctx, s, cfg, why != settleOnRefusal)
-	return changed, err
+	before := cfg.ClientSecret
+	c.b.Logger().Warn("root rotation: settling an unfinished rotation", "credential", c.name, "pending_since", cfg.Rotation.PendingSince)
+	cfg, err = c.settle(ctx, s, cfg, why)
+	return cfg.ClientSecret != before, err
 }
 
-// storeConfig writes cfg and drops every cache built from the old one.
-func (b *backend) storeConfig(ctx context.Context, s logical.Storage, cfg *cyberarkConfig) error {
-	entry, err := logical.StorageEntryJSON(configPath, cfg)
-	if err != nil {
-		return fmt.Errorf("encoding config: %w", err)
-	}
-	if err := s.Put(ctx, entry); err != nil {
-		return err
-	}
-	b.cache.resetConfig()
-	return nil
+// rotationTrigger says who asks for a rotation.
+type rotationTrigger struct {
+	// manual: an operator's rotate-root, which may check an unresolved rotation again.
+	manual bool
+	// due is the due time a scheduled rotation serves; zero otherwise.
+	due time.Time
 }
 
-// nextRotation is when the engine's own scheduler rotates next after now, given the
-// previous due time; zero when it schedules nothing. A period keeps its grid: a
-// rotation late by a little does not push every later one back.
-func (c *cyberarkConfig) nextRotation(now, prevDue time.Time) time.Time {
+// errNotDue: a scheduled rotation found its due time already served (an earlier
+// rotation for it landed, as a settle just found).
+var errNotDue = errors.New("the scheduled rotation was already made")
+
+// rotate changes the client secret: generate, store as pending, change at the tenant,
+// check with a grant, store as current. Each step is safe to die after: the stored
+// config always holds every secret the tenant may accept, and settle finds out which
+// one it does. The caller holds mu.
+func (c *credential) rotate(ctx context.Context, s logical.Storage, why rotationTrigger) (*cyberarkConfig, error) {
+	cfg, err := c.load(ctx, s)
 	switch {
-	case c.DisableAutomatedRotation || c.Rotation.RotationID != "":
-		return time.Time{}
-	case c.RotationPeriod > 0:
+	case err != nil:
+		return nil, err
+	case cfg == nil:
+		return nil, &errRotation{"the engine is not configured: write the config first"}
+	case cfg.changePasswordURL() == "":
+		return nil, &errRotation{"rotation needs tenant_url: the secret is changed through the tenant's UserMgmt/ChangeUserPassword"}
+	case !c.b.WriteSafeReplicationState():
+		return nil, errors.New("root rotation runs only on the node that writes storage (the active node of the primary cluster)")
+	}
+	now := c.b.now()
+	if r := &cfg.Rotation; r.PendingSecret != "" {
 		switch {
-		case prevDue.IsZero() || prevDue.After(now.Add(c.RotationPeriod)):
-			return now.Add(c.RotationPeriod)
-		case prevDue.After(now):
-			return prevDue // not due yet: a rotation outside the schedule leaves it be
+		case r.Unresolved && !why.manual:
+			return nil, errUnresolved
+		case !settleDue(r, settleForRotation, now):
+			// Asking again so soon would only be failed logins: the answer is the state.
+			if r.Unresolved {
+				return nil, errUnresolved
+			}
+			return nil, unsettledError(r, now)
 		}
-		missed := now.Sub(prevDue)/c.RotationPeriod + 1
-		return prevDue.Add(missed * c.RotationPeriod)
-	case c.RotationSchedule != "":
-		sched, err := rotation.DefaultScheduler.Parse(c.RotationSchedule)
-		if err != nil {
-			return time.Time{}
+		if cfg, err = c.settle(ctx, s, cfg, settleForRotation); err != nil {
+			return nil, fmt.Errorf("settling an earlier rotation first: %w", err)
 		}
-		return sched.Next(now)
-	}
-	return time.Time{}
-}
-
-// scheduler fires the engine's own rotation schedule where Vault's rotation manager is
-// not available (Vault Community Edition). The periodic function checks the same due
-// time, about once a minute, in case a timer was lost.
-type scheduler struct {
-	mu      sync.Mutex
-	timer   *time.Timer
-	stopped bool
-	// notBefore holds the next attempt back after a failure, in memory, so that a
-	// failure to store the next due time cannot make the timer fire again at once.
-	notBefore time.Time
-	// ctx ends when the scheduler stops, cutting short a rotation the timer started;
-	// running lets stop wait for it.
-	ctx     context.Context
-	cancel  context.CancelFunc
-	running sync.WaitGroup
-}
-
-func newScheduler() *scheduler {
-	ctx, cancel := context.WithCancel(context.Background())
-	return &scheduler{ctx: ctx, cancel: cancel}
-}
-
-// arm sets the timer to fire at due, or at notBefore if that is later; a zero due
-// disarms it.
-func (sc *scheduler) arm(due, now time.Time, fire func(context.Context)) {
-	sc.mu.Lock()
-	defer sc.mu.Unlock()
-	if sc.timer != nil {
-		sc.timer.Stop()
-		sc.timer = nil
-	}
-	if sc.stopped || due.IsZero() {
-		return
-	}
-	at := due
-	if sc.notBefore.After(at) {
-		at = sc.notBefore
-	}
-	sc.timer = time.AfterFunc(max(at.Sub(now), 0), func() {
-		sc.mu.Lock()
-		if sc.stopped {
-			sc.mu.Unlock()
-			return
+		switch {
+		case cfg.Rotation.Unresolved:
+			return nil, errUnresolved
+		case cfg.Rotation.PendingSecret != "":
+			return nil, unsettledError(&cfg.Rotation, now)
 		}
-		sc.running.Add(1)
-		sc.mu.Unlock()
-		defer sc.running.Done()
-		fire(sc.ctx)
-	})
+	}
+	if !why.due.IsZero() && cfg.Rotation.NextRotation.After(now) {
+		return cfg, errNotDue
+	}
+
+	secret, err := c.b.newPassword(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	// Step 1: the new secret is in Vault before the tenant hears of it.
+	if err := c.begin(ctx, s, cfg, secret, now); err != nil {
+		return nil, fmt.Errorf("storing the new secret before changing it at the tenant (nothing was changed): %w", err)
+	}
+	c.b.rotationStep("stored_pending")
+	return c.change(ctx, s, cfg, secret)
 }
 
-// holdOff keeps the timer from firing before t.
-func (sc *scheduler) holdOff(t time.Time) {
-	sc.mu.Lock()
-	defer sc.mu.Unlock()
-	sc.notBefore = t
-}
+// change is steps 2 to 4 of rotate: the tenant changes the password while reads are
+// held back, a grant shows which secret it accepts, and that one stays.
+func (c *credential) change(ctx context.Context, s logical.Storage, cfg *cyberarkConfig, secret string) (*cyberarkConfig, error) {
+	current, err := c.b.newTenantClient(cfg, cfg.AppID)
+	if err != nil {
+		return nil, c.abandon(ctx, s, cfg, err)
+	}
+	defer current.Close()
 
-// stop disarms the timer for good, cuts short a rotation it started, and waits for
-// that to end, up to limit: the engine is being unmounted, reloaded or stepped down,
-// and another instance may take over the schedule.
-func (sc *scheduler) stop(limit time.Duration) {
-	sc.mu.Lock()
-	sc.stopped = true
-	if sc.timer != nil {
-		sc.timer.Stop()
-		sc.timer = nil
+	// Reads with the current secret in flight come back first; reads after this wait
+	// for the outcome rather than each adding a failed login with a secret the tenant
+	// may no longer take.
+	end, err := c.gate.startChange(ctx)
+	if err != nil {
+		return nil, c.abandon(ctx, s, cfg, err)
 	}
-	sc.cancel()
-	sc.mu.Unlock()
-	done := make(chan struct{})
-	go func() {
-		sc.running.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-time.After(limit):
-	}
-}
+	defer end()
 
-// armSchedule sets the timer from the stored config.
-func (b *backend) armSchedule(cfg *cyberarkConfig) {
-	var due time.Time
-	if cfg != nil {
-		due = cfg.Rotation.NextRotation
-	}
-	b.schedule.arm(due, b.now(), func(ctx context.Context) {
-		ctx, cancel := context.WithTimeout(ctx, 2*maxTotalTimeout)
-		defer cancel()
-		_ = b.rotateIfDue(ctx, b.storage) // it logs its own failures
-	})
-}
-
-// rotateIfDue rotates when the schedule says so. It runs only where storage can be
-// written (the active node, never a performance standby or secondary), and the due
-// time is stored with the secret and acted on under configMu, so a rotation happens
-// once per due time whichever of the timer and the periodic function gets there
-// first. A failure is tried again after a backoff; an unresolved rotation is left to
-// the operator.
-func (b *backend) rotateIfDue(ctx context.Context, s logical.Storage) error {
-	if s == nil || !b.WriteSafeReplicationState() {
-		return nil
-	}
-	b.configMu.Lock()
-	defer b.configMu.Unlock()
-	cfg, err := readConfig(ctx, s)
-	if err != nil || cfg == nil {
-		if err != nil {
-			b.schedule.holdOff(b.now().Add(rotationRetryDelay))
-		}
+	// Step 2: a token for the change, then the change, sent once. total_timeout bounds
+	// both, as it bounds every call.
+	var bearer *client.Token
+	err = c.call(ctx, s, cfg, callOwner, 0, "change", func() (err error) {
+		bearer, err = c.b.grant(ctx, current, cfg.RotationScopes)
 		return err
+	})
+	if err != nil {
+		return nil, c.abandon(ctx, s, cfg, fmt.Errorf("getting a token to change the password: %w", err))
 	}
-	defer func() {
-		cfg, err := readConfig(ctx, s)
-		if err != nil {
-			b.Logger().Warn("could not read the config to re-arm the rotation timer; the periodic function checks the schedule", "error", err)
-			return
-		}
-		b.armSchedule(cfg)
-	}()
-	now := b.now()
-	due := cfg.Rotation.NextRotation
+	err = current.SendPasswordChange(ctx, cfg.changePasswordURL(), bearer.AccessToken, secret)
+	c.b.rotationStep("tenant_changed")
 	switch {
-	case due.IsZero() || now.Before(due):
-		return nil
+	case err == nil:
+		c.changeSent(cfg)
+	case errors.Is(err, client.ErrOutcomeUnknown):
+		c.b.Logger().Warn("root rotation: no answer from the tenant to the change; finding out which secret it accepts", "error", err)
+	default:
+		// The tenant said no: the pending secret is worthless.
+		c.revokeQuietly(ctx, s, cfg, current, bearer.AccessToken)
+		return nil, c.abandon(ctx, s, cfg, err)
+	}
+
+	// Steps 3 and 4: a grant shows which secret the tenant accepts, and that one stays.
+	cfg, serr := c.settle(ctx, s, cfg, settleAfterChange)
+	end()
+	// The token that could change the password has served; the secret the tenant now
+	// takes authenticates its revocation. When it takes neither, asking would only be
+	// another failed login: the token lives until it expires, and the log says so.
+	if cfg.Rotation.CurrentRefused {
+		c.b.Logger().Warn("root rotation: the token that authorised the change cannot be revoked while the tenant refuses both secrets; it stays valid until it expires", "expires_at", bearer.Expiry.UTC())
+	} else if kept, cerr := c.b.newTenantClient(cfg, cfg.AppID); cerr == nil {
+		c.revokeQuietly(ctx, s, cfg, kept, bearer.AccessToken)
+		kept.Close()
+	}
+	switch {
+	case serr != nil:
+		return nil, logical.CodedError(http.StatusConflict, fmt.Sprintf(
+			"root rotation: the change was sent, but checking which secret the tenant accepts failed; both secrets are kept and the engine settles it on its own: %s", serr))
 	case cfg.Rotation.Unresolved:
-		// Each try would be failed logins: the operator fixes the user first.
-		b.schedule.holdOff(now.Add(rotationRetryDelay))
-		return nil
-	case cfg.RotationSchedule != "" && cfg.RotationWindow > 0 && now.After(due.Add(cfg.RotationWindow)):
-		b.Logger().Warn("scheduled root rotation skipped: its window passed", "due", due.UTC(), "rotation_window", cfg.RotationWindow)
-		cfg.Rotation.NextRotation = cfg.nextRotation(now, due)
-		if err := b.storeConfig(ctx, s, cfg); err != nil {
-			b.schedule.holdOff(now.Add(rotationRetryDelay))
-			return err
-		}
-		return nil
+		return nil, errUnresolved
+	case cfg.Rotation.PendingSecret != "":
+		return nil, unsettledError(&cfg.Rotation, c.b.now())
+	case cfg.ClientSecret != secret:
+		return nil, &errRotation{"the tenant kept the current secret: " + cfg.Rotation.LastError}
 	}
-	b.Logger().Info("scheduled root rotation", "due", due.UTC())
-	_, rerr := b.rotateRootLocked(ctx, s, false)
-	if rerr == nil {
-		b.schedule.holdOff(time.Time{})
-		return nil
+	return cfg, nil
+}
+
+// abandon ends a rotation whose change the tenant never made: the pending secret is
+// dropped (if that write fails, the next settle drops it) and err says why.
+func (c *credential) abandon(ctx context.Context, s logical.Storage, cfg *cyberarkConfig, err error) error {
+	c.b.Logger().Error("root rotation: the tenant did not change the secret", "credential", c.name, "error", err)
+	if serr := c.drop(ctx, s, cfg, err.Error()); serr != nil {
+		c.b.Logger().Error("root rotation: could not drop the unused secret; it is settled later", "error", serr)
 	}
-	b.count(metricRotation, "outcome", "failed")
-	// Back off whatever the failure: a refusal by the tenant's policy would otherwise
-	// be asked again every period, forever.
-	failures := cfg.Rotation.Failures + 1
-	retry := min(rotationRetryDelay<<min(failures-1, 16), maxRotationRetryDelay)
-	b.schedule.holdOff(now.Add(retry))
-	b.Logger().Error("scheduled root rotation failed", "error", rerr, "failures_in_a_row", failures, "next_try", now.Add(retry).UTC())
-	if cfg, err = readConfig(ctx, s); err != nil || cfg == nil {
-		return errors.Join(rerr, err)
+	var te *client.Error
+	var me *client.ManagementError
+	var spent *budgetSpentError
+	switch {
+	case errors.As(err, &spent):
+		return err
+	case errors.As(err, &me) || errors.As(err, &te) && te.Refused():
+		return &errRotation{"the tenant did not change the secret, which stays as it was: " + err.Error()}
 	}
-	if !cfg.Rotation.NextRotation.After(now) {
-		cfg.Rotation.NextRotation = now.Add(retry)
+	return fmt.Errorf("the secret stays as it was: %w", err)
+}
+
+// rotateRoot is a rotation asked for by an operator or Vault's rotation manager: the
+// owner lock, the rotation, its metric, and the schedule re-armed.
+func (b *backend) rotateRoot(ctx context.Context, s logical.Storage, manual bool) (*cyberarkConfig, error) {
+	c := b.root
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cfg, err := c.rotate(ctx, s, rotationTrigger{manual: manual})
+	b.countRotation(err)
+	if err == nil {
+		b.armSchedule(cfg)
 	}
-	cfg.Rotation.Failures = failures
-	cfg.Rotation.LastError = rerr.Error()
-	if err := b.storeConfig(ctx, s, cfg); err != nil {
-		return errors.Join(rerr, fmt.Errorf("storing the next rotation time: %w", err))
+	return cfg, err
+}
+
+// countRotation counts every rotation, manual or scheduled, by how it ended.
+func (b *backend) countRotation(err error) {
+	var coded logical.HTTPCodedError
+	switch {
+	case err == nil:
+		b.count(metricRotation, "outcome", "success")
+	case errors.Is(err, errNotDue):
+	case errors.As(err, &coded) && coded.Code() == http.StatusConflict:
+		b.count(metricRotation, "outcome", "unsettled")
+	default:
+		b.count(metricRotation, "outcome", "failed")
 	}
-	return rerr
 }
 
 // rotationStep is a hook for tests that stop a rotation between two steps.
@@ -585,4 +735,45 @@ func (b *backend) rotationStep(step string) {
 	if b.afterRotationStep != nil {
 		b.afterRotationStep(step)
 	}
+}
+
+// grantFor is a token read's grant with the view's client, through the gate. A
+// refusal while a rotation is pending asks for a settle, which may find that the
+// tenant took the pending secret: the read then starts over with it (errStaleView).
+func (c *credential) grantFor(ctx context.Context, s logical.Storage, v *view, epoch uint64, scopes []string) (*client.Token, error) {
+	var tok *client.Token
+	err := c.call(ctx, s, v.config, callRead, epoch, "read", func() (err error) {
+		tok, err = c.b.grant(ctx, v.client, scopes)
+		return err
+	})
+	var te *client.Error
+	if err == nil || !errors.As(err, &te) || !te.CredentialsRefused() || v.config.Rotation.PendingSecret == "" {
+		return tok, err
+	}
+	r := &v.config.Rotation
+	if !c.b.WriteSafeReplicationState() {
+		// This node cannot settle a rotation (that writes storage). A performance
+		// standby hands the read to the active node, which Vault does for a request
+		// that answers ErrReadOnly, but only when that node would settle now:
+		// otherwise the active node would only repeat the refused grant. A performance
+		// secondary never does, since its lease would then live on the primary.
+		if settleDue(r, settleOnRefusal, c.b.now()) && c.b.System().ReplicationState().HasState(consts.ReplicationPerformanceStandby) {
+			return nil, logical.ErrReadOnly
+		}
+		return nil, err
+	}
+	changed, serr := c.settleIf(ctx, s, settleOnRefusal)
+	switch {
+	case serr != nil:
+		c.b.Logger().Error("could not settle an unfinished root rotation", "error", serr)
+	case changed:
+		return nil, errStaleView
+	}
+	return nil, err
+}
+
+// revoke revokes a leased token at the tenant with the view's client, through the
+// gate: it waits for a change in progress and starts over with the secret it left.
+func (c *credential) revoke(ctx context.Context, s logical.Storage, v *view, epoch uint64, token string) error {
+	return c.call(ctx, s, v.config, callRead, epoch, "revoke", func() error { return v.client.Revoke(ctx, token) })
 }

@@ -100,33 +100,52 @@ func (b *backend) accessTokenRevoke(ctx context.Context, req *logical.Request, _
 		return nil, nil
 	}
 
-	v, err := b.cache.view(ctx, req.Storage, "", appID)
-	if err != nil {
-		return nil, err
-	}
-	if v.config == nil || v.config.ClientID != clientID || v.config.revokeEndpoint(appID) != endpoint {
-		// The token belongs to a client or tenant this engine no longer holds; the
-		// current one would answer 200 for a token it does not know.
-		logger.Warn("cannot revoke the token at the tenant: the config was deleted or now holds another client or tenant; the token stays valid until it expires")
-		b.count(metricRevoke, "outcome", "no_client")
-		return nil, nil
-	}
-
+	var v *view
 	start := time.Now()
-	err = v.client.Revoke(ctx, token)
+	err := errStaleView
+	for try := 0; try < maxReadTries && errors.Is(err, errStaleView); try++ {
+		epoch := b.root.gate.epochNow()
+		if v, err = b.cache.view(ctx, req.Storage, "", appID); err != nil {
+			return nil, err
+		}
+		if v.config == nil || v.config.ClientID != clientID || v.config.revokeEndpoint(appID) != endpoint {
+			// The token belongs to a client or tenant this engine no longer holds; the
+			// current one would answer 200 for a token it does not know.
+			logger.Warn("cannot revoke the token at the tenant: the config was deleted or now holds another client or tenant; the token stays valid until it expires")
+			b.count(metricRevoke, "outcome", "no_client")
+			return nil, nil
+		}
+		// Through the credential's gate: a revocation during a password change waits
+		// for it and uses the secret the tenant then accepts.
+		err = b.root.revoke(ctx, req.Storage, v, epoch, token)
+	}
 	b.measure(metricRevokeLatency, start, outcome(err))
 	var te *client.Error
+	var spent *budgetSpentError
 	switch {
 	case err == nil:
 		b.revokeFailures.forget(fingerprint)
 		b.count(metricRevoke, "outcome", "success")
 		logger.Debug("token revoked at the tenant")
 		return nil, nil
-	case errors.As(err, &te) && te.Refused(), errors.Is(err, client.ErrRevokeUnsupported):
+	case errors.Is(err, client.ErrRevokeUnsupported):
+		b.revokeFailures.forget(fingerprint)
+		b.count(metricRevoke, "outcome", "unsupported")
+		logger.Warn("the tenant cannot revoke tokens; ending the lease, the token stays valid until it expires", "error", err)
+		return nil, nil
+	case errors.As(err, &te) && te.Refused() && !te.CredentialsRefused():
+		// The request itself was refused; asking again cannot change that.
 		b.revokeFailures.forget(fingerprint)
 		b.count(metricRevoke, "outcome", "refused")
-		logger.Warn("tenant refused to revoke the token, or cannot revoke it; ending the lease anyway, the token stays valid until it expires", "error", err)
+		logger.Warn("tenant refused to revoke the token; ending the lease anyway, the token stays valid until it expires", "error", err)
 		return nil, nil
+	case errors.As(err, &spent), errors.As(err, &te) && te.CredentialsRefused():
+		// Never reported done: Vault retries it (by then a pending rotation may have
+		// settled on the secret the tenant accepts), and marks the lease irrevocable,
+		// for an operator to see, if it never succeeds before the token expires.
+		b.count(metricRevoke, "outcome", "credentials_refused")
+		logger.Warn("the tenant refused the engine's credentials for the revocation, or the failed-login budget is spent; Vault will retry", "error", err)
+		return nil, fmt.Errorf("revoking the token at CyberArk Identity: %w", err)
 	}
 	attempt := b.revokeFailures.add(fingerprint, expiresAt, now)
 	leaseEnd := req.Secret.IssueTime.Add(req.Secret.TTL)
