@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/idsec-labs/vault-plugin-secrets-cyberark/internal/emulator"
 )
@@ -82,5 +83,35 @@ func TestQuickStartRotationScope(t *testing.T) {
 	}
 	if _, err := emulator.New(cfg); err != nil {
 		t.Errorf("the emulator refuses the quick-start config: %v", err)
+	}
+}
+
+// The lockout policy and the tenant variant that ignores oldPassword reach the emulator
+// from a config file, the command's only way to set them.
+func TestBuildConfigLockoutAndIgnoreOldPassword(t *testing.T) {
+	t.Parallel()
+	const doc = `{
+	  "apps": [{"id": "VaultApp", "scopes": ["all"], "clients": [{"id": "svc-vault@example.cyberark.cloud", "secret": "Initial-Secret-1"}]}],
+	  "ignore_old_password": true,
+	  "lockout": {"threshold": 5, "window": "15m", "duration": "30m", "reset_on_success": true}
+	}`
+	path := filepath.Join(t.TempDir(), "emulator.json")
+	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := buildConfig(options{config: path}, map[string]bool{"config": true})
+	if err != nil {
+		t.Fatalf("buildConfig: %v", err)
+	}
+	want := emulator.LockoutPolicy{Threshold: 5, Window: 15 * time.Minute, Duration: 30 * time.Minute, ResetOnSuccess: true}
+	if !cfg.IgnoreOldPassword || cfg.Lockout == nil || *cfg.Lockout != want {
+		t.Errorf("ignore_old_password %v, lockout %+v", cfg.IgnoreOldPassword, cfg.Lockout)
+	}
+	emu, err := emulator.New(cfg)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	if emu.Locked("svc-vault@example.cyberark.cloud") {
+		t.Error("locked at start")
 	}
 }

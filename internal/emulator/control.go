@@ -54,6 +54,60 @@ func (e *Emulator) serveControl(w http.ResponseWriter, r *http.Request) {
 		}
 		e.Reset()
 		writeJSON(w, http.StatusOK, struct{}{})
+	case "client_stats":
+		if !allowMethod(w, r, http.MethodGet) {
+			return
+		}
+		id, ok := queryClientID(w, r)
+		if !ok {
+			return
+		}
+		writeJSON(w, http.StatusOK, e.ClientStats(id))
+	case "locked":
+		if !allowMethod(w, r, http.MethodGet) {
+			return
+		}
+		if id, ok := queryClientID(w, r); ok && e.checkKnown(w, id) {
+			writeJSON(w, http.StatusOK, map[string]bool{"locked": e.Locked(id)})
+		}
+	case "unlock":
+		if !allowMethod(w, r, http.MethodPost) {
+			return
+		}
+		var req struct {
+			ClientID string `json:"client_id"`
+		}
+		if err := decodeStrict(r.Body, &req); err != nil {
+			controlError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		if req.ClientID == "" {
+			controlError(w, http.StatusBadRequest, `want {"client_id": "..."}`)
+			return
+		}
+		if e.checkKnown(w, req.ClientID) {
+			e.Unlock(req.ClientID)
+			writeJSON(w, http.StatusOK, map[string]bool{"locked": false})
+		}
+	case "client_secret":
+		if !allowMethod(w, r, http.MethodPost) {
+			return
+		}
+		e.controlSetClientSecret(w, r)
+	case "held_changes":
+		switch r.Method {
+		case http.MethodGet:
+			writeJSON(w, http.StatusOK, map[string]int{"held": e.HeldChanges()})
+		case http.MethodDelete:
+			writeJSON(w, http.StatusOK, map[string]int{"discarded": e.DiscardHeldChanges()})
+		default:
+			allowMethod(w, r, http.MethodGet, http.MethodDelete)
+		}
+	case "held_changes/land":
+		if !allowMethod(w, r, http.MethodPost) {
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]int{"landed": e.LandHeldChanges()})
 	default:
 		controlError(w, http.StatusNotFound, "unknown control endpoint")
 	}
@@ -94,6 +148,51 @@ func (e *Emulator) controlAddFaults(w http.ResponseWriter, r *http.Request) {
 	queued := len(e.faults)
 	e.mu.Unlock()
 	writeJSON(w, http.StatusOK, map[string]int{"queued": queued})
+}
+
+// controlSetClientSecret is SetClientSecret for scripts: an administrator changes the
+// service user's password at the tenant. The answer never echoes the secret.
+func (e *Emulator) controlSetClientSecret(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		AppID    string `json:"app_id"`
+		ClientID string `json:"client_id"`
+		Secret   string `json:"secret"`
+	}
+	if err := decodeStrict(r.Body, &req); err != nil {
+		controlError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if req.AppID == "" || req.ClientID == "" || req.Secret == "" {
+		controlError(w, http.StatusBadRequest, `want {"app_id": "...", "client_id": "...", "secret": "..."}`)
+		return
+	}
+	if err := e.SetClientSecret(req.AppID, req.ClientID, req.Secret); err != nil {
+		// The errors name the app or client, never the secret.
+		controlError(w, http.StatusNotFound, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, struct{}{})
+}
+
+// queryClientID reads the client_id query parameter. Client IDs are matched exactly, so
+// they travel in the query, which the control path's case folding does not touch.
+func queryClientID(w http.ResponseWriter, r *http.Request) (string, bool) {
+	id := r.URL.Query().Get("client_id")
+	if id == "" {
+		controlError(w, http.StatusBadRequest, "want ?client_id=...")
+		return "", false
+	}
+	return id, true
+}
+
+// checkKnown answers 404 for a client ID that no app lists, so a misspelt ID in a script
+// fails instead of reporting an unlocked user that does not exist.
+func (e *Emulator) checkKnown(w http.ResponseWriter, clientID string) bool {
+	if !e.knownClient(clientID) {
+		controlError(w, http.StatusNotFound, errUnknownClient.Error())
+		return false
+	}
+	return true
 }
 
 func decodeStrict(r io.Reader, v any) error {

@@ -36,7 +36,7 @@ func TestControlStats(t *testing.T) {
 	if err := json.Unmarshal(body, &got); err != nil {
 		t.Fatal(err)
 	}
-	want := Stats{TokenRequests: 2, Grants: 1, TokenErrors: 1}
+	want := Stats{TokenRequests: 2, Grants: 1, TokenErrors: 1, FailedLogins: 1}
 	if got != want || got != f.emu.Stats() {
 		t.Errorf("stats %+v (%s), want %+v", got, body, want)
 	}
@@ -153,6 +153,12 @@ func TestControlMethodsAndPaths(t *testing.T) {
 		{http.MethodGet, "/_emulator/faults", 405},
 		{http.MethodGet, "/_emulator/reset", 405},
 		{http.MethodGet, "/_emulator/expires_in", 405},
+		{http.MethodPost, "/_emulator/locked?client_id=" + testClient, 405},
+		{http.MethodGet, "/_emulator/unlock", 405},
+		{http.MethodGet, "/_emulator/client_secret", 405},
+		{http.MethodPost, "/_emulator/client_stats?client_id=" + testClient, 405},
+		{http.MethodPut, "/_emulator/held_changes", 405},
+		{http.MethodGet, "/_emulator/held_changes/land", 405},
 		{http.MethodGet, "/_emulator/config", 404},
 		{http.MethodGet, "/_emulator/", 404},
 	}
@@ -163,5 +169,130 @@ func TestControlMethodsAndPaths(t *testing.T) {
 	}
 	if n := len(f.emu.Requests()); n != 0 {
 		t.Errorf("control requests recorded as tenant traffic: %d", n)
+	}
+}
+
+func TestControlLockout(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, withLockout(LockoutPolicy{Threshold: 1}))
+	lockedPath := "/_emulator/locked?client_id=" + url.QueryEscape(testClient)
+	if status, body := f.control(t, http.MethodGet, lockedPath, ""); status != 200 || string(body) != `{"locked":false}` {
+		t.Fatalf("before: %d %s", status, body)
+	}
+	f.tokenAnswer(t, testApp, testClient, "wrong")
+	if status, body := f.control(t, http.MethodGet, lockedPath, ""); status != 200 || string(body) != `{"locked":true}` {
+		t.Fatalf("locked: %d %s", status, body)
+	}
+	if status, body := f.control(t, http.MethodPost, "/_emulator/unlock", `{"client_id":"`+testClient+`"}`); status != 200 || string(body) != `{"locked":false}` {
+		t.Fatalf("unlock: %d %s", status, body)
+	}
+	if f.emu.Locked(testClient) {
+		t.Fatal("still locked after the unlock call")
+	}
+	for _, tc := range []struct {
+		method, path, body string
+		want               int
+	}{
+		{http.MethodGet, "/_emulator/locked", "", 400},
+		{http.MethodGet, "/_emulator/locked?client_id=nobody", "", 404},
+		// Client IDs are matched exactly, even though control paths are not.
+		{http.MethodGet, "/_emulator/locked?client_id=" + url.QueryEscape(strings.ToUpper(testClient)), "", 404},
+		{http.MethodPost, "/_emulator/unlock", `{"client_id":"nobody"}`, 404},
+		{http.MethodPost, "/_emulator/unlock", `{}`, 400},
+		{http.MethodPost, "/_emulator/unlock", `{"client":"x"}`, 400},
+	} {
+		if status, body := f.control(t, tc.method, tc.path, tc.body); status != tc.want {
+			t.Errorf("%s %s %s: %d %s, want %d", tc.method, tc.path, tc.body, status, body, tc.want)
+		}
+	}
+}
+
+func TestControlClientSecret(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, nil)
+	const secret = "Out-Of-Band-Secret-1"
+	status, body := f.control(t, http.MethodPost, "/_emulator/client_secret",
+		`{"app_id":"`+testApp+`","client_id":"`+testClient+`","secret":"`+secret+`"}`)
+	if status != 200 || string(body) != "{}" {
+		t.Fatalf("%d %s", status, body)
+	}
+	if !f.emu.ClientSecretIs(testClient, secret) {
+		t.Fatal("the secret did not change")
+	}
+	if st := f.emu.Stats(); st.OutOfBandChanges != 1 || st.PasswordChanges != 0 || st.ManagementRequests != 0 {
+		t.Errorf("stats %+v", st)
+	}
+	for _, tc := range []struct {
+		body string
+		want int
+	}{
+		{`{"app_id":"nope","client_id":"` + testClient + `","secret":"S3cret-x"}`, 404},
+		{`{"app_id":"` + testApp + `","client_id":"nobody","secret":"S3cret-x"}`, 404},
+		{`{"app_id":"` + testApp + `","client_id":"` + testClient + `"}`, 400},
+		{`{"app_id":"` + testApp + `","client_id":"` + testClient + `","secret":"S3cret-x","extra":1}`, 400},
+	} {
+		status, body := f.control(t, http.MethodPost, "/_emulator/client_secret", tc.body)
+		if status != tc.want {
+			t.Errorf("%s: %d %s, want %d", tc.body, status, body, tc.want)
+		}
+		if strings.Contains(string(body), "S3cret-x") {
+			t.Errorf("%s: the answer echoes the secret", tc.body)
+		}
+	}
+	if !f.emu.ClientSecretIs(testClient, secret) {
+		t.Error("a refused call changed the secret")
+	}
+}
+
+func TestControlHeldChanges(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, withUserMgmt)
+	tok := f.tokenFor(t, testApp, testClient, testSecret, "")
+	if status, body := f.control(t, http.MethodPost, "/_emulator/faults", `{"endpoint":"change_password","times":2,"hold":true}`); status != 200 {
+		t.Fatalf("queue hold: %d %s", status, body)
+	}
+	f.sendChange(t, tok, changeBody(testSecret, newPass1))
+	if status, body := f.control(t, http.MethodGet, "/_emulator/held_changes", ""); status != 200 || string(body) != `{"held":1}` {
+		t.Fatalf("count: %d %s", status, body)
+	}
+	if status, body := f.control(t, http.MethodPost, "/_emulator/held_changes/land", ""); status != 200 || string(body) != `{"landed":1}` {
+		t.Fatalf("land: %d %s", status, body)
+	}
+	if !f.emu.ClientSecretIs(testClient, newPass1) {
+		t.Fatal("the landed change is not in place")
+	}
+	f.sendChange(t, tok, changeBody(newPass1, newPass2))
+	if status, body := f.control(t, http.MethodDelete, "/_emulator/held_changes", ""); status != 200 || string(body) != `{"discarded":1}` {
+		t.Fatalf("discard: %d %s", status, body)
+	}
+	if !f.emu.ClientSecretIs(testClient, newPass1) || f.emu.HeldChanges() != 0 {
+		t.Error("discarding changed the password or kept the change")
+	}
+	for _, bad := range []string{
+		`{"endpoint":"token","hold":true}`,
+		`{"hold":true}`,
+		`{"endpoint":"change_password","hold":true,"apply_first":true}`,
+	} {
+		if status, body := f.control(t, http.MethodPost, "/_emulator/faults", bad); status != 400 {
+			t.Errorf("%s: %d %s, want 400", bad, status, body)
+		}
+	}
+}
+
+func TestControlClientStats(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, nil)
+	f.grant(t)
+	f.tokenAnswer(t, testApp, testClient, "wrong")
+	status, body := f.control(t, http.MethodGet, "/_emulator/client_stats?client_id="+url.QueryEscape(testClient), "")
+	if status != 200 || string(body) != `{"token_requests":2,"grants":1,"token_errors":1,"failed_logins":1,"lockouts":0}` {
+		t.Fatalf("%d %s", status, body)
+	}
+	if status, body := f.control(t, http.MethodGet, "/_emulator/client_stats?client_id=someone-else", ""); status != 200 ||
+		string(body) != `{"token_requests":0,"grants":0,"token_errors":0,"failed_logins":0,"lockouts":0}` {
+		t.Errorf("unseen client: %d %s", status, body)
+	}
+	if status, body := f.control(t, http.MethodGet, "/_emulator/client_stats", ""); status != 400 {
+		t.Errorf("without client_id: %d %s", status, body)
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -58,6 +59,16 @@ type Config struct {
 	// change inactive. Off, tokens stay valid until they expire. What the tenant does is
 	// unknown, so a client must survive both.
 	RevokeTokensOnPasswordChange bool `json:"revoke_tokens_on_password_change"`
+	// IgnoreOldPassword makes ChangeUserPassword succeed whatever oldPassword says, as
+	// third-party reports from live tenants say the tenant's does: the caller's bearer
+	// token, its scope, the presence of oldPassword, the password policy and the history
+	// are still checked. Off, oldPassword must be the current password, which is what the
+	// API's contract promises. A client must survive both.
+	IgnoreOldPassword bool `json:"ignore_old_password"`
+	// Lockout locks a service user out after repeated failed client authentications, as
+	// a tenant's lockout policy does; nil (the default) never locks anyone. See
+	// LockoutPolicy.
+	Lockout *LockoutPolicy `json:"lockout"`
 }
 
 // App is one OAuth2 custom application of the tenant.
@@ -120,8 +131,38 @@ type Stats struct {
 	// ManagementRequests counts every request to the password-management endpoints.
 	ManagementRequests int64 `json:"management_requests"`
 	// PasswordChanges counts successful ChangeUserPassword and ResetUserPassword calls,
-	// faulted ones with ApplyFirst included.
+	// faulted ones with ApplyFirst included, and held changes when they land. Changes made
+	// with SetClientSecret are not among them: they did not come through the API.
 	PasswordChanges int64 `json:"password_changes"`
+	// OutOfBandChanges counts SetClientSecret calls: passwords an administrator changed
+	// at the tenant, behind the clients' back.
+	OutOfBandChanges int64 `json:"out_of_band_changes"`
+	// FailedLogins counts every refused client authentication of a known client ID at the
+	// token, revoke and introspect endpoints: a wrong secret, whether or not the user is
+	// locked, and any secret, the right one included, while the user is locked. An unknown
+	// client ID is not a login of anyone and is not counted. Counted with or without
+	// Config.Lockout.
+	FailedLogins int64 `json:"failed_logins"`
+	// Lockouts counts the times a user became locked under Config.Lockout.
+	Lockouts int64 `json:"lockouts"`
+}
+
+// ClientStats counts what one client ID did since the emulator started or was last
+// Reset, so a test can tell whose requests were refused when several clients share a
+// tenant. Requests are attributed to the client ID their credentials name (a Basic
+// header, else client_id form fields), known to the tenant or not; requests without
+// credentials are attributed to no one.
+type ClientStats struct {
+	// TokenRequests counts token endpoint requests with this client ID, faulted ones too.
+	TokenRequests int64 `json:"token_requests"`
+	// Grants counts tokens issued to the client.
+	Grants int64 `json:"grants"`
+	// TokenErrors counts the token endpoint's OAuth errors to the client (not injected
+	// faults): the refused token requests, whatever the reason.
+	TokenErrors int64 `json:"token_errors"`
+	// FailedLogins and Lockouts are Stats.FailedLogins and Stats.Lockouts for this client.
+	FailedLogins int64 `json:"failed_logins"`
+	Lockouts     int64 `json:"lockouts"`
 }
 
 // Request is a copy of one request the emulator received, for tests to assert on exactly
@@ -144,8 +185,9 @@ type Emulator struct {
 	// key signs access tokens; kid is its RFC 7638 thumbprint, published in the JWKS.
 	key *rsa.PrivateKey
 	kid string
-	// now is replaceable so tests can move time without sleeping.
-	now func() time.Time
+	// clock is replaceable (SetClock) so tests can move time without sleeping; nil
+	// means time.Now.
+	clock atomic.Pointer[func() time.Time]
 
 	// Everything the tenant's configuration and history hold sits behind one mutex:
 	// requests are small and the lock is never held across I/O or signing.
@@ -159,8 +201,12 @@ type Emulator struct {
 	errorStatus       int
 	expiresInAsString bool
 	omitScope         bool
+	ignoreOldPassword bool
+	lockout           *LockoutPolicy // nil = no lockout
 	faults            []*queuedFault
+	held              []heldChange // accepted ChangeUserPassword calls not yet applied
 	stats             Stats
+	clientStats       map[string]*ClientStats // by client ID as sent
 	requests          []Request
 	revoked           map[string]struct{}
 	issued            []string
@@ -228,6 +274,14 @@ func New(cfg Config) (*Emulator, error) {
 	if cfg.ExpiresIn < 0 {
 		return nil, fmt.Errorf("expires_in %d is negative", cfg.ExpiresIn)
 	}
+	var lockout *LockoutPolicy
+	if cfg.Lockout != nil {
+		if err := cfg.Lockout.validate(); err != nil {
+			return nil, fmt.Errorf("lockout: %w", err)
+		}
+		p := *cfg.Lockout
+		lockout = &p
+	}
 	errorStatus := cfg.ErrorStatus
 	switch errorStatus {
 	case 0:
@@ -243,7 +297,6 @@ func New(cfg Config) (*Emulator, error) {
 	e := &Emulator{
 		key:               key,
 		kid:               keyID(&key.PublicKey),
-		now:               time.Now,
 		apps:              apps,
 		users:             users,
 		policy:            policy,
@@ -253,10 +306,32 @@ func New(cfg Config) (*Emulator, error) {
 		errorStatus:       errorStatus,
 		expiresInAsString: cfg.ExpiresInAsString,
 		omitScope:         cfg.OmitScope,
+		ignoreOldPassword: cfg.IgnoreOldPassword,
+		lockout:           lockout,
+		clientStats:       make(map[string]*ClientStats),
 		revoked:           make(map[string]struct{}),
 		tokens:            make(map[string]tokenInfo),
 	}
 	return e, nil
+}
+
+// SetClock replaces the emulator's clock, which dates tokens and requests and drives
+// token expiry and the lockout window and duration, so that a test can move time without
+// sleeping. nil restores time.Now. It is safe to call while requests are being served.
+func (e *Emulator) SetClock(now func() time.Time) {
+	if now == nil {
+		e.clock.Store(nil)
+		return
+	}
+	e.clock.Store(&now)
+}
+
+// now reads the clock.
+func (e *Emulator) now() time.Time {
+	if f := e.clock.Load(); f != nil {
+		return (*f)()
+	}
+	return time.Now()
 }
 
 func orDefault(seconds int) int {
@@ -412,12 +487,14 @@ func (e *Emulator) SetExpiresIn(seconds int) {
 	e.expiresIn = orDefault(seconds)
 }
 
-// SetClientSecret changes a client's secret, as a password change at the tenant would:
-// the service user's password changes on every app that lists it, the old password
-// enters the history, and with Config.RevokeTokensOnPasswordChange the user's tokens
-// become inactive (otherwise they stay valid until they expire). Unlike the management
-// APIs it skips the password policy and history checks, so a test can set any secret.
-// appID only has to be one of the apps that list the client.
+// SetClientSecret changes a client's secret as an administrator would at the tenant,
+// outside the management APIs: the out-of-band change a rotation must survive. The
+// service user's password changes on every app that lists it, the old password enters
+// the history, and with Config.RevokeTokensOnPasswordChange the user's tokens become
+// inactive (otherwise they stay valid until they expire). Unlike the management APIs it
+// skips the password policy and history checks, so a test can set any secret. It counts
+// in Stats.OutOfBandChanges, not in PasswordChanges, and leaves a lockout as it is (see
+// Unlock). appID only has to be one of the apps that list the client.
 func (e *Emulator) SetClientSecret(appID, clientID, secret string) error {
 	if secret == "" {
 		return errors.New("secret is empty")
@@ -433,6 +510,7 @@ func (e *Emulator) SetClientSecret(appID, clientID, secret string) error {
 		return fmt.Errorf("app %q: unknown client %q", appID, clientID)
 	}
 	e.setPassword(c.user, secret)
+	e.stats.OutOfBandChanges++
 	return nil
 }
 
@@ -441,6 +519,30 @@ func (e *Emulator) Stats() Stats {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.stats
+}
+
+// ClientStats returns the counters of one client ID, zero for one never seen.
+func (e *Emulator) ClientStats(clientID string) ClientStats {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if cs := e.clientStats[clientID]; cs != nil {
+		return *cs
+	}
+	return ClientStats{}
+}
+
+// countClient returns the counters of a client ID to increment, or a scratch value for
+// requests attributed to no one. The caller holds e.mu.
+func (e *Emulator) countClient(clientID string) *ClientStats {
+	if clientID == "" {
+		return &ClientStats{}
+	}
+	cs := e.clientStats[clientID]
+	if cs == nil {
+		cs = &ClientStats{}
+		e.clientStats[clientID] = cs
+	}
+	return cs
 }
 
 // Requests returns copies of the requests received, in order of arrival. Requests to the
@@ -468,18 +570,25 @@ func copyRequest(r Request) Request {
 	return r
 }
 
-// Reset clears the recorded requests, the counters, the fault queue, the revoked set and
-// the list that Issued returns, so one emulator can serve several scenarios. The
-// configuration, SetExpiresIn changes, passwords and their history (however they were
-// changed) and the signing key stay, and tokens issued before keep their state for
-// introspection, as they would at a tenant: only tokens revoked at the revoke endpoint
-// become active again, since that record is what Reset clears.
+// Reset clears the recorded requests, the counters (per client too), the fault queue,
+// the held changes (discarded, never applied), every lockout and the failed logins
+// counting towards one, the revoked set and the list that Issued returns, so one
+// emulator can serve several scenarios. The configuration, the clock, SetExpiresIn
+// changes, passwords and their history (however they were changed) and the signing key
+// stay, and tokens issued before keep their state for introspection, as they would at a
+// tenant: only tokens revoked at the revoke endpoint become active again, since that
+// record is what Reset clears.
 func (e *Emulator) Reset() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.requests = nil
 	e.stats = Stats{}
+	e.clientStats = make(map[string]*ClientStats)
 	e.faults = nil
+	e.held = nil
+	for _, u := range e.users.byID {
+		u.unlock()
+	}
 	e.revoked = make(map[string]struct{})
 	e.issued = nil
 }
@@ -539,12 +648,20 @@ func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rec.Form = form
 
 	ep, appID, found := route(r.URL.Path)
+	// The client ID the credentials name, for the per-client counters; the handlers
+	// parse the credentials again when they authenticate.
+	var clientID string
+	switch ep {
+	case epToken, epRevoke, epIntrospect:
+		_, clientID, _, _ = credentials(r, form)
+	}
 
 	e.mu.Lock()
 	e.requests = append(e.requests, rec)
 	switch ep {
 	case epToken:
 		e.stats.TokenRequests++
+		e.countClient(clientID).TokenRequests++
 	case epRevoke:
 		e.stats.RevokeRequests++
 	case epIntrospect:
@@ -565,10 +682,22 @@ func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
-	req := &call{w: w, r: r, ep: ep, appID: appID, form: form, formErr: formErr, body: body, tooLarge: tooLarge}
+	req := &call{w: w, r: r, ep: ep, appID: appID, clientID: clientID, form: form, formErr: formErr, body: body, tooLarge: tooLarge}
 	switch {
 	case fault == nil:
 		e.serve(req)
+	case fault.Hold && ep == epChangePassword:
+		// The tenant takes the change in but does not make it yet (LandHeldChanges does),
+		// and the caller hears nothing of it: the answer the checks produce is thrown
+		// away, and the fault drops the connection unless it answers itself.
+		req.w = newBufferedResponse()
+		req.hold = true
+		e.serve(req)
+		f := *fault
+		if !f.replacesAnswer() {
+			f.DropConnection = true
+		}
+		e.applyFault(w, r, ep, f)
 	case fault.ApplyFirst:
 		// The tenant acts before the fault strikes, so the caller may never learn of an
 		// effect that stands. The answer waits in memory; the request's context is not

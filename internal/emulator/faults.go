@@ -3,6 +3,7 @@ package emulator
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -53,6 +54,15 @@ type Fault struct {
 	// fault then drops the connection, replaces the answer, or delays it past the
 	// caller's patience. It plays "the tenant did it but the caller never heard".
 	ApplyFirst bool `json:"apply_first"`
+	// Hold, for Endpoint "change_password" only, plays a tenant that takes a password
+	// change in and makes it later, or never: a ChangeUserPassword that passes the
+	// request's checks (method, size, bearer token, scope, body) is held, unapplied, and
+	// the caller gets no answer (the connection is dropped, as with DropConnection, after
+	// any Delay) unless the fault sends its own (Status, Body, ...). LandHeldChanges
+	// applies the held changes later and DiscardHeldChanges forgets them. A request that
+	// fails those checks is not held and gets no answer either. Hold excludes ApplyFirst,
+	// and is ignored on other endpoints.
+	Hold bool `json:"hold"`
 }
 
 // faultPlain has Fault's fields without its methods, so the JSON methods can reuse the
@@ -97,6 +107,12 @@ func (f *Fault) UnmarshalJSON(data []byte) error {
 }
 
 func parseDelay(raw json.RawMessage) (time.Duration, error) {
+	return parseDuration(raw, "fault delay")
+}
+
+// parseDuration reads a JSON duration: a Go duration string or integer nanoseconds,
+// never negative. what names the field in errors.
+func parseDuration(raw json.RawMessage, what string) (time.Duration, error) {
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 || string(raw) == "null" {
 		return 0, nil
@@ -105,25 +121,25 @@ func parseDelay(raw json.RawMessage) (time.Duration, error) {
 	if raw[0] == '"' {
 		var s string
 		if err := json.Unmarshal(raw, &s); err != nil {
-			return 0, fmt.Errorf("fault delay: %w", err)
+			return 0, fmt.Errorf("%s: %w", what, err)
 		}
 		if s == "" {
 			return 0, nil
 		}
 		parsed, err := time.ParseDuration(s)
 		if err != nil {
-			return 0, fmt.Errorf("fault delay: %w", err)
+			return 0, fmt.Errorf("%s: %w", what, err)
 		}
 		d = parsed
 	} else {
 		n, err := strconv.ParseInt(string(raw), 10, 64)
 		if err != nil {
-			return 0, fmt.Errorf("fault delay %s: want a duration string or integer nanoseconds", raw)
+			return 0, fmt.Errorf("%s %s: want a duration string or integer nanoseconds", what, raw)
 		}
 		d = time.Duration(n)
 	}
 	if d < 0 {
-		return 0, fmt.Errorf("fault delay %s is negative", d)
+		return 0, fmt.Errorf("%s %s is negative", what, d)
 	}
 	return d, nil
 }
@@ -139,6 +155,12 @@ func (f Fault) validate() error {
 	}
 	if f.Times < 0 {
 		return fmt.Errorf("times %d is negative", f.Times)
+	}
+	if f.Hold && !strings.EqualFold(f.Endpoint, epChangePassword) {
+		return fmt.Errorf("hold: only for endpoint %s", epChangePassword)
+	}
+	if f.Hold && f.ApplyFirst {
+		return errors.New("hold and apply_first exclude each other: a held change is made later, not first")
 	}
 	if f.Delay < 0 {
 		return fmt.Errorf("delay %s is negative", f.Delay)

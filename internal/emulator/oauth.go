@@ -12,12 +12,14 @@ import (
 
 // call carries one tenant request through the handlers.
 type call struct {
-	w       http.ResponseWriter
-	r       *http.Request
-	ep      string
-	appID   string // as sent, for the "unknown app" message
-	form    url.Values
-	formErr error
+	w     http.ResponseWriter
+	r     *http.Request
+	ep    string
+	appID string // as sent, for the "unknown app" message
+	// clientID is the client ID the credentials name, known or not, for ClientStats.
+	clientID string
+	form     url.Values
+	formErr  error
 	// body is the raw body, which the management APIs read as JSON; tooLarge says it
 	// was cut at maxBodyBytes.
 	body     []byte
@@ -25,6 +27,9 @@ type call struct {
 	// epoch is the authenticated user's password epoch, read with its secret, so that a
 	// token granted on a password that changes meanwhile is born stale.
 	epoch uint64
+	// hold makes a ChangeUserPassword that passes the request's checks wait in the held
+	// list instead of changing the password (Fault.Hold).
+	hold bool
 }
 
 // oauthError writes the tenant's flat error object. Only the token endpoint's errors are
@@ -33,6 +38,7 @@ func (e *Emulator) oauthError(c *call, status int, code, desc string) {
 	if c.ep == epToken {
 		e.mu.Lock()
 		e.stats.TokenErrors++
+		e.countClient(c.clientID).TokenErrors++
 		e.mu.Unlock()
 	}
 	writeJSON(c.w, status, map[string]string{"error": code, "error_description": desc})
@@ -73,11 +79,14 @@ func (e *Emulator) authenticate(c *call) (a *app, cl *client, ok bool) {
 		return nil, nil, false
 	}
 	var want string
+	var locked bool
+	now := e.now()
 	if present {
 		e.mu.Lock()
 		cl = a.clients[id]
 		if cl != nil {
 			want, c.epoch = cl.user.secret, cl.user.epoch
+			locked = cl.user.lockedAt(now)
 		}
 		e.mu.Unlock()
 	}
@@ -85,10 +94,19 @@ func (e *Emulator) authenticate(c *call) (a *app, cl *client, ok bool) {
 		e.oauthError(c, e.errorStatus, "invalid_client", "wrong clientid")
 		return nil, nil, false
 	}
+	// A locked user is refused before its secret is looked at, so the right secret gets
+	// the same answer as a wrong one.
+	if locked {
+		e.loginFailed(cl.user, now, false)
+		e.oauthError(c, e.errorStatus, "access_denied", lockedDescription)
+		return nil, nil, false
+	}
 	if subtle.ConstantTimeCompare([]byte(secret), []byte(want)) != 1 {
+		e.loginFailed(cl.user, now, true)
 		e.oauthError(c, e.errorStatus, "access_denied", "invalid client creds or client not allowed")
 		return nil, nil, false
 	}
+	e.loginSucceeded(cl.user)
 	return a, cl, true
 }
 
@@ -178,6 +196,7 @@ func (e *Emulator) serveToken(c *call) {
 		e.revoked[token] = struct{}{}
 	}
 	e.stats.Grants++
+	e.countClient(c.clientID).Grants++
 	e.mu.Unlock()
 
 	resp := map[string]any{

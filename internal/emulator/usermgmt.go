@@ -179,7 +179,9 @@ func decodeManagementBody(body []byte, v any) *mgmtFailure {
 	return nil
 }
 
-// changePassword changes the caller's own password, which needs the old one.
+// changePassword changes the caller's own password, which needs the old one unless
+// Config.IgnoreOldPassword is set. The parameters are required either way. Under a Hold
+// fault the change is held instead, for LandHeldChanges to make.
 func (e *Emulator) changePassword(c *call, u *user) *mgmtFailure {
 	var req struct {
 		OldPassword string `json:"oldPassword"`
@@ -194,14 +196,25 @@ func (e *Emulator) changePassword(c *call, u *user) *mgmtFailure {
 	if req.NewPassword == "" {
 		return failMissing("newPassword")
 	}
+	change := heldChange{user: u, oldPassword: req.OldPassword, newPassword: req.NewPassword}
 	// One critical section from the old password's check to the change, so that two
 	// concurrent changes cannot both succeed from the same old password.
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if subtle.ConstantTimeCompare([]byte(u.secret), []byte(req.OldPassword)) != 1 {
+	if c.hold {
+		e.held = append(e.held, change)
+		return nil
+	}
+	return e.makeChange(change)
+}
+
+// makeChange checks the old password (unless the tenant ignores it), the policy and the
+// history against the user's password now, and changes it. The caller holds e.mu.
+func (e *Emulator) makeChange(c heldChange) *mgmtFailure {
+	if !e.ignoreOldPassword && subtle.ConstantTimeCompare([]byte(c.user.secret), []byte(c.oldPassword)) != 1 {
 		return failOldPassword
 	}
-	return e.applyNewPassword(u, req.NewPassword)
+	return e.applyNewPassword(c.user, c.newPassword)
 }
 
 // resetPassword sets any user's password without the old one, for callers with

@@ -84,6 +84,8 @@ type user struct {
 	previous []string
 	// epoch counts password changes that invalidated the user's tokens.
 	epoch uint64
+	// lock is the user's standing under Config.Lockout.
+	lock lockState
 }
 
 // directory is the tenant's users, shared by all apps. Its maps are written only while
