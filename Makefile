@@ -5,7 +5,7 @@ MODULE  := github.com/idsec-labs/vault-plugin-secrets-cyberark
 LDFLAGS := -X $(MODULE).Version=$(VERSION)
 BIN     := bin
 
-.PHONY: all build vault test unit e2e fmt fmt-check lint vet demo bench cluster cluster-stop release clean
+.PHONY: all build vault test unit model e2e fmt fmt-check lint vet demo bench cluster cluster-stop release clean
 
 all: build
 
@@ -24,6 +24,13 @@ test:
 
 unit:
 	go test -race -count=1 ./...
+
+# The rotation model test with many more histories than make test runs (MODEL_HISTORIES,
+# default 100000; about 40 minutes on 2 cores). A failing seed prints its history and
+# the command that replays it.
+MODEL_HISTORIES ?= 100000
+model:
+	go test -count=1 -timeout 0 -run 'TestRotationModel$$' -model.histories=$(MODEL_HISTORIES) -v . | grep -E 'histories|^(---|ok|FAIL)|seed|history|  '
 
 # End-to-end tests only: real Vault servers and Vault Agents.
 e2e:

@@ -172,6 +172,12 @@ func (b *backend) clean(_ context.Context) {
 	// A rotation the timer started is cut short and waited for, so it cannot race the
 	// instance that takes over; what it stored is settled by that instance.
 	b.schedule.stop(30 * time.Second)
+	if b.storage != nil {
+		// A refusal counted in memory only must outlive this instance.
+		if err := b.root.gate.flush(context.Background(), b.storage); err != nil {
+			b.Logger().Error("could not store the failed-login count before stopping", "error", err)
+		}
+	}
 	b.cache.resetAll()
 }
 
@@ -197,6 +203,9 @@ func (b *backend) initialize(ctx context.Context, req *logical.InitializationReq
 
 // periodic runs about once a minute on the active node (Vault's rollback manager).
 func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
+	if err := b.root.gate.flush(ctx, req.Storage); err != nil {
+		b.Logger().Error("could not store the failed-login count", "error", err)
+	}
 	if _, err := b.root.settleIf(ctx, req.Storage, settlePeriodic); err != nil {
 		b.Logger().Error("could not settle an interrupted root rotation", "error", err)
 	}

@@ -164,6 +164,9 @@ type gate struct {
 	wake   chan struct{}
 	rec    loginRecord
 	loaded bool
+	// dirty: a refusal is counted in memory that storage does not hold yet. No call
+	// is let through until it does, since a restart would forget it.
+	dirty bool
 
 	// persist serialises writes of the record, outside mu.
 	persist sync.Mutex
@@ -228,6 +231,10 @@ func (g *gate) acquire(ctx context.Context, s logical.Storage, l loginLimits, ki
 	if err := g.load(ctx, s); err != nil {
 		return nil, err
 	}
+	if err := g.flush(ctx, s); err != nil {
+		return nil, logical.CodedError(http.StatusServiceUnavailable,
+			"the failed-login count could not be stored, and the engine makes no login attempt it could not count: "+err.Error())
+	}
 	timer := time.NewTimer(l.wait)
 	defer timer.Stop()
 	wait := func(ch <-chan struct{}, what string) error {
@@ -277,9 +284,15 @@ func (g *gate) acquire(ctx context.Context, s logical.Storage, l loginLimits, ki
 	}
 }
 
+// storeTries is how often a refusal's count is tried to be stored before the call
+// returns; a count still not stored holds every later call back until it is.
+const storeTries = 3
+
 // done ends the call with its error, and records a refusal of the credentials:
-// in memory at once, then in storage. It reports whether the call was such a refusal.
-func (t *ticket) done(ctx context.Context, s logical.Storage, l loginLimits, err error, now time.Time, persist bool) (refused bool, inWindow int, serr error) {
+// in memory at once, then in storage (persist: only the node that writes storage).
+// It reports whether the call was such a refusal, the refusals now in the window,
+// and the errors of the tries to store the count (storeTries of them: not stored).
+func (t *ticket) done(ctx context.Context, s logical.Storage, l loginLimits, err error, now time.Time, persist bool) (refused bool, inWindow int, storeErrs []error) {
 	g := t.g
 	var te *client.Error
 	refused = errors.As(err, &te) && te.CredentialsRefused()
@@ -295,15 +308,31 @@ func (t *ticket) done(ctx context.Context, s logical.Storage, l loginLimits, err
 	close(g.wake)
 	g.wake = make(chan struct{})
 	g.mu.Unlock()
-	if refused && persist {
-		serr = g.store(ctx, s, rec)
+	if !refused || !persist {
+		return refused, inWindow, nil
 	}
-	return refused, inWindow, serr
+	// A storage hiccup must not lose a refusal: a few tries now, and the next call
+	// tries again before it goes out.
+	for try := range storeTries {
+		serr := g.store(ctx, s, rec)
+		if serr == nil {
+			break
+		}
+		storeErrs = append(storeErrs, serr)
+		if try < storeTries-1 {
+			time.Sleep(time.Duration(try+1) * 50 * time.Millisecond)
+		}
+	}
+	if len(storeErrs) == storeTries {
+		g.mu.Lock()
+		g.dirty = true
+		g.mu.Unlock()
+	}
+	return refused, inWindow, storeErrs
 }
 
-// store writes the record. Only the node that writes storage does: a performance
-// standby keeps its count in memory. If the write fails, the count in memory still
-// holds this node back.
+// store writes the record. If the write fails, the count in memory still holds this
+// node back.
 func (g *gate) store(ctx context.Context, s logical.Storage, rec loginRecord) error {
 	g.persist.Lock()
 	defer g.persist.Unlock()
@@ -312,6 +341,25 @@ func (g *gate) store(ctx context.Context, s logical.Storage, rec loginRecord) er
 		return err
 	}
 	return s.Put(context.WithoutCancel(ctx), entry)
+}
+
+// flush stores a count that an earlier refusal could not.
+func (g *gate) flush(ctx context.Context, s logical.Storage) error {
+	g.mu.Lock()
+	if !g.dirty {
+		g.mu.Unlock()
+		return nil
+	}
+	rec := g.rec
+	rec.Refusals = append([]time.Time(nil), g.rec.Refusals...)
+	g.mu.Unlock()
+	if err := g.store(ctx, s, rec); err != nil {
+		return err
+	}
+	g.mu.Lock()
+	g.dirty = false
+	g.mu.Unlock()
+	return nil
 }
 
 // reset forgets every refusal: an operator is writing a secret the tenant accepted.
@@ -332,7 +380,7 @@ func (g *gate) reset(ctx context.Context, s logical.Storage) error {
 		return err
 	}
 	g.mu.Lock()
-	g.rec, g.loaded = loginRecord{}, true
+	g.rec, g.loaded, g.dirty = loginRecord{}, true, false
 	close(g.wake)
 	g.wake = make(chan struct{})
 	g.mu.Unlock()

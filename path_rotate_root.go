@@ -62,8 +62,9 @@ func (b *backend) pathRotateRootUpdate(ctx context.Context, req *logical.Request
 	case errors.As(err, &coded):
 		// An unsettled or unresolved rotation is a 409, a spent failed-login budget a
 		// 400: answers a Vault client does not retry, since a retry could only add
-		// failed logins.
-		return nil, err
+		// failed logins. The coded error itself, not what wraps it: Vault reads the
+		// status from the error it is handed.
+		return nil, logical.CodedError(coded.Code(), "root rotation: "+err.Error())
 	case errors.As(err, &te) && te.StatusCode == http.StatusTooManyRequests:
 		return nil, logical.CodedError(http.StatusTooManyRequests, "root rotation: "+err.Error())
 	case err != nil && (errors.Is(err, client.ErrOutcomeUnknown) || outcome(err) != "invalid_response"):

@@ -291,14 +291,19 @@ func (c *credential) operatorWrite(ctx context.Context, s logical.Storage, old, 
 				r.PendingSince.Add(pendingGrace).UTC().Format(time.RFC3339) + "); both are kept, the written one first"
 		}
 	}
-	if verified {
-		// First: a write that stores the config must not leave the old count in place.
-		if err := c.gate.reset(ctx, s); err != nil {
-			return fmt.Errorf("resetting the failed-login count: %w", err)
-		}
-		c.b.metrics.SetGauge(metricFailedLoginsInWindow, 0)
+	if err := c.store(ctx, s, next); err != nil {
+		return err
 	}
-	return c.store(ctx, s, next)
+	if verified {
+		// Only once the write is stored: a write that failed restarts nothing. If the
+		// count cannot be reset, it stands, which errs on the side of fewer attempts.
+		if err := c.gate.reset(ctx, s); err != nil {
+			c.b.Logger().Error("the config was stored, but the failed-login count could not be reset", "credential", c.name, "error", err)
+		} else {
+			c.b.metrics.SetGauge(metricFailedLoginsInWindow, 0)
+		}
+	}
+	return nil
 }
 
 // remove deletes the entry.
@@ -324,14 +329,17 @@ func (c *credential) call(ctx context.Context, s logical.Storage, cfg *cyberarkC
 		return err
 	}
 	err = fn()
-	refused, n, serr := t.done(ctx, s, l, err, c.b.now(), c.b.WriteSafeReplicationState())
+	refused, n, storeErrs := t.done(ctx, s, l, err, c.b.now(), c.b.WriteSafeReplicationState())
 	if refused {
 		c.b.countFailedLogin(what, n)
 		c.b.Logger().Warn("the tenant refused the engine's credentials: a failed login towards locking the service user",
 			"credential", c.name, "call", what, "refused_in_window", n, "max_failed_logins", l.max, "error", err)
 	}
-	if serr != nil {
-		c.b.Logger().Error("could not store the failed-login count; this node still counts it", "credential", c.name, "error", serr)
+	switch {
+	case len(storeErrs) == storeTries:
+		c.b.Logger().Error("could not store the failed-login count; no call goes to the tenant until it is stored", "credential", c.name, "error", storeErrs[0])
+	case len(storeErrs) > 0:
+		c.b.Logger().Warn("storing the failed-login count failed, and succeeded on a retry", "credential", c.name, "tries", len(storeErrs)+1, "error", storeErrs[0])
 	}
 	return err
 }
@@ -550,6 +558,33 @@ func (c *credential) settleIf(ctx context.Context, s logical.Storage, why settle
 	return cfg.ClientSecret != before, err
 }
 
+// currentAccepted: a read was granted with the current secret while the state says
+// the tenant refused it. The pending secret is dropped if no change can land any more,
+// else kept with the current one as the one to try first. It does not wait for the
+// owner lock: whoever holds it is settling already.
+func (c *credential) currentAccepted(ctx context.Context, s logical.Storage) {
+	if !c.b.WriteSafeReplicationState() || !c.mu.TryLock() {
+		return
+	}
+	defer c.mu.Unlock()
+	cfg, err := c.load(ctx, s)
+	if err != nil || cfg == nil || !cfg.Rotation.CurrentRefused || cfg.Rotation.PendingSecret == "" {
+		return
+	}
+	now := c.b.now()
+	if cfg.Rotation.graceOver(now) {
+		c.b.Logger().Warn("root rotation: the tenant accepts the current secret again; the new one was dropped", "credential", c.name)
+		err = c.drop(ctx, s, cfg, "the tenant accepts the current secret again, and never took the new one")
+	} else {
+		cfg.Rotation.Unresolved = false
+		err = c.checked(ctx, s, cfg, now, false, false, "a token read was granted with the current secret; the new one is kept until "+
+			cfg.Rotation.PendingSince.Add(pendingGrace).UTC().Format(time.RFC3339)+" in case a late change lands")
+	}
+	if err != nil {
+		c.b.Logger().Error("could not record that the tenant accepts the current secret again", "credential", c.name, "error", err)
+	}
+}
+
 // rotationTrigger says who asks for a rotation.
 type rotationTrigger struct {
 	// manual: an operator's rotate-root, which may check an unresolved rotation again.
@@ -747,6 +782,11 @@ func (c *credential) grantFor(ctx context.Context, s logical.Storage, v *view, e
 		return err
 	})
 	var te *client.Error
+	if err == nil && v.config.Rotation.CurrentRefused {
+		// The tenant takes the current secret again (an administrator set it back):
+		// settles, which no longer ask about it, must know.
+		c.currentAccepted(ctx, s)
+	}
 	if err == nil || !errors.As(err, &te) || !te.CredentialsRefused() || v.config.Rotation.PendingSecret == "" {
 		return tok, err
 	}

@@ -34,5 +34,10 @@ if ! DEMO_ONCE=1 VAULT_BIN="$VAULT_BIN" scripts/demo.sh >"$demo_log" 2>&1 ||
 fi
 echo "demo: ok ($(grep '^lease_duration' "$demo_log" | tr -s ' '))"
 
+# The rotation model test without the race detector, which would slow its histories
+# several times over: a few thousand seeded histories, each event followed by every
+# invariant check; it prints "N histories". make model runs many more.
+go test -count=1 -run 'TestRotationModel$' -v . | grep -E 'histories|^(---|ok|FAIL)|seed'
+
 # Last, so that the test runner's own summary closes the output.
 go test -race -count=1 -timeout 30m "$@" ./...

@@ -39,6 +39,9 @@ const maxBodyBytes = 1 << 20
 type Config struct {
 	// Apps are the tenant's OAuth2 custom applications.
 	Apps []App `json:"apps"`
+	// SigningKey signs access tokens; nil generates a new one. Tests that build many
+	// tenants share one, since generating an RSA key is the dearest part of New.
+	SigningKey *rsa.PrivateKey `json:"-"`
 	// ExpiresIn is the lifetime of issued tokens in seconds; 0 means DefaultExpiresIn.
 	ExpiresIn int `json:"expires_in"`
 	// ErrorStatus is the HTTP status of OAuth error responses for client-authentication
@@ -290,7 +293,10 @@ func New(cfg Config) (*Emulator, error) {
 	default:
 		return nil, fmt.Errorf("error_status %d: must be 400 or 401", cfg.ErrorStatus)
 	}
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	key := cfg.SigningKey
+	if key == nil {
+		key, err = rsa.GenerateKey(rand.Reader, 2048)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("generate signing key: %w", err)
 	}

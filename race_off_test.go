@@ -1,0 +1,5 @@
+//go:build !race
+
+package cyberark
+
+const raceDetector = false
