@@ -70,6 +70,10 @@ type cyberarkConfig struct {
 	// causes (budget.go); 0 means the default, as in configs of earlier releases.
 	MaxFailedLogins   int           `json:"max_failed_logins,omitempty"`
 	FailedLoginWindow time.Duration `json:"failed_login_window,omitempty"`
+	// PasswordChangeEndsTokens says the tenant ends a user's tokens when its password
+	// changes (CyberArk's behaviour is unverified): leases end by the next scheduled
+	// rotation, and a rotation says that earlier tokens are dead.
+	PasswordChangeEndsTokens bool `json:"password_change_ends_tokens,omitempty"`
 	automatedrotationutil.AutomatedRotationParams
 	Rotation rotationState `json:"rotation"`
 }
@@ -226,6 +230,10 @@ func pathConfig(b *backend) *framework.Path {
 				Description: "The window of max_failed_logins, as seconds or a duration string; at least the tenant's own capture window. 1m to 24h.",
 				Default:     int(defaultFailedLoginWindow.Seconds()),
 			},
+			"password_change_ends_tokens": {
+				Type:        framework.TypeBool,
+				Description: "Set when the tenant ends a service user's tokens at a password change (unverified for CyberArk Identity). Leases (and a lease-free ttl) then end by the next scheduled rotation, so readers come back for a new token, and rotate-root warns that the tokens handed out before it no longer work.",
+			},
 			"verify_connection": {
 				Type:        framework.TypeBool,
 				Description: "Fetch one token with the new settings before storing them, and refuse the write if the tenant does. Not stored.",
@@ -304,41 +312,42 @@ func configReadFields() map[string]*framework.FieldSchema {
 		return &framework.FieldSchema{Type: framework.TypeTime, Description: d}
 	}
 	return map[string]*framework.FieldSchema{
-		"tenant_url":                 str("Base URL of the tenant."),
-		"app_id":                     str("Application ID of the OAuth2 confidential client app."),
-		"client_id":                  str("Login name of the service user."),
-		"client_secret_set":          flag("Whether a client secret is stored. The secret itself is never returned."),
-		"scopes":                     list("Scopes asked for by reads of token and by roles that set none."),
-		"token_url":                  str("The token endpoint set in place of the tenant's own, or empty."),
-		"token_endpoint":             str("The token endpoint reads of token use, as derived from tenant_url, app_id and token_url."),
-		"client_auth":                str(`How the client authenticates: "basic" or "post".`),
-		"ca_cert":                    str("PEM bundle of CA certificates for the tenant, or empty for the system roots."),
-		"request_timeout":            num("Time limit for one HTTP exchange with the tenant, in seconds."),
-		"total_timeout":              num("Time limit for a whole token read or revocation, in seconds."),
-		"max_retries":                num("How often a call to the tenant is retried."),
-		"revoke_tokens":              flag("Whether a token is revoked at the tenant when its lease ends."),
-		"revoke_url":                 str("The revocation endpoint set in place of the tenant's own, or empty."),
-		"revoke_endpoint":            str("The revocation endpoint used, or empty when tokens are not revoked."),
-		"rotation_scopes":            list("Scopes asked for in the grant that authorises a root rotation."),
-		"password_policy":            str("Vault password policy that generates rotated secrets, or empty."),
-		"password_length":            num("Length of rotated secrets when no password_policy is set."),
-		"max_failed_logins":          num("Refused logins the engine may cause per failed_login_window."),
-		"failed_login_window":        num("The window of max_failed_logins, in seconds."),
-		"failed_logins":              num("Refused logins the engine caused within the current window."),
-		"failed_logins_total":        num("Refused logins since the stored credentials were last verified by a config write."),
-		"failed_logins_since":        when("When the first of failed_logins_total happened, or absent."),
-		"last_failed_login":          str("The tenant's last refusal, without secrets, or absent."),
-		"next_login_attempt":         when("While the budget is spent: when the engine may try the tenant again; absent otherwise."),
-		"rotation_state":             str(`State of root rotation: "ok", "pending" (a rotation did not finish; the engine settles it) or "unresolved" (the tenant refused both secrets; see docs/rotation.md).`),
-		"rotation_pending_since":     when("When the unfinished rotation began; only while rotation_state is pending or unresolved."),
-		"last_rotation_error":        str("Why the last rotation failed, or what its last check found; without secrets."),
-		"rotation_period":            num("Seconds between scheduled rotations, or 0."),
-		"rotation_schedule":          str("Cron schedule of rotations, or empty."),
-		"rotation_window":            num("Seconds after a scheduled time in which a rotation may still start, or 0."),
-		"disable_automated_rotation": flag("Whether scheduled rotation is off."),
-		"rotation_policy":            str("Rotation policy passed to Vault Enterprise's rotation manager."),
-		"last_vault_rotation":        when("When the secret was last changed by a rotation, or null."),
-		"next_vault_rotation":        when("When the next scheduled rotation is due, or null."),
+		"tenant_url":                  str("Base URL of the tenant."),
+		"app_id":                      str("Application ID of the OAuth2 confidential client app."),
+		"client_id":                   str("Login name of the service user."),
+		"client_secret_set":           flag("Whether a client secret is stored. The secret itself is never returned."),
+		"scopes":                      list("Scopes asked for by reads of token and by roles that set none."),
+		"token_url":                   str("The token endpoint set in place of the tenant's own, or empty."),
+		"token_endpoint":              str("The token endpoint reads of token use, as derived from tenant_url, app_id and token_url."),
+		"client_auth":                 str(`How the client authenticates: "basic" or "post".`),
+		"ca_cert":                     str("PEM bundle of CA certificates for the tenant, or empty for the system roots."),
+		"request_timeout":             num("Time limit for one HTTP exchange with the tenant, in seconds."),
+		"total_timeout":               num("Time limit for a whole token read or revocation, in seconds."),
+		"max_retries":                 num("How often a call to the tenant is retried."),
+		"revoke_tokens":               flag("Whether a token is revoked at the tenant when its lease ends."),
+		"revoke_url":                  str("The revocation endpoint set in place of the tenant's own, or empty."),
+		"revoke_endpoint":             str("The revocation endpoint used, or empty when tokens are not revoked."),
+		"rotation_scopes":             list("Scopes asked for in the grant that authorises a root rotation."),
+		"password_policy":             str("Vault password policy that generates rotated secrets, or empty."),
+		"password_length":             num("Length of rotated secrets when no password_policy is set."),
+		"max_failed_logins":           num("Refused logins the engine may cause per failed_login_window."),
+		"failed_login_window":         num("The window of max_failed_logins, in seconds."),
+		"password_change_ends_tokens": flag("Whether the tenant ends a user's tokens at a password change, as the config says."),
+		"failed_logins":               num("Refused logins the engine caused within the current window."),
+		"failed_logins_total":         num("Refused logins since the stored credentials were last verified by a config write."),
+		"failed_logins_since":         when("When the first of failed_logins_total happened, or absent."),
+		"last_failed_login":           str("The tenant's last refusal, without secrets, or absent."),
+		"next_login_attempt":          when("While the budget is spent: when the engine may try the tenant again; absent otherwise."),
+		"rotation_state":              str(`State of root rotation: "ok", "pending" (a rotation did not finish; the engine settles it) or "unresolved" (the tenant refused both secrets; see docs/rotation.md).`),
+		"rotation_pending_since":      when("When the unfinished rotation began; only while rotation_state is pending or unresolved."),
+		"last_rotation_error":         str("Why the last rotation failed, or what its last check found; without secrets."),
+		"rotation_period":             num("Seconds between scheduled rotations, or 0."),
+		"rotation_schedule":           str("Cron schedule of rotations, or empty."),
+		"rotation_window":             num("Seconds after a scheduled time in which a rotation may still start, or 0."),
+		"disable_automated_rotation":  flag("Whether scheduled rotation is off."),
+		"rotation_policy":             str("Rotation policy passed to Vault Enterprise's rotation manager."),
+		"last_vault_rotation":         when("When the secret was last changed by a rotation, or null."),
+		"next_vault_rotation":         when("When the next scheduled rotation is due, or null."),
 	}
 }
 
@@ -353,27 +362,28 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 		return nil, err
 	}
 	data := map[string]any{
-		"tenant_url":          cfg.TenantURL,
-		"app_id":              cfg.AppID,
-		"client_id":           cfg.ClientID,
-		"client_secret_set":   cfg.ClientSecret != "",
-		"scopes":              nonNil(cfg.Scopes),
-		"token_url":           cfg.TokenURL,
-		"token_endpoint":      cfg.tokenEndpoint(cfg.AppID),
-		"client_auth":         cfg.ClientAuth,
-		"ca_cert":             cfg.CACert,
-		"request_timeout":     int64(cfg.RequestTimeout.Seconds()),
-		"total_timeout":       int64(cfg.TotalTimeout.Seconds()),
-		"max_retries":         cfg.MaxRetries,
-		"revoke_tokens":       cfg.revokes(),
-		"revoke_url":          cfg.RevokeURL,
-		"revoke_endpoint":     cfg.revokeEndpoint(cfg.AppID),
-		"rotation_scopes":     nonNil(cfg.RotationScopes),
-		"password_policy":     cfg.PasswordPolicy,
-		"password_length":     cmp.Or(cfg.PasswordLength, defaultPasswordLength),
-		"rotation_state":      cfg.Rotation.status(),
-		"max_failed_logins":   cfg.loginLimits().max,
-		"failed_login_window": int64(cfg.loginLimits().window.Seconds()),
+		"tenant_url":                  cfg.TenantURL,
+		"app_id":                      cfg.AppID,
+		"client_id":                   cfg.ClientID,
+		"client_secret_set":           cfg.ClientSecret != "",
+		"scopes":                      nonNil(cfg.Scopes),
+		"token_url":                   cfg.TokenURL,
+		"token_endpoint":              cfg.tokenEndpoint(cfg.AppID),
+		"client_auth":                 cfg.ClientAuth,
+		"ca_cert":                     cfg.CACert,
+		"request_timeout":             int64(cfg.RequestTimeout.Seconds()),
+		"total_timeout":               int64(cfg.TotalTimeout.Seconds()),
+		"max_retries":                 cfg.MaxRetries,
+		"revoke_tokens":               cfg.revokes(),
+		"revoke_url":                  cfg.RevokeURL,
+		"revoke_endpoint":             cfg.revokeEndpoint(cfg.AppID),
+		"rotation_scopes":             nonNil(cfg.RotationScopes),
+		"password_policy":             cfg.PasswordPolicy,
+		"password_length":             cmp.Or(cfg.PasswordLength, defaultPasswordLength),
+		"rotation_state":              cfg.Rotation.status(),
+		"max_failed_logins":           cfg.loginLimits().max,
+		"failed_login_window":         int64(cfg.loginLimits().window.Seconds()),
+		"password_change_ends_tokens": cfg.PasswordChangeEndsTokens,
 	}
 	if err := b.root.addLoginStatus(ctx, req.Storage, cfg, data); err != nil {
 		return nil, err
@@ -529,6 +539,9 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		if cfg.PasswordLength = v.(int); cfg.PasswordLength == 0 {
 			problems.add("password_length", "must be between %d and %d, got 0", minPasswordLength, maxPasswordLength)
 		}
+	}
+	if v, ok := d.GetOk("password_change_ends_tokens"); ok {
+		cfg.PasswordChangeEndsTokens = v.(bool)
 	}
 	if v, ok := d.GetOk("max_failed_logins"); ok {
 		if cfg.MaxFailedLogins = v.(int); cfg.MaxFailedLogins == 0 {

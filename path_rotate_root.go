@@ -73,7 +73,15 @@ func (b *backend) pathRotateRootUpdate(ctx context.Context, req *logical.Request
 	case err != nil:
 		return nil, err
 	}
-	return &logical.Response{Data: map[string]any{
+	resp := &logical.Response{Data: map[string]any{
 		"rotated_at": cfg.Rotation.LastRotation.UTC().Format(time.RFC3339),
-	}}, nil
+	}}
+	if cfg.PasswordChangeEndsTokens {
+		resp.AddWarning(endedTokensWarning)
+	}
+	return resp, nil
 }
+
+// endedTokensWarning is what a rotation says on a tenant that ends tokens at a password
+// change: the engine cannot end the leases Vault holds, so it says what they hold.
+const endedTokensWarning = "password_change_ends_tokens: the tenant ended every token of the service user at this change: tokens handed out before it no longer work, though their leases (and a lease-free ttl) run on; reused tokens were dropped, and readers get new ones at their next read"

@@ -278,12 +278,18 @@ func (b *backend) tokenLease(v *view, p *tokenPlan, tok *client.Token) (*logical
 		if err != nil {
 			return nil, tenantFailure("getting a token", err)
 		}
+		if limit, ok := v.config.tokensEndBy(now); ok && time.Duration(ttl)*time.Second > limit {
+			ttl = int64(limit / time.Second)
+		}
 		data["ttl"], data["rotation_period"] = ttl, period
 		resp, warning = &logical.Response{Data: data}, w
 	} else {
 		ttl, w, err := leaseTTL(tok, now, v.role)
 		if err != nil {
 			return nil, tenantFailure("getting a token", err)
+		}
+		if limit, ok := v.config.tokensEndBy(now); ok && ttl > limit {
+			ttl = limit
 		}
 		// Vault stores the internal data with every lease, so it holds only what the
 		// lease's end needs: the role for the renewal refusal's message, and for a
@@ -310,6 +316,18 @@ func (b *backend) tokenLease(v *view, p *tokenPlan, tok *client.Token) (*logical
 		resp.AddWarning(warning)
 	}
 	return resp, nil
+}
+
+// tokensEndBy is how long a token handed out now lives at most on a tenant that ends
+// a user's tokens when its password changes (password_change_ends_tokens): until the
+// next scheduled rotation, so that its lease (or a lease-free ttl) ends with it and
+// readers come back for a new one. ok is false when nothing bounds it.
+func (c *cyberarkConfig) tokensEndBy(now time.Time) (time.Duration, bool) {
+	next := c.Rotation.NextRotation
+	if !c.PasswordChangeEndsTokens || next.IsZero() {
+		return 0, false
+	}
+	return max(next.Sub(now).Truncate(time.Second), time.Second), true
 }
 
 // remainingSeconds is expires_in for a reused token, which has lived part of its life:

@@ -225,6 +225,9 @@ func (c *credential) promote(ctx context.Context, s logical.Storage, cfg *cybera
 		return fmt.Errorf("storing the new secret, which the tenant accepts (it stays stored as pending and is settled later): %w", err)
 	}
 	c.b.Logger().Info("root rotation: the tenant accepts the new secret; it is now the stored one", "credential", c.name)
+	if cfg.PasswordChangeEndsTokens {
+		c.b.Logger().Warn(endedTokensWarning, "credential", c.name)
+	}
 	return nil
 }
 

@@ -412,3 +412,52 @@ func TestBudgetHoldsUnderConcurrentReads(t *testing.T) {
 		t.Errorf("64 concurrent reads with a refused secret: %d failed logins, want at most %d", n, defaultMaxFailedLogins)
 	}
 }
+
+// TestFailedLoginsPerHourByState measures the failed logins the engine causes in each
+// rotation state over two hours of an Agent-like load (a read a second, the periodic
+// function every minute), on a tenant that locks at one more than the budget, and logs
+// them per hour: the runbook's figures.
+func TestFailedLoginsPerHourByState(t *testing.T) {
+	t.Parallel()
+	states := []struct {
+		name  string
+		setup func(t *testing.T, e *testEnv)
+	}{
+		{"ok, the tenant takes the stored secret", func(*testing.T, *testEnv) {}},
+		{"ok, the stored secret changed at the tenant", func(t *testing.T, e *testEnv) {
+			if err := e.emu.SetClientSecret(testAppID, testClientID, "Changed-Elsewhere-42"); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"pending, the change never reached the tenant", func(t *testing.T, e *testEnv) { crashAfter(t, e, "stored_pending"); e.restart(t) }},
+		{"pending, the change landed before a crash", func(t *testing.T, e *testEnv) { crashAfter(t, e, "tenant_changed"); e.restart(t) }},
+		{"pending, then unresolved: the password changed elsewhere mid-rotation", changeElsewhereDuringRotation},
+	}
+	for _, st := range states {
+		t.Run(st.name, func(t *testing.T) {
+			t.Parallel()
+			e := newRotationEnv(t, lockoutTenant)
+			clock := tenantClock(e)
+			st.setup(t, e)
+			base := e.emu.Stats().FailedLogins
+			var perHour [2]int64
+			for h := range 2 {
+				for s := range 3600 {
+					clock.Advance(time.Second)
+					_, _ = e.request(t, logical.ReadOperation, "token", nil)
+					if s%60 == 59 {
+						_ = e.b.periodic(t.Context(), &logical.Request{Storage: e.storage})
+					}
+				}
+				now := e.emu.Stats().FailedLogins
+				perHour[h], base = now-base, now
+			}
+			stats := e.emu.Stats()
+			t.Logf("%s: failed logins in hour 1: %d, hour 2: %d; state after: %s; tenant lockouts: %d",
+				st.name, perHour[0], perHour[1], e.stored(t).Rotation.status(), stats.Lockouts)
+			if stats.Lockouts > 0 {
+				t.Error("the tenant locked the service user out")
+			}
+		})
+	}
+}

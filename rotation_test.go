@@ -2,6 +2,7 @@ package cyberark
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -255,6 +256,35 @@ func TestRotationWhenTheTenantEndsOldTokens(t *testing.T) {
 			t.Errorf("tokens ended by the change %t: revoking a lease from before the rotation: %v", ends, err)
 		}
 		e.assertWorkingSecret(t)
+	}
+}
+
+// TestPasswordChangeEndsTokens: on a tenant that ends tokens at a password change, a
+// config that says so bounds leases and lease-free ttl by the next scheduled rotation,
+// and a rotation says that earlier tokens are dead; reused tokens are dropped either way.
+func TestPasswordChangeEndsTokens(t *testing.T) {
+	t.Parallel()
+	e := newRotationEnv(t, func(c *emulator.Config) { c.RevokeTokensOnPasswordChange = true })
+	e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"password_change_ends_tokens": true, "rotation_period": "20m"})
+	e.mustRequest(t, logical.CreateOperation, "roles/free", map[string]any{"token_reuse": true, "lease_free": true})
+	next := e.stored(t).Rotation.NextRotation
+	leased := e.mustRequest(t, logical.ReadOperation, "token", nil)
+	if ttl := leased.Secret.TTL; ttl > time.Until(next)+time.Second || ttl < time.Until(next)-5*time.Second {
+		t.Errorf("lease TTL %s, want about %s: the next rotation ends the token", ttl, time.Until(next).Round(time.Second))
+	}
+	free := e.mustRequest(t, logical.ReadOperation, "token/free", nil)
+	if ttl := free.Data["ttl"].(int64); time.Duration(ttl)*time.Second > time.Until(next)+time.Second {
+		t.Errorf("lease-free ttl %ds, beyond the next rotation in %s", ttl, time.Until(next).Round(time.Second))
+	}
+	resp := e.mustRequest(t, logical.UpdateOperation, "config/rotate-root", nil)
+	if len(resp.Warnings) == 0 || !strings.Contains(resp.Warnings[0], "no longer work") {
+		t.Errorf("rotate-root warnings %v, want one that says earlier tokens no longer work", resp.Warnings)
+	}
+	if after := e.mustRequest(t, logical.ReadOperation, "token/free", nil); after.Data["access_token"] == free.Data["access_token"] {
+		t.Error("a reused token from before the rotation was handed out after it")
+	}
+	if read := e.mustRequest(t, logical.ReadOperation, "config", nil); read.Data["password_change_ends_tokens"] != true {
+		t.Errorf("config read: password_change_ends_tokens %v", read.Data["password_change_ends_tokens"])
 	}
 }
 

@@ -102,10 +102,13 @@ func childEnv(home string, extra ...string) []string {
 
 // freePortPair returns a loopback port p such that p and p+1 were free a moment ago:
 // a dev server listens on p and its cluster listener on p+1. Another process may still
-// take them before Vault binds; startVault retries when that happens.
+// take them before Vault binds; startVault retries when that happens. After the load
+// tests, many thousands of client connections sit in TIME_WAIT on loopback ports of
+// the ephemeral range, where :0 picks p, and each of those blocks a listener on its
+// port: many p+1 are then taken, and finding a pair can take many tries.
 func freePortPair(ctx context.Context) (int, error) {
 	var lc net.ListenConfig
-	for range 20 {
+	for range 500 {
 		l, err := lc.Listen(ctx, "tcp", "127.0.0.1:0")
 		if err != nil {
 			return 0, err

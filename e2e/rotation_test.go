@@ -3,15 +3,18 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -126,15 +129,20 @@ func TestRotateRootInVault(t *testing.T) {
 
 // TestRotateRootRefusedByTenantPolicy has the tenant refuse new secrets, for its
 // password policy and then its password history: each refusal is a 400 that carries the
-// tenant's message, and the secret the tenant accepts stays the stored one.
+// tenant's message, and the secret the tenant accepts stays the stored one. On the way,
+// rotated secrets come from the Vault password policy the config names, a change of
+// policy takes effect at the next rotation, and a policy too weak for a secret, or one
+// that does not exist, is refused at the config write.
 func TestRotateRootRefusedByTenantPolicy(t *testing.T) {
 	t.Parallel()
-	// Length only, so that Vault password policies of one repeated letter make secrets
-	// the test knows in advance, which is how it repeats one for the history check.
-	e := newEnv(t, 3600, withAuditLog(), withTenantConfig(func(c *emulator.Config) {
+	// Length only: the Vault password policies below make secrets of one kind of
+	// character each, which the tenant must take.
+	swap := &passwordSwap{}
+	e := newEnv(t, 3600, withAuditLog(), withTenantHandler(swap.wrap), withTenantConfig(func(c *emulator.Config) {
 		c.PasswordPolicy = &emulator.PasswordPolicy{MinLength: 20, MaxLength: 64}
 		c.PasswordHistory = 3
 	}))
+	e.guard.addSecrets(swap.secrets)
 	c := e.client
 	data := e.tenant.configData()
 	data["password_length"] = 16
@@ -178,37 +186,139 @@ func TestRotateRootRefusedByTenantPolicy(t *testing.T) {
 		t.Errorf("last_vault_rotation = %v after a refused rotation only", cfg["last_vault_rotation"])
 	}
 
-	// History: rotate to Q, then to Z, then ask for Q again, which the tenant's last
-	// three passwords include.
-	for name, letter := range map[string]string{"e2e-q": "q", "e2e-z": "z"} {
-		policy := "length = 24\nrule \"charset\" {\n  charset = \"" + letter + "\"\n}\n"
+	// Vault password policies. Two strong ones whose secrets tell them apart (the
+	// engine's floor is 95 bits; these give 24 × log2(36) ≈ 124 and 30 × log2(36) ≈ 155),
+	// and one of 24 times the same letter (0 bits), which the config write refuses, as
+	// it refuses a policy that does not exist: the engine would otherwise rotate to a
+	// secret anyone can guess.
+	charsetPolicy := func(length int, charset string) string {
+		return fmt.Sprintf("length = %d\nrule \"charset\" {\n  charset = %q\n}\n", length, charset)
+	}
+	for name, policy := range map[string]string{
+		"e2e-lower": charsetPolicy(24, "abcdefghijklmnopqrstuvwxyz0123456789"),
+		"e2e-upper": charsetPolicy(30, "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"),
+		"e2e-q":     charsetPolicy(24, "q"),
+	} {
 		if _, err := c.Logical().WriteWithContext(e.ctx, "sys/policies/password/"+name, map[string]any{"policy": policy}); err != nil {
 			t.Fatalf("writing password policy %s: %v", name, err)
 		}
 	}
-	q, z := strings.Repeat("q", 24), strings.Repeat("z", 24)
-	for _, step := range []struct{ policy, secret string }{{"e2e-q", q}, {"e2e-z", z}} {
+	for _, name := range []string{"e2e-q", "e2e-missing"} {
+		_, err := c.Logical().WriteWithContext(e.ctx, mountPath+"/config", map[string]any{"password_policy": name})
+		re := responseError(t, err)
+		if msg := strings.Join(re.Errors, " "); re.StatusCode != http.StatusBadRequest || !strings.Contains(msg, "password_policy") || !strings.Contains(msg, name) {
+			t.Errorf("setting password_policy %s: %d %q, want a 400 about password_policy %s", name, re.StatusCode, msg, name)
+		}
+	}
+	if cfg := readRotationConfig(t, e); stringField(cfg, "password_policy") != "" {
+		t.Errorf("password_policy = %q after refused writes only", cfg["password_policy"])
+	}
+
+	// Rotate with one policy, then the other: each secret is one the policy makes.
+	var secrets []string
+	for _, step := range []struct {
+		policy string
+		shape  *regexp.Regexp
+	}{
+		{"e2e-lower", regexp.MustCompile(`^[a-z0-9]{24}$`)},
+		{"e2e-upper", regexp.MustCompile(`^[A-Z0-9]{30}$`)},
+	} {
 		if _, err := c.Logical().WriteWithContext(e.ctx, mountPath+"/config", map[string]any{"password_policy": step.policy}); err != nil {
 			t.Fatalf("setting password_policy %s: %v", step.policy, err)
 		}
 		if _, err := e.rotateRoot(e.ctx); err != nil {
 			t.Fatalf("rotating with password_policy %s: %v", step.policy, err)
 		}
-		if !e.tenant.emu.ClientSecretIs(clientID, step.secret) {
+		secret := lastNewPassword(t, e)
+		if !step.shape.MatchString(secret) {
+			t.Errorf("the rotation with password_policy %s set a secret of %d characters that the policy does not make (want %s)", step.policy, len(secret), step.shape)
+		}
+		if !e.tenant.emu.ClientSecretIs(clientID, secret) {
 			t.Fatalf("after the rotation with password_policy %s the tenant does not accept its secret", step.policy)
 		}
+		secrets = append(secrets, secret)
 	}
-	if _, err := c.Logical().WriteWithContext(e.ctx, mountPath+"/config", map[string]any{"password_policy": "e2e-q"}); err != nil {
-		t.Fatalf("setting password_policy e2e-q again: %v", err)
-	}
+	current := secrets[len(secrets)-1]
+
+	// History: the tenant's last three passwords are the original, the e2e-lower one
+	// and the current one. A strong policy never repeats a secret, so the test has the
+	// next change carry the e2e-lower one instead of the engine's new secret, and the
+	// tenant's history check refuses it.
+	swap.arm(secrets[0])
 	refused("a secret from the tenant's history", "it must not match any of the last 3 passwords")
-	if !e.tenant.emu.ClientSecretIs(clientID, z) {
+	if swap.swapped() != 1 {
+		t.Fatalf("the password change passed the swap %d times, want 1", swap.swapped())
+	}
+	if !e.tenant.emu.ClientSecretIs(clientID, current) {
 		t.Error("after the refused rotation the tenant no longer accepts the secret set before it")
 	}
 	e.readToken("token", nil)
-	if got := e.tenant.lastTokenRequest(t).Header.Get("Authorization"); got != basicAuth(z) {
+	if got := e.tenant.lastTokenRequest(t).Header.Get("Authorization"); got != basicAuth(current) {
 		t.Error("after the refused rotation the token read did not authenticate with the secret set before it")
 	}
+}
+
+// passwordSwap stands in front of the tenant and, once armed, replaces the newPassword
+// of the next password change with a password of the test's choosing before the tenant
+// sees it. It keeps the passwords it replaced, for the log guard: the tenant never sees
+// them.
+type passwordSwap struct {
+	next http.Handler
+
+	mu       sync.Mutex
+	with     string
+	replaced []string
+}
+
+func (p *passwordSwap) wrap(next http.Handler) http.Handler {
+	p.next = next
+	return p
+}
+
+func (p *passwordSwap) arm(password string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.with = password
+}
+
+func (p *passwordSwap) swapped() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.replaced)
+}
+
+func (p *passwordSwap) secrets() []namedSecret {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []namedSecret
+	for i, pw := range p.replaced {
+		out = append(out, namedSecret{fmt.Sprintf("new password #%d the swap kept from the tenant", i+1), pw})
+	}
+	return out
+}
+
+func (p *passwordSwap) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	p.mu.Lock()
+	with := p.with
+	if with == "" || !strings.EqualFold(strings.TrimSuffix(r.URL.Path, "/"), changePasswordPath) {
+		p.mu.Unlock()
+		p.next.ServeHTTP(w, r)
+		return
+	}
+	p.with = ""
+	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	var change map[string]any
+	if err == nil && json.Unmarshal(body, &change) == nil {
+		if pw, _ := change["newPassword"].(string); pw != "" {
+			p.replaced = append(p.replaced, pw)
+		}
+		change["newPassword"] = with
+		body, _ = json.Marshal(change)
+	}
+	p.mu.Unlock()
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	r.ContentLength = int64(len(body))
+	p.next.ServeHTTP(w, r)
 }
 
 // TestRotateRootSurvivesKilledPlugin kills the plugin process while a rotation waits for
@@ -284,7 +394,7 @@ func TestRotateRootSurvivesKilledPlugin(t *testing.T) {
 				// A 500 when Vault gives up on the dead plugin. When Vault instead runs the
 				// request again on the restarted plugin, that run settles first and, with
 				// the change never made, finds the rotation pending: a 409.
-				rerun := re != nil && re.StatusCode == http.StatusConflict && !tc.applied && strings.Contains(msg, "not settled yet")
+				rerun := re != nil && re.StatusCode == http.StatusConflict && !tc.applied && strings.Contains(msg, "not settled")
 				if (re == nil || re.StatusCode != http.StatusInternalServerError) && !rerun {
 					t.Errorf("config/rotate-root failed with %v, want a 500 from Vault (or, run again on the restarted plugin, a 409 for the pending rotation)", r.err)
 				}
@@ -309,18 +419,19 @@ func TestRotateRootSurvivesKilledPlugin(t *testing.T) {
 			if err != nil || len(pids) != 1 || pids[0] == oldPID {
 				t.Errorf("plugin processes under Vault after the read: %v (%v); want one new one (the killed one was %d)", pids, err, oldPID)
 			}
-			waitForLogLine(t, e, "[WARN]", "settling an interrupted rotation")
+			waitForLogLine(t, e, "[WARN]", "settling an unfinished rotation")
 			// The new process settled before it served the read: had the read gone to the
 			// tenant with a secret it no longer accepts, the tenant would have refused it.
-			// Settling itself tries the new secret first, which the tenant refuses when
-			// the change was never made.
+			// The change's answer never came, so settling tries first the secret most
+			// likely to work, the current one: the tenant refuses it once when the change
+			// was made (and then takes the new one), and not at all when it was not.
 			// Vault may also run the interrupted rotate-root once more on the new process
-			// (it retries a request once after a plugin restart); that run settles
-			// first, which can add one more refusal of the new secret, and then stops
-			// with a 409 because the rotation is still pending.
-			wantRefused := map[bool]int64{true: 0, false: 1}[tc.applied]
-			if got := e.tenant.emu.Stats().TokenErrors - refusedBefore; r.err != nil && (got < wantRefused || got > wantRefused+map[bool]int64{true: 0, false: 1}[tc.applied]) {
-				t.Errorf("the tenant refused %d token requests after the kill, want %d (or one more if Vault re-ran the request)", got, wantRefused)
+			// (it retries a request once after a plugin restart); that run settles in the
+			// same order, or finds the rotation settled or checked moments ago, so it adds
+			// no refusal.
+			wantRefused := map[bool]int64{true: 1, false: 0}[tc.applied]
+			if got := e.tenant.emu.Stats().TokenErrors - refusedBefore; r.err != nil && got != wantRefused {
+				t.Errorf("the tenant refused %d token requests after the kill, want %d", got, wantRefused)
 			}
 
 			changes := passwordChanges(e.tenant.emu.Requests())
