@@ -410,7 +410,7 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 	}
 	switch cfg.Rotation.status() {
 	case rotationStatePending:
-		resp.AddWarning("a root rotation did not finish: a new secret is stored beside the current one, and the engine keeps whichever the tenant accepts at its next check (on start, and about once a minute)")
+		resp.AddWarning("a root rotation did not finish: a new secret is stored beside the current one, and the engine keeps whichever the tenant accepts at its next check (at start, every few minutes, or at once when a token read is refused)")
 	case rotationStateUnresolved:
 		resp.AddWarning("a root rotation is unresolved: the tenant refused both the current and the new secret. Check the service user at the tenant (locked, disabled, or its password changed elsewhere), then write the secret it accepts to client_secret")
 	}

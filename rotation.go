@@ -289,7 +289,8 @@ func (c *credential) operatorWrite(ctx context.Context, s logical.Storage, old, 
 		case next.ClientSecret == r.PendingSecret || r.graceOver(now):
 			r.protocolState = protocolState{LastRotation: r.LastRotation}
 		default:
-			r.Unresolved, r.CurrentRefused = false, false
+			// The written secret was just seen to work: it is the one to try first.
+			r.Unresolved, r.CurrentRefused, r.ChangeConfirmed = false, false, false
 			r.LastError = "a secret was written while a change for the pending one may still land (until " +
 				r.PendingSince.Add(pendingGrace).UTC().Format(time.RFC3339) + "); both are kept, the written one first"
 		}
