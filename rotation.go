@@ -176,7 +176,7 @@ func newCredential(b *backend, name, key string) *credential {
 }
 
 func (c *credential) load(ctx context.Context, s logical.Storage) (*cyberarkConfig, error) {
-	return readConfig(ctx, s)
+	return readConfigAt(ctx, s, c.key)
 }
 
 // store writes cfg and drops every cache built from the old one. Only the transition
