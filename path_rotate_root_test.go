@@ -335,18 +335,7 @@ func TestRotateRootUnresolved(t *testing.T) {
 func TestRotateRootSettlesOnARefusedRead(t *testing.T) {
 	t.Parallel()
 	e := newRotationEnv(t, nil)
-	e.b.afterRotationStep = func(step string) {
-		if step == "tenant_changed" {
-			runtime.Goexit()
-		}
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_, _ = e.b.rotateRoot(t.Context(), e.storage, true)
-	}()
-	<-done
-	e.b.afterRotationStep = nil
+	crashAfter(t, e, "tenant_changed")
 	if e.stored(t).Rotation.PendingSecret == "" {
 		t.Fatal("no pending secret after a rotation stopped past the tenant's change")
 	}
@@ -417,18 +406,7 @@ func TestRotateRootLateChangeIsKept(t *testing.T) {
 	t.Parallel()
 	e := newRotationEnv(t, nil)
 	clock := newFakeClock(e)
-	e.b.afterRotationStep = func(step string) {
-		if step == "stored_pending" {
-			runtime.Goexit() // dies before the tenant hears of it
-		}
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_, _ = e.b.rotateRoot(t.Context(), e.storage, true)
-	}()
-	<-done
-	e.b.afterRotationStep = nil
+	crashAfter(t, e, "stored_pending") // dies before the tenant hears of it
 	e.restart(t) // settles: the tenant refuses the new secret, for now
 	pending := e.stored(t).Rotation.PendingSecret
 	if pending == "" {
