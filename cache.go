@@ -201,6 +201,16 @@ func (c *cache) resetConfig() {
 	c.tokens = make(map[string]*client.Token)
 }
 
+// refreshConfig drops the cached config alone: a write changed only its rotation
+// state, not the secret or where it is sent, so the clients and reused tokens built
+// from it stay good. Reads take the new state from their next view.
+func (c *cache) refreshConfig() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gen++
+	c.config = nil
+}
+
 // resetRole drops a role and all reused tokens. Tokens are keyed by what they were
 // granted for, not by role, and a role write is rare: dropping them all is simpler than
 // tracking which roles share a token, and costs at most one grant per key.

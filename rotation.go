@@ -182,15 +182,30 @@ func (c *credential) load(ctx context.Context, s logical.Storage) (*cyberarkConf
 // store writes cfg and drops every cache built from the old one. Only the transition
 // methods below call it.
 func (c *credential) store(ctx context.Context, s logical.Storage, cfg *cyberarkConfig) error {
-	entry, err := logical.StorageEntryJSON(c.key, cfg)
-	if err != nil {
-		return fmt.Errorf("encoding config: %w", err)
-	}
-	if err := s.Put(ctx, entry); err != nil {
+	if err := c.put(ctx, s, cfg); err != nil {
 		return err
 	}
 	c.b.cache.resetConfig()
 	return nil
+}
+
+// storeState writes cfg whose secret and settings are as stored, only its rotation
+// state changed: the tenant clients and reused tokens stay, so that reads served from
+// the reuse cache go on through a rotation.
+func (c *credential) storeState(ctx context.Context, s logical.Storage, cfg *cyberarkConfig) error {
+	if err := c.put(ctx, s, cfg); err != nil {
+		return err
+	}
+	c.b.cache.refreshConfig()
+	return nil
+}
+
+func (c *credential) put(ctx context.Context, s logical.Storage, cfg *cyberarkConfig) error {
+	entry, err := logical.StorageEntryJSON(c.key, cfg)
+	if err != nil {
+		return fmt.Errorf("encoding config: %w", err)
+	}
+	return s.Put(ctx, entry)
 }
 
 // The transitions. Each changes cfg as the step says and stores it; on a failed write
@@ -203,7 +218,7 @@ func (c *credential) begin(ctx context.Context, s logical.Storage, cfg *cyberark
 		PendingSince:  now.UTC(),
 		LastRotation:  cfg.Rotation.LastRotation,
 	}
-	return c.store(ctx, s, cfg)
+	return c.storeState(ctx, s, cfg)
 }
 
 // changeSent: the tenant confirmed the change, so the pending secret is tried first.
@@ -235,7 +250,7 @@ func (c *credential) promote(ctx context.Context, s logical.Storage, cfg *cybera
 // and no change can land any more.
 func (c *credential) drop(ctx context.Context, s logical.Storage, cfg *cyberarkConfig, why string) error {
 	cfg.Rotation.protocolState = protocolState{LastRotation: cfg.Rotation.LastRotation, LastError: why}
-	return c.store(ctx, s, cfg)
+	return c.storeState(ctx, s, cfg)
 }
 
 // unresolved: PENDING → UNRESOLVED: the tenant refused both secrets after the grace.
@@ -246,7 +261,7 @@ func (c *credential) unresolved(ctx context.Context, s logical.Storage, cfg *cyb
 		cfg.Rotation.LastFullCheck = now.UTC()
 	}
 	cfg.Rotation.LastError = "the tenant refused both the current and the new secret"
-	return c.store(ctx, s, cfg)
+	return c.storeState(ctx, s, cfg)
 }
 
 // checked: PENDING → PENDING, with what the check found.
@@ -257,7 +272,7 @@ func (c *credential) checked(ctx context.Context, s logical.Storage, cfg *cybera
 	}
 	cfg.Rotation.CurrentRefused = currentRefused
 	cfg.Rotation.LastError = found
-	if err := c.store(ctx, s, cfg); err != nil {
+	if err := c.storeState(ctx, s, cfg); err != nil {
 		return fmt.Errorf("recording the rotation's state: %w", err)
 	}
 	return nil
@@ -272,7 +287,7 @@ func (c *credential) failed(ctx context.Context, s logical.Storage, cfg *cyberar
 		retry = now.Add(min(rotationRetryDelay<<min(cfg.Rotation.Failures-1, 16), maxRotationRetryDelay))
 		cfg.Rotation.RetryAt = retry
 	}
-	return retry, c.store(ctx, s, cfg)
+	return retry, c.storeState(ctx, s, cfg)
 }
 
 // operatorWrite stores an operator's config write: next is the merged config, old the

@@ -383,3 +383,56 @@ func TestReadsWaitForARotationInsteadOfFailing(t *testing.T) {
 		t.Errorf("%d token requests were refused during the rotation", n)
 	}
 }
+
+// TestReuseHitsNeverWaitForARotation: while a password change is at the tenant, a read
+// served from the reuse cache is answered (it makes no grant), and a read that needs a
+// grant waits for the change's outcome instead of trying the old secret. Ordering, not
+// timing: the change is held open until the cache hit has been answered.
+func TestReuseHitsNeverWaitForARotation(t *testing.T) {
+	t.Parallel()
+	e := newRotationEnv(t, nil)
+	e.mustRequest(t, logical.CreateOperation, "roles/shared", map[string]any{"token_reuse": true})
+	cached := e.mustRequest(t, logical.ReadOperation, "token/shared", nil).Data["access_token"]
+	hit := make(chan any, 1)
+	granted := make(chan error, 1)
+	release := make(chan struct{})
+	e.b.afterRotationStep = func(step string) {
+		if step != "tenant_changed" {
+			return
+		}
+		go func() {
+			resp, err := e.request(t, logical.ReadOperation, "token/shared", nil)
+			if err != nil {
+				hit <- err
+				return
+			}
+			hit <- resp.Data["access_token"]
+		}()
+		go func() {
+			_, err := e.request(t, logical.ReadOperation, "token", nil) // needs a grant
+			granted <- err
+		}()
+		select {
+		case got := <-hit:
+			if got != cached {
+				t.Errorf("the reuse read during the change answered %v, want the cached token", got)
+			}
+		case <-time.After(10 * time.Second):
+			t.Error("a reuse-cache hit waited for the password change")
+		}
+		select {
+		case err := <-granted:
+			t.Errorf("a read that needs a grant went ahead during the change (err %v)", err)
+		default:
+		}
+		close(release)
+	}
+	e.mustRequest(t, logical.UpdateOperation, "config/rotate-root", nil)
+	<-release
+	if err := <-granted; err != nil {
+		t.Errorf("the read held back by the change: %v", err)
+	}
+	if n := e.emu.Stats().TokenErrors; n != 0 {
+		t.Errorf("%d token requests were refused", n)
+	}
+}

@@ -220,7 +220,7 @@ func (b *backend) rotateIfDue(ctx context.Context, s logical.Storage) error {
 func (c *credential) windowPassed(ctx context.Context, s logical.Storage, cfg *cyberarkConfig, now time.Time) error {
 	cfg.Rotation.NextRotation = cfg.nextRotation(now, cfg.Rotation.NextRotation)
 	cfg.Rotation.RetryAt, cfg.Rotation.Failures = time.Time{}, 0
-	return c.store(ctx, s, cfg)
+	return c.storeState(ctx, s, cfg)
 }
 
 // scheduleRotation hands the rotation schedule to Vault's rotation manager where there
