@@ -28,6 +28,8 @@ var (
 	metricFailedLogin          = []string{"cyberark", "failed_login"}
 	metricFailedLoginsInWindow = []string{"cyberark", "failed_logins_in_window"}
 	metricLoginBudget          = []string{"cyberark", "login_budget_spent"}
+	// metricScopeCheck counts the checks of granted scopes by result.
+	metricScopeCheck = []string{"cyberark", "scope_check"}
 )
 
 // newMetrics is one mount's metrics: go-metrics, as Vault's telemetry uses, into a

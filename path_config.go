@@ -74,6 +74,10 @@ type cyberarkConfig struct {
 	// changes (CyberArk's behaviour is unverified): leases end by the next scheduled
 	// rotation, and a rotation says that earlier tokens are dead.
 	PasswordChangeEndsTokens bool `json:"password_change_ends_tokens,omitempty"`
+	// VerifyScope says what a granted scope wider than the one asked for does:
+	// "enforce" (also when empty) refuses and revokes it, "warn" hands it out with a
+	// warning. A rotation scope is refused either way (trust.go).
+	VerifyScope string `json:"verify_scope,omitempty"`
 	automatedrotationutil.AutomatedRotationParams
 	Rotation rotationState `json:"rotation"`
 }
@@ -234,6 +238,12 @@ func pathConfig(b *backend) *framework.Path {
 				Type:        framework.TypeBool,
 				Description: "Set when the tenant ends a service user's tokens at a password change (unverified for CyberArk Identity). Leases (and a lease-free ttl) then end by the next scheduled rotation, so readers come back for a new token, and rotate-root warns that the tokens handed out before it no longer work.",
 			},
+			"verify_scope": {
+				Type:          framework.TypeString,
+				Description:   `What a token whose granted scope is wider than the one asked for does: "enforce" refuses it and revokes it at the tenant, "warn" hands it out with a warning. A granted rotation scope is refused either way.`,
+				Default:       verifyScopeEnforce,
+				AllowedValues: []any{verifyScopeEnforce, verifyScopeWarn},
+			},
 			"verify_connection": {
 				Type:        framework.TypeBool,
 				Description: "Fetch one token with the new settings before storing them, and refuse the write if the tenant does. Not stored.",
@@ -333,6 +343,7 @@ func configReadFields() map[string]*framework.FieldSchema {
 		"max_failed_logins":           num("Refused logins the engine may cause per failed_login_window."),
 		"failed_login_window":         num("The window of max_failed_logins, in seconds."),
 		"password_change_ends_tokens": flag("Whether the tenant ends a user's tokens at a password change, as the config says."),
+		"verify_scope":                str(`What a granted scope wider than the one asked for does: "enforce" or "warn".`),
 		"failed_logins":               num("Refused logins the engine caused within the current window."),
 		"failed_logins_total":         num("Refused logins since the stored credentials were last verified by a config write."),
 		"failed_logins_since":         when("When the first of failed_logins_total happened, or absent."),
@@ -384,6 +395,7 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 		"max_failed_logins":           cfg.loginLimits().max,
 		"failed_login_window":         int64(cfg.loginLimits().window.Seconds()),
 		"password_change_ends_tokens": cfg.PasswordChangeEndsTokens,
+		"verify_scope":                cmp.Or(cfg.VerifyScope, verifyScopeEnforce),
 	}
 	if err := b.root.addLoginStatus(ctx, req.Storage, cfg, data); err != nil {
 		return nil, err
@@ -539,6 +551,9 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		if cfg.PasswordLength = v.(int); cfg.PasswordLength == 0 {
 			problems.add("password_length", "must be between %d and %d, got 0", minPasswordLength, maxPasswordLength)
 		}
+	}
+	if v, ok := d.GetOk("verify_scope"); ok {
+		cfg.VerifyScope = v.(string)
 	}
 	if v, ok := d.GetOk("password_change_ends_tokens"); ok {
 		cfg.PasswordChangeEndsTokens = v.(bool)
@@ -723,6 +738,10 @@ func (c *cyberarkConfig) validate(creating bool) fieldErrors {
 	if c.HasNonzeroRotationValues() && c.changePasswordURL() == "" {
 		problems.add("tenant_url", "is required for scheduled root rotation: the secret is changed through the tenant's UserMgmt/ChangeUserPassword")
 	}
+	if c.VerifyScope != "" && c.VerifyScope != verifyScopeEnforce && c.VerifyScope != verifyScopeWarn {
+		problems.add("verify_scope", "must be %q or %q, got %s", verifyScopeEnforce, verifyScopeWarn, quoteShort(c.VerifyScope))
+	}
+	problems = append(problems, c.scopeConflicts()...)
 	if c.MaxFailedLogins < 0 || c.MaxFailedLogins > maxMaxFailedLogins {
 		problems.add("max_failed_logins", "must be between 1 and %d, got %d", maxMaxFailedLogins, c.MaxFailedLogins)
 	}

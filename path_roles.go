@@ -437,7 +437,7 @@ func (r *roleEntry) configConflicts(cfg *cyberarkConfig) []string {
 	if r.RevokeTokens != nil && *r.RevokeTokens && cfg.revokeEndpoint(appFor(cfg, r)) == "" {
 		problems = append(problems, "revoke_tokens: cannot be true while the config sets token_url without revoke_url: there is no revocation endpoint, so tokens of this role are not revoked; set revoke_url in the config")
 	}
-	return problems
+	return append(problems, r.roleScopeConflicts(cfg)...)
 }
 
 // appFor is the application a role's tokens come from: its own app_id, else the

@@ -128,7 +128,7 @@ func TestRotateRootRefusedKeepsTheSecret(t *testing.T) {
 		want   string
 	}{
 		{"policy", func(c *emulator.Config) { c.PasswordPolicy = &emulator.PasswordPolicy{MinLength: 40, MaxLength: 64} }, nil, "40"},
-		{"scope without the API", nil, map[string]any{"rotation_scopes": "read"}, "authoriz"},
+		{"scope without the API", nil, map[string]any{"rotation_scopes": "write"}, "authoriz"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

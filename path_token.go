@@ -178,7 +178,15 @@ func (b *backend) readToken(ctx context.Context, req *logical.Request, name stri
 // readers for a role with token_reuse, else a grant of its own.
 func (b *backend) token(ctx context.Context, s logical.Storage, v *view, plan *tokenPlan, epoch uint64) (*client.Token, error) {
 	grant := func(ctx context.Context) (*client.Token, error) {
-		return b.root.grantFor(ctx, s, v, epoch, plan.scopes)
+		tok, err := b.root.grantFor(ctx, s, v, epoch, plan.scopes)
+		if err != nil {
+			return nil, err
+		}
+		// Checked before the token can reach the reuse cache or any reader.
+		if err := b.checkGranted(ctx, s, v, plan.scopes, tok); err != nil {
+			return nil, err
+		}
+		return tok, nil
 	}
 	if plan.shared {
 		tok, hit, err := b.cache.sharedToken(ctx, v, plan.reuseKey(),
@@ -223,12 +231,27 @@ func newTokenPlan(v *view, name string, asked []string) (*tokenPlan, *logical.Re
 		if err := checkScopes(asked); err != nil {
 			return nil, logical.ErrorResponse("scope: %s", err)
 		}
+		if s, ok := rotationScopeIn(asked, cfg.RotationScopes); ok {
+			return nil, logical.ErrorResponse("%s", rotationScopeRefusal("scope", s))
+		}
 		for _, s := range asked {
 			if !slices.Contains(rule.Allowed, s) {
 				return nil, logical.ErrorResponse("scope: %q is not allowed here; allowed scopes: [%s]", s, strings.Join(rule.Allowed, " "))
 			}
 		}
 		p.scopes = asked
+	}
+	// Settings written before the guardrails, or a rotation scope set after a role's
+	// scopes: refused at the read as at a write.
+	if s, ok := rotationScopeIn(p.scopes, cfg.RotationScopes); ok {
+		field := "scopes"
+		if rule.ScopesFrom == "role" {
+			field = fmt.Sprintf("role %q: scopes", name)
+		}
+		return nil, logical.ErrorResponse("%s", rotationScopeRefusal(field, s))
+	}
+	if len(p.scopes) == 0 && len(cfg.RotationScopes) > 0 {
+		return nil, logical.ErrorResponse("scopes: the config sets rotation_scopes but no scopes: a token read without scopes gets the tenant's default grant, which may include the rotation scope; set the config's scopes (or the role's)")
 	}
 	p.shared = role != nil && role.TokenReuse
 	p.revoke = cfg.revokes()
@@ -310,6 +333,9 @@ func (b *backend) tokenLease(v *view, p *tokenPlan, tok *client.Token) (*logical
 		warning = w
 	}
 	for _, w := range p.warnings {
+		resp.AddWarning(w)
+	}
+	if w := scopeWarning(v.config, p.scopes, tok); w != "" {
 		resp.AddWarning(w)
 	}
 	if warning != "" {
