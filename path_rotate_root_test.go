@@ -407,7 +407,7 @@ func TestRotateRootLateChangeIsKept(t *testing.T) {
 	e := newRotationEnv(t, nil)
 	clock := newFakeClock(e)
 	crashAfter(t, e, "stored_pending") // dies before the tenant hears of it
-	e.restart(t) // settles: the tenant refuses the new secret, for now
+	e.restart(t)                       // settles: the tenant refuses the new secret, for now
 	pending := e.stored(t).Rotation.PendingSecret
 	if pending == "" {
 		t.Fatal("the new secret was dropped while a late change could still land")
