@@ -103,6 +103,15 @@ func (e *Emulator) serveControl(w http.ResponseWriter, r *http.Request) {
 		default:
 			allowMethod(w, r, http.MethodGet, http.MethodDelete)
 		}
+	case "token_quirks":
+		switch r.Method {
+		case http.MethodGet:
+			e.controlGetTokenQuirks(w, r)
+		case http.MethodPost:
+			e.controlSetTokenQuirks(w, r)
+		default:
+			allowMethod(w, r, http.MethodGet, http.MethodPost)
+		}
 	case "held_changes/land":
 		if !allowMethod(w, r, http.MethodPost) {
 			return
@@ -172,6 +181,48 @@ func (e *Emulator) controlSetClientSecret(w http.ResponseWriter, r *http.Request
 		return
 	}
 	writeJSON(w, http.StatusOK, struct{}{})
+}
+
+// controlGetTokenQuirks answers an app's token quirks (?app_id=A).
+func (e *Emulator) controlGetTokenQuirks(w http.ResponseWriter, r *http.Request) {
+	id := r.URL.Query().Get("app_id")
+	if id == "" {
+		controlError(w, http.StatusBadRequest, "want ?app_id=...")
+		return
+	}
+	q, err := e.TokenQuirks(id)
+	if err != nil {
+		controlError(w, http.StatusNotFound, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, q)
+}
+
+// controlSetTokenQuirks is SetTokenQuirks for scripts: {"app_id":"A","quirks":{...}}
+// replaces the app's quirks as a whole ({} restores the defaults) and answers them.
+func (e *Emulator) controlSetTokenQuirks(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		AppID  string       `json:"app_id"`
+		Quirks *TokenQuirks `json:"quirks"`
+	}
+	if err := decodeStrict(r.Body, &req); err != nil {
+		controlError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if req.AppID == "" || req.Quirks == nil {
+		controlError(w, http.StatusBadRequest, `want {"app_id": "...", "quirks": {...}} ({} restores the defaults)`)
+		return
+	}
+	if err := req.Quirks.validate(); err != nil {
+		controlError(w, http.StatusBadRequest, "quirks: "+err.Error())
+		return
+	}
+	if err := e.SetTokenQuirks(req.AppID, *req.Quirks); err != nil {
+		controlError(w, http.StatusNotFound, err.Error())
+		return
+	}
+	q, _ := e.TokenQuirks(req.AppID)
+	writeJSON(w, http.StatusOK, q)
 }
 
 // queryClientID reads the client_id query parameter. Client IDs are matched exactly, so

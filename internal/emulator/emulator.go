@@ -42,6 +42,9 @@ type Config struct {
 	// SigningKey signs access tokens; nil generates a new one. Tests that build many
 	// tenants share one, since generating an RSA key is the dearest part of New.
 	SigningKey *rsa.PrivateKey `json:"-"`
+	// UnknownSigningKey signs tokens under TokenQuirks.UnknownKey; it must differ from
+	// SigningKey. nil generates one when first needed.
+	UnknownSigningKey *rsa.PrivateKey `json:"-"`
 	// ExpiresIn is the lifetime of issued tokens in seconds; 0 means DefaultExpiresIn.
 	ExpiresIn int `json:"expires_in"`
 	// ErrorStatus is the HTTP status of OAuth error responses for client-authentication
@@ -93,6 +96,11 @@ type App struct {
 	// "UserMgmt/.*". A management call succeeds only with a token one of whose scopes
 	// allows its path, so an app without ScopeAPIs issues tokens that can call none.
 	ScopeAPIs map[string][]string `json:"scope_apis"`
+	// TokenQuirks make the app hand out tokens that differ from the documented ones (a
+	// widened scope, a foreign key, issuer, audience or subject, an opaque token). The
+	// zero value, the default, issues documented tokens. SetTokenQuirks changes them at
+	// run time.
+	TokenQuirks TokenQuirks `json:"token_quirks"`
 }
 
 // Client is a confidential OAuth2 client: a service user whose password is the secret.
@@ -188,6 +196,11 @@ type Emulator struct {
 	// key signs access tokens; kid is its RFC 7638 thumbprint, published in the JWKS.
 	key *rsa.PrivateKey
 	kid string
+	// unknown signs tokens under TokenQuirks.UnknownKey; no JWKS publishes it. It is
+	// generated on first use unless Config.UnknownSigningKey supplied it.
+	unknownOnce sync.Once
+	unknown     *rsa.PrivateKey
+	unknownErr  error
 	// clock is replaceable (SetClock) so tests can move time without sleeping; nil
 	// means time.Now.
 	clock atomic.Pointer[func() time.Time]
@@ -227,6 +240,8 @@ type app struct {
 	// scopeAPIs holds each scope's allowed REST APIs, compiled anchored and
 	// case-insensitive.
 	scopeAPIs map[string][]*regexp.Regexp
+	// quirks shape the tokens the app issues; guarded by Emulator.mu (SetTokenQuirks).
+	quirks TokenQuirks
 }
 
 // client is a service user's entry on one app: the user itself is shared by every app
@@ -244,6 +259,7 @@ type tokenInfo struct {
 	appKey   string
 	clientID string
 	sub      string
+	aud      string
 	scope    string
 	iss      string
 	iat      int64
@@ -300,7 +316,11 @@ func New(cfg Config) (*Emulator, error) {
 	if err != nil {
 		return nil, fmt.Errorf("generate signing key: %w", err)
 	}
+	if cfg.UnknownSigningKey != nil && cfg.UnknownSigningKey.PublicKey.Equal(&key.PublicKey) {
+		return nil, errors.New("unknown signing key: must differ from the signing key")
+	}
 	e := &Emulator{
+		unknown:           cfg.UnknownSigningKey,
 		key:               key,
 		kid:               keyID(&key.PublicKey),
 		apps:              apps,
@@ -366,7 +386,11 @@ func buildApps(cfg Config) (map[string]*app, *directory, error) {
 		if ac.ExpiresIn < 0 {
 			return nil, nil, fmt.Errorf("app %q: expires_in %d is negative", ac.ID, ac.ExpiresIn)
 		}
+		if err := ac.TokenQuirks.validate(); err != nil {
+			return nil, nil, fmt.Errorf("app %q: token_quirks: %w", ac.ID, err)
+		}
 		a := &app{
+			quirks:    ac.TokenQuirks.clone(),
 			id:        ac.ID,
 			scopes:    append([]string{}, ac.Scopes...),
 			scopeSet:  make(map[string]bool, len(ac.Scopes)),

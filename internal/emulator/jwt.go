@@ -14,9 +14,14 @@ import (
 // b64 is the unpadded URL-safe encoding that JWS (RFC 7515) and JWK (RFC 7517) use.
 var b64 = base64.RawURLEncoding
 
-// sign returns a compact RS256 JWS over claims.
+// sign returns a compact RS256 JWS over claims, signed with the published key.
 func (e *Emulator) sign(claims map[string]any) (string, error) {
-	header, err := json.Marshal(map[string]string{"alg": "RS256", "typ": "JWT", "kid": e.kid})
+	return signWith(e.key, e.kid, claims)
+}
+
+// signWith returns a compact RS256 JWS over claims signed by key, with kid in the header.
+func signWith(key *rsa.PrivateKey, kid string, claims map[string]any) (string, error) {
+	header, err := json.Marshal(map[string]string{"alg": "RS256", "typ": "JWT", "kid": kid})
 	if err != nil {
 		return "", fmt.Errorf("encode JWT header: %w", err)
 	}
@@ -26,7 +31,7 @@ func (e *Emulator) sign(claims map[string]any) (string, error) {
 	}
 	signingInput := b64.EncodeToString(header) + "." + b64.EncodeToString(payload)
 	digest := sha256.Sum256([]byte(signingInput))
-	sig, err := rsa.SignPKCS1v15(rand.Reader, e.key, crypto.SHA256, digest[:])
+	sig, err := rsa.SignPKCS1v15(rand.Reader, key, crypto.SHA256, digest[:])
 	if err != nil {
 		return "", fmt.Errorf("sign JWT: %w", err)
 	}

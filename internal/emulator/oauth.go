@@ -150,7 +150,6 @@ func (e *Emulator) serveToken(c *call) {
 	if !ok {
 		return
 	}
-	scope := strings.Join(scopes, " ")
 
 	u := cl.user
 	e.mu.Lock()
@@ -159,30 +158,24 @@ func (e *Emulator) serveToken(c *call) {
 		ttl = e.expiresIn
 	}
 	asString, omitScope := e.expiresInAsString, e.omitScope
+	q := a.quirks.clone()
 	e.mu.Unlock()
 
+	askedNone := len(strings.Fields(c.form.Get("scope"))) == 0
+	answerScope, claimScope := q.scopesFor(scopes, askedNone)
 	iat := e.now().Unix()
 	info := tokenInfo{
 		appKey:   strings.ToLower(a.id),
 		clientID: u.id,
 		sub:      u.uuid,
-		scope:    scope,
+		aud:      u.id,
+		scope:    claimScope,
 		iss:      baseURL(c.r) + "/" + a.id + "/",
 		iat:      iat,
-		exp:      iat + int64(ttl),
+		exp:      iat + int64(ttl) + q.ExpOffset,
 		epoch:    c.epoch,
 	}
-	token, err := e.sign(map[string]any{
-		"iss":         info.iss,
-		"aud":         u.id,
-		"sub":         u.uuid,
-		"unique_name": u.id,
-		"scope":       scope,
-		"iat":         iat,
-		"auth_time":   iat,
-		"exp":         info.exp,
-		"jti":         newUUID(),
-	})
+	token, err := e.issueToken(&info, q)
 	if err != nil {
 		e.oauthError(c, http.StatusInternalServerError, "server_error", "could not sign token")
 		return
@@ -208,9 +201,55 @@ func (e *Emulator) serveToken(c *call) {
 		resp["expires_in"] = strconv.Itoa(ttl)
 	}
 	if !omitScope {
-		resp["scope"] = scope
+		resp["scope"] = answerScope
 	}
 	writeJSON(c.w, http.StatusOK, resp)
+}
+
+// issueToken applies the token quirks to info and returns the access token: a JWT
+// signed with the published key, or as q asks otherwise.
+func (e *Emulator) issueToken(info *tokenInfo, q TokenQuirks) (string, error) {
+	if q.Issuer != "" {
+		info.iss = q.Issuer
+	}
+	if q.IssuerNoTrailingSlash {
+		info.iss = strings.TrimSuffix(info.iss, "/")
+	}
+	if q.Audience != "" {
+		info.aud = q.Audience
+	}
+	if q.Subject != "" {
+		info.sub = q.Subject
+	}
+	if q.OpaqueToken {
+		return newOpaqueToken(), nil
+	}
+	claims := map[string]any{
+		"iss":         info.iss,
+		"aud":         info.aud,
+		"sub":         info.sub,
+		"unique_name": info.clientID,
+		"scope":       info.scope,
+		"iat":         info.iat,
+		"auth_time":   info.iat,
+		"exp":         info.exp,
+		"jti":         newUUID(),
+	}
+	for _, name := range q.OmitClaims {
+		delete(claims, name)
+	}
+	if q.UnknownKey == "" {
+		return e.sign(claims)
+	}
+	key, err := e.unknownKey()
+	if err != nil {
+		return "", err
+	}
+	kid := keyID(&key.PublicKey)
+	if q.UnknownKey == UnknownKeyRealKid {
+		kid = e.kid
+	}
+	return signWith(key, kid, claims)
 }
 
 // grantScopes decides the granted scopes. Unknown scopes are reported before forbidden
@@ -313,7 +352,7 @@ func (e *Emulator) serveIntrospect(c *call) {
 		"iat":        info.iat,
 		"iss":        info.iss,
 		"sub":        info.sub,
-		"aud":        info.clientID,
+		"aud":        info.aud,
 		"client_id":  info.clientID,
 		"username":   info.clientID,
 		"token_type": "Bearer",
