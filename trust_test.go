@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/idsec-labs/vault-plugin-secrets-cyberark/internal/emulator"
 )
 
 // TestRotationScopeNeverAskedForWorkloads: every way the adversarial review found to
@@ -76,4 +78,55 @@ func TestRotationNeedsWorkloadScopes(t *testing.T) {
 	e.b.cache.resetConfig()
 	resp, err = e.request(t, logical.ReadOperation, "token", nil)
 	assertBadRequest(t, resp, err, "scopes")
+}
+
+// TestGrantedScopeIsChecked: a tenant that widens the grant. A rotation scope granted
+// is refused and revoked whatever verify_scope says; another scope beyond the ask is
+// refused and revoked under enforce, handed out with a warning under warn. Reused and
+// lease-free tokens are checked the same way, and a refused one never enters the cache.
+func TestGrantedScopeIsChecked(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, verify string
+		widen        []string
+		in           string
+		handedOut    bool
+		why          string
+	}{
+		{"rotation scope, enforce", "", []string{rotateScope}, "", false, "rotation scope"},
+		{"rotation scope, warn", "warn", []string{rotateScope}, "", false, "rotation scope"},
+		{"rotation scope in the answer only", "warn", []string{rotateScope}, emulator.WidenInAnswer, false, "rotation scope"},
+		{"another scope, enforce", "", []string{"admin"}, "", false, "beyond those asked"},
+		{"another scope, warn", "warn", []string{"admin"}, "", true, "beyond those asked"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newRotationEnv(t, nil)
+			if tc.verify != "" {
+				e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"verify_scope": tc.verify})
+			}
+			e.mustRequest(t, logical.CreateOperation, "roles/plain", map[string]any{"scopes": "read"})
+			e.mustRequest(t, logical.CreateOperation, "roles/free", map[string]any{"scopes": "read", "token_reuse": true, "lease_free": true})
+			if err := e.emu.SetTokenQuirks(testAppID, emulator.TokenQuirks{WidenScope: tc.widen, WidenScopeIn: tc.in}); err != nil {
+				t.Fatal(err)
+			}
+			for _, path := range []string{"token", "token/plain", "token/free", "token/free"} {
+				before := len(e.emu.Issued())
+				resp, err := e.request(t, logical.ReadOperation, path, nil)
+				issued := e.emu.Issued()
+				switch {
+				case tc.handedOut:
+					if err != nil || resp.IsError() || len(resp.Warnings) == 0 || !strings.Contains(strings.Join(resp.Warnings, " "), tc.why) {
+						t.Errorf("%s: (%v, %v), want the token with a warning naming %q", path, resp, err, tc.why)
+					}
+				case err == nil || errorCode(err) != "409" || !strings.Contains(err.Error(), tc.why):
+					t.Errorf("%s: (%v, %v), want a 409 naming %q", path, resp, err, tc.why)
+				case len(issued) == before:
+					t.Errorf("%s: no grant was made (a refused token must not be cached)", path)
+				case !e.emu.Revoked(issued[len(issued)-1]):
+					t.Errorf("%s: the refused token was not revoked at the tenant", path)
+				}
+			}
+		})
+	}
 }
