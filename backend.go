@@ -109,6 +109,8 @@ type backend struct {
 	afterRotationStep func(step string)
 
 	revokeFailures *failureCounter
+	// keyCache holds the tenant's token signing keys (trust.go).
+	keyCache *keyCache
 
 	// metrics feeds promRegistry, which the metrics path serves, and go-metrics'
 	// global sink (metrics.go); a test may put its own in place.
@@ -129,6 +131,7 @@ func newBackend() *backend {
 		metrics:        m,
 		promRegistry:   registry,
 		revokeFailures: newFailureCounter(),
+		keyCache:       newKeyCache(),
 		schedule:       newScheduler(),
 		now:            time.Now,
 	}

@@ -30,6 +30,8 @@ var (
 	metricLoginBudget          = []string{"cyberark", "login_budget_spent"}
 	// metricScopeCheck counts the checks of granted scopes by result.
 	metricScopeCheck = []string{"cyberark", "scope_check"}
+	// metricTokenCheck counts the checks of granted tokens (signature and claims).
+	metricTokenCheck = []string{"cyberark", "token_check"}
 )
 
 // newMetrics is one mount's metrics: go-metrics, as Vault's telemetry uses, into a

@@ -78,6 +78,12 @@ type cyberarkConfig struct {
 	// "enforce" (also when empty) refuses and revokes it, "warn" hands it out with a
 	// warning. A rotation scope is refused either way (trust.go).
 	VerifyScope string `json:"verify_scope,omitempty"`
+	// VerifyTokens, TokenAudience and JWKSURL set the checks of granted tokens
+	// (trust.go); PinnedSub is the service user's sub, pinned by a verified write.
+	VerifyTokens  string `json:"verify_tokens,omitempty"`
+	TokenAudience string `json:"token_audience,omitempty"`
+	JWKSURL       string `json:"jwks_url,omitempty"`
+	PinnedSub     string `json:"pinned_sub,omitempty"`
 	automatedrotationutil.AutomatedRotationParams
 	Rotation rotationState `json:"rotation"`
 }
@@ -244,6 +250,20 @@ func pathConfig(b *backend) *framework.Path {
 				Default:       verifyScopeEnforce,
 				AllowedValues: []any{verifyScopeEnforce, verifyScopeWarn},
 			},
+			"verify_tokens": {
+				Type:          framework.TypeString,
+				Description:   `How granted tokens are checked before they leave: "auto" checks a JWT's signature against the tenant's keys and its iss, aud, exp, sub and scope, and lets an opaque token or keys that cannot be found through with a warning; "enforce" refuses those too; "off" checks only the granted scope.`,
+				Default:       verifyTokensAuto,
+				AllowedValues: []any{verifyTokensAuto, verifyTokensEnforce, verifyTokensOff},
+			},
+			"token_audience": {
+				Type:        framework.TypeString,
+				Description: "The aud a token must carry. Empty: client_id (CyberArk's OAuth2 Client apps); OAuth2 Server apps may set another.",
+			},
+			"jwks_url": {
+				Type:        framework.TypeString,
+				Description: "Absolute URL of the key set that signs tokens, overriding <tenant_url>/oauth2/keys/<app_id> (and the discovery document's jwks_uri); needed to check tokens from a token_url endpoint.",
+			},
 			"verify_connection": {
 				Type:        framework.TypeBool,
 				Description: "Fetch one token with the new settings before storing them, and refuse the write if the tenant does. Not stored.",
@@ -344,6 +364,11 @@ func configReadFields() map[string]*framework.FieldSchema {
 		"failed_login_window":         num("The window of max_failed_logins, in seconds."),
 		"password_change_ends_tokens": flag("Whether the tenant ends a user's tokens at a password change, as the config says."),
 		"verify_scope":                str(`What a granted scope wider than the one asked for does: "enforce" or "warn".`),
+		"verify_tokens":               str(`How granted tokens are checked: "auto", "enforce" or "off".`),
+		"token_audience":              str("The aud a token must carry; empty: client_id."),
+		"jwks_url":                    str("The key set set in place of the tenant's own, or empty."),
+		"pinned_sub":                  str("The service user's sub, pinned at a verified config write; tokens for another are refused."),
+		"signing_keys":                str(`Whether the config's token signing keys were found: "found", "not fetched yet", or why not.`),
 		"failed_logins":               num("Refused logins the engine caused within the current window."),
 		"failed_logins_total":         num("Refused logins since the stored credentials were last verified by a config write."),
 		"failed_logins_since":         when("When the first of failed_logins_total happened, or absent."),
@@ -396,6 +421,11 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 		"failed_login_window":         int64(cfg.loginLimits().window.Seconds()),
 		"password_change_ends_tokens": cfg.PasswordChangeEndsTokens,
 		"verify_scope":                cmp.Or(cfg.VerifyScope, verifyScopeEnforce),
+		"verify_tokens":               cmp.Or(cfg.VerifyTokens, verifyTokensAuto),
+		"token_audience":              cfg.TokenAudience,
+		"jwks_url":                    cfg.JWKSURL,
+		"pinned_sub":                  cfg.PinnedSub,
+		"signing_keys":                b.keyStatus(cfg),
 	}
 	if err := b.root.addLoginStatus(ctx, req.Storage, cfg, data); err != nil {
 		return nil, err
@@ -552,6 +582,15 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 			problems.add("password_length", "must be between %d and %d, got 0", minPasswordLength, maxPasswordLength)
 		}
 	}
+	if v, ok := d.GetOk("verify_tokens"); ok {
+		cfg.VerifyTokens = v.(string)
+	}
+	if v, ok := d.GetOk("token_audience"); ok {
+		cfg.TokenAudience = v.(string)
+	}
+	if v, ok := d.GetOk("jwks_url"); ok {
+		cfg.JWKSURL = v.(string)
+	}
 	if v, ok := d.GetOk("verify_scope"); ok {
 		cfg.VerifyScope = v.(string)
 	}
@@ -597,9 +636,19 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		// hold: only a secret the tenant is seen to accept may replace it.
 		return logical.ErrorResponse("verify_connection: must stay true while a root rotation is %s: the written secret replaces one the tenant may hold, so it is checked first", old.Rotation.status()), nil
 	}
+	if secretGiven || !verify {
+		// A written secret may be another user's: the verification pins it anew. An
+		// unverified write cannot vouch for the pinned one.
+		cfg.PinnedSub = ""
+	}
+	var warnings []string
 	if verify {
-		if resp, err := b.verifyConfig(ctx, req.Storage, cfg); resp != nil || err != nil {
+		resp, err := b.verifyConfig(ctx, req.Storage, cfg)
+		if resp != nil && resp.IsError() || err != nil {
 			return resp, err
+		}
+		if resp != nil {
+			warnings = resp.Warnings
 		}
 	}
 	rescheduled := creating || rotationFieldsGiven(d)
@@ -622,6 +671,9 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 		return nil, fmt.Errorf("storing config: %w", err)
 	}
 	b.armSchedule(cfg)
+	if len(warnings) > 0 {
+		return &logical.Response{Warnings: warnings}, nil
+	}
 	return nil, nil
 }
 
@@ -652,6 +704,7 @@ func (c *cyberarkConfig) destinationChanges(next *cyberarkConfig) []string {
 	changed("client_id", c.ClientID, next.ClientID)
 	changed("client_auth", c.ClientAuth, next.ClientAuth)
 	changed("ca_cert", c.CACert, next.CACert)
+	changed("jwks_url", c.JWKSURL, next.JWKSURL)
 	if c.AppID != next.AppID && (c.tokenEndpoint(c.AppID) != next.tokenEndpoint(next.AppID) ||
 		c.revokeEndpoint(c.AppID) != next.revokeEndpoint(next.AppID)) {
 		moved = append(moved, "app_id")
@@ -742,6 +795,23 @@ func (c *cyberarkConfig) validate(creating bool) fieldErrors {
 		problems.add("verify_scope", "must be %q or %q, got %s", verifyScopeEnforce, verifyScopeWarn, quoteShort(c.VerifyScope))
 	}
 	problems = append(problems, c.scopeConflicts()...)
+	switch c.VerifyTokens {
+	case "", verifyTokensAuto, verifyTokensOff:
+	case verifyTokensEnforce:
+		if c.keysURL(c.AppID) == "" {
+			problems.add("verify_tokens", "enforce needs a key set to check tokens against: set jwks_url, since token_url replaces the tenant's own endpoints")
+		}
+	default:
+		problems.add("verify_tokens", "must be %q, %q or %q, got %s", verifyTokensAuto, verifyTokensEnforce, verifyTokensOff, quoteShort(c.VerifyTokens))
+	}
+	if c.JWKSURL != "" {
+		if _, err := checkEndpointURL(c.JWKSURL, true); err != nil {
+			problems.add("jwks_url", "%s", err)
+		}
+	}
+	if err := checkText(c.TokenAudience, maxClientIDLength); err != nil {
+		problems.add("token_audience", "%s", err)
+	}
 	if c.MaxFailedLogins < 0 || c.MaxFailedLogins > maxMaxFailedLogins {
 		problems.add("max_failed_logins", "must be between 1 and %d, got %d", maxMaxFailedLogins, c.MaxFailedLogins)
 	}
@@ -785,7 +855,24 @@ func (b *backend) verifyConfig(ctx context.Context, s logical.Storage, cfg *cybe
 			fmt.Sprintf("verify_connection: could not get a token from the tenant, nothing was stored (set verify_connection=false to store anyway): %s", err))
 	}
 	if cfg.revokes() {
-		b.root.revokeQuietly(ctx, s, cfg, tc, tok.AccessToken) // the verification token has served
+		defer b.root.revokeQuietly(ctx, s, cfg, tc, tok.AccessToken) // the verification token has served
+	}
+	// The settings' own checks of tokens, now rather than at the first read; the
+	// token's sub is pinned, or must match the pinned one.
+	warning, err := b.verifyToken(ctx, &view{config: cfg, client: tc}, cfg.Scopes, tok)
+	if err != nil {
+		return logical.ErrorResponse("verify_connection: nothing was stored: %s", err), nil
+	}
+	if jwt, perr := client.ParseJWT(tok.AccessToken); perr == nil && jwt.String("sub") != "" {
+		switch sub := jwt.String("sub"); {
+		case cfg.PinnedSub == "":
+			cfg.PinnedSub = sub
+		case sub != cfg.PinnedSub:
+			return logical.ErrorResponse("verify_connection: the tenant's token is for another user (sub) than the one pinned at the last verified write, nothing was stored: the client may have been swapped at the tenant; if that is intended, write client_secret too, which pins the new one"), nil
+		}
+	}
+	if warning != "" {
+		return &logical.Response{Warnings: []string{warning}}, nil
 	}
 	return nil, nil
 }

@@ -96,10 +96,14 @@ func tokenResponseFields() map[string]*framework.FieldSchema {
 			Description:  "The OAuth2 access token, to send as Authorization: Bearer.",
 			DisplayAttrs: &framework.DisplayAttributes{Sensitive: true},
 		},
-		"token_type": {Type: framework.TypeString, Description: `The token's type as the tenant gave it, usually "Bearer".`},
-		"expires_in": {Type: framework.TypeInt, Description: "Seconds the token has left to live; for a reused token, what is left of its lifetime."},
-		"expires_at": {Type: framework.TypeTime, Description: "When the token expires, RFC 3339 in UTC."},
-		"scope":      {Type: framework.TypeString, Description: "The scopes the tenant granted, space-separated."},
+		"token_type":   {Type: framework.TypeString, Description: `The token's type as the tenant gave it, usually "Bearer".`},
+		"expires_in":   {Type: framework.TypeInt, Description: "Seconds the token has left to live; for a reused token, what is left of its lifetime."},
+		"expires_at":   {Type: framework.TypeTime, Description: "When the token expires, RFC 3339 in UTC."},
+		"scope":        {Type: framework.TypeString, Description: "The scopes the tenant granted, space-separated."},
+		"token_sha256": {Type: framework.TypeString, Description: "Hex SHA-256 of the access token, to match a leaked token to its read in the audit log (audit_non_hmac_response_keys)."},
+		"sub":          {Type: framework.TypeString, Description: "A JWT's sub: the service user's ID."},
+		"jti":          {Type: framework.TypeString, Description: "A JWT's jti: the token's ID at the tenant."},
+		"iat":          {Type: framework.TypeInt, Description: "A JWT's iat: when the tenant issued it, in Unix seconds."},
 		"ttl": {
 			Type:        framework.TypeInt,
 			Description: "lease_free roles only: seconds until this engine hands out a newer token; Vault Agent reads again ttl+1 seconds later.",
@@ -185,6 +189,11 @@ func (b *backend) token(ctx context.Context, s logical.Storage, v *view, plan *t
 		// Checked before the token can reach the reuse cache or any reader.
 		if err := b.checkGranted(ctx, s, v, plan.scopes, tok); err != nil {
 			return nil, err
+		}
+		if _, err := b.verifyToken(ctx, v, plan.scopes, tok); err != nil {
+			b.revokeRefused(ctx, s, v, tok)
+			b.Logger().Error("a granted token failed its check and was not handed out", "role", plan.role, "app_id", plan.appID, "error", err)
+			return nil, logical.CodedError(http.StatusConflict, fmt.Sprintf("the tenant's token failed a check and was not handed out (it was revoked): %s", err))
 		}
 		return tok, nil
 	}
@@ -294,6 +303,7 @@ func (b *backend) tokenLease(v *view, p *tokenPlan, tok *client.Token) (*logical
 		"expires_at":   tok.Expiry.UTC().Format(time.RFC3339),
 		"scope":        tok.Scope,
 	}
+	tokenFacts(tok, data)
 	var resp *logical.Response
 	var warning string
 	if p.leaseFree {
@@ -336,6 +346,9 @@ func (b *backend) tokenLease(v *view, p *tokenPlan, tok *client.Token) (*logical
 		resp.AddWarning(w)
 	}
 	if w := scopeWarning(v.config, p.scopes, tok); w != "" {
+		resp.AddWarning(w)
+	}
+	if w := b.keysWarning(v.config, p.appID); w != "" {
 		resp.AddWarning(w)
 	}
 	if warning != "" {

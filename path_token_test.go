@@ -126,9 +126,19 @@ func TestTokenRoleRequestOnTheWire(t *testing.T) {
 	e.mustRequest(t, logical.ReadOperation, "token/rw", map[string]any{"scope": "admin read"})
 	e.mustRequest(t, logical.ReadOperation, "token/other", nil)
 
-	reqs := e.emu.Requests()
-	if len(reqs) != 3 {
-		t.Fatalf("%d requests, want 3", len(reqs))
+	// Besides the grants: one fetch of OtherApp's signing keys (VaultApp's were fetched
+	// at the config write), to check its token.
+	var reqs []emulator.Request
+	keyFetches := 0
+	for _, r := range e.emu.Requests() {
+		if r.Method == http.MethodGet && strings.HasPrefix(r.Path, "/oauth2/keys/") {
+			keyFetches++
+			continue
+		}
+		reqs = append(reqs, r)
+	}
+	if len(reqs) != 3 || keyFetches != 1 {
+		t.Fatalf("%d grant requests and %d key fetches, want 3 and 1", len(reqs), keyFetches)
 	}
 	wantBodies := []string{"grant_type=client_credentials&scope=read+write", "grant_type=client_credentials&scope=admin+read", "grant_type=client_credentials&scope=other"}
 	wantPaths := []string{"/oauth2/token/VaultApp", "/oauth2/token/VaultApp", "/oauth2/token/OtherApp"}

@@ -1,11 +1,22 @@
 package cyberark
 
 import (
+	"cmp"
 	"context"
+	"crypto/rsa"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/singleflight"
 
 	"github.com/hashicorp/vault/sdk/logical"
 
@@ -136,4 +147,247 @@ func (b *backend) revokeRefused(ctx context.Context, s logical.Storage, v *view,
 	if err := b.root.revoke(ctx, s, v, b.root.gate.epochNow(), tok.AccessToken); err != nil {
 		b.Logger().Error("could not revoke a token the engine refused to hand out; it stays valid until it expires", "expires_at", tok.Expiry.UTC(), "error", err)
 	}
+}
+
+const (
+	verifyTokensAuto    = "auto"
+	verifyTokensEnforce = "enforce"
+	verifyTokensOff     = "off"
+
+	// jwtExpirySkew is how far a JWT's lifetime may differ from the answer's
+	// expires_in: the engine counts the lifetime from when it sent the request.
+	jwtExpirySkew = time.Minute
+	// keysRetryAfter spaces the engine's attempts to find keys that were not found.
+	keysRetryAfter = time.Minute
+)
+
+// keyCache holds the tenant's signing keys per key-set URL, fetched once and again
+// only for a kid it does not know, through one fetch in flight at a time.
+type keyCache struct {
+	mu     sync.Mutex
+	sets   map[string]*keySet
+	flight singleflight.Group
+}
+
+type keySet struct {
+	keys map[string]*rsa.PublicKey
+	// missing says why no keys could be had, when they could not; at is when.
+	missing string
+	at      time.Time
+}
+
+func newKeyCache() *keyCache { return &keyCache{sets: make(map[string]*keySet)} }
+
+// keysURL is where the signing keys of appID's tokens are: jwks_url when set, else the
+// tenant's per-application key endpoint (reported, not documented), else nowhere.
+func (c *cyberarkConfig) keysURL(appID string) string {
+	switch {
+	case c.JWKSURL != "":
+		return c.JWKSURL
+	case c.TokenURL == "" && c.TenantURL != "":
+		return c.tenantEndpoint("keys", appID)
+	}
+	return ""
+}
+
+// discoveryURL is the tenant's OpenID discovery document for appID (documented).
+func (c *cyberarkConfig) discoveryURL(appID string) string {
+	if c.TokenURL != "" || c.TenantURL == "" {
+		return ""
+	}
+	return strings.TrimRight(c.TenantURL, "/") + "/" + url.PathEscape(appID) + "/.well-known/openid-configuration"
+}
+
+// keys returns the key set for appID, fetching it when it is not cached or refresh
+// asks for it (an unknown kid). Keys that cannot be found are remembered as missing,
+// and asked for again at most every keysRetryAfter.
+func (b *backend) keys(ctx context.Context, cfg *cyberarkConfig, tc *client.Client, appID string, refresh bool) *keySet {
+	keysURL := cfg.keysURL(appID)
+	k := b.keyCache
+	k.mu.Lock()
+	set := k.sets[keysURL]
+	k.mu.Unlock()
+	now := b.now()
+	switch {
+	case keysURL == "":
+		return &keySet{missing: "no key set is known for token_url: set jwks_url"}
+	case set != nil && set.missing == "" && !refresh:
+		return set
+	case set != nil && now.Sub(set.at) < keysRetryAfter && (set.missing != "" || refresh):
+		return set
+	}
+	v, _, _ := k.flight.Do(keysURL, func() (any, error) {
+		fetched := &keySet{at: now}
+		body, err := tc.FetchPublic(ctx, keysURL)
+		if err != nil && cfg.JWKSURL == "" {
+			// The reported key endpoint did not answer: the documented discovery
+			// document may name another.
+			if doc, derr := tc.FetchPublic(ctx, cfg.discoveryURL(appID)); derr == nil {
+				var d struct {
+					JWKSURI string `json:"jwks_uri"`
+				}
+				if json.Unmarshal(doc, &d) == nil && d.JWKSURI != "" && d.JWKSURI != keysURL {
+					body, err = tc.FetchPublic(ctx, d.JWKSURI)
+				}
+			}
+		}
+		if err == nil {
+			fetched.keys, err = client.ParseJWKS(body)
+		}
+		if err != nil {
+			fetched.missing = fmt.Sprintf("the signing keys at %s could not be had: %s", keysURL, err)
+		}
+		k.mu.Lock()
+		k.sets[keysURL] = fetched
+		k.mu.Unlock()
+		return fetched, nil
+	})
+	return v.(*keySet)
+}
+
+// verifyToken checks a granted token before it leaves: a JWT's signature against the
+// tenant's keys, its issuer, audience, expiry, subject and scope claim. Under auto an
+// opaque token, or keys that cannot be found, only warn (the keys' location is
+// reported, not documented, and an unknown must not become an outage); under enforce
+// they refuse. A failed check names the check, never the token.
+func (b *backend) verifyToken(ctx context.Context, v *view, asked []string, tok *client.Token) (warning string, err error) {
+	cfg := v.config
+	mode := cmp.Or(cfg.VerifyTokens, verifyTokensAuto)
+	if mode == verifyTokensOff {
+		return "", nil
+	}
+	jwt, perr := client.ParseJWT(tok.AccessToken)
+	switch {
+	case errors.Is(perr, client.ErrNotJWT) && mode == verifyTokensAuto:
+		b.count(metricTokenCheck, "result", "opaque")
+		return "", nil
+	case perr != nil:
+		b.count(metricTokenCheck, "result", "refused")
+		return "", fmt.Errorf("token check: %w", perr)
+	}
+	appID := v.appID("")
+	set := b.keys(ctx, cfg, v.client, appID, false)
+	if set.missing == "" && set.keys[jwt.Kid] == nil {
+		set = b.keys(ctx, cfg, v.client, appID, true) // a new key: refreshed once
+	}
+	switch key := set.keys[jwt.Kid]; {
+	case set.missing != "" && mode == verifyTokensAuto:
+		b.count(metricTokenCheck, "result", "keys_missing")
+		warning = "the token's signature was not checked: " + set.missing
+	case set.missing != "":
+		b.count(metricTokenCheck, "result", "refused")
+		return "", errors.New("token check: signature: " + set.missing)
+	case key == nil:
+		b.count(metricTokenCheck, "result", "refused")
+		return "", fmt.Errorf("token check: signature: the token is signed with a key the tenant does not publish (kid %q)", jwt.Kid)
+	default:
+		if err := jwt.VerifyRS256(key); err != nil {
+			b.count(metricTokenCheck, "result", "refused")
+			return "", fmt.Errorf("token check: signature: %w", err)
+		}
+	}
+	if err := cfg.checkClaims(jwt, appID, asked, tok, b.now()); err != nil {
+		b.count(metricTokenCheck, "result", "refused")
+		return "", fmt.Errorf("token check: %w", err)
+	}
+	if warning == "" {
+		b.count(metricTokenCheck, "result", "verified")
+	}
+	return warning, nil
+}
+
+// checkClaims checks a JWT's claims against the config and the answer it came with.
+func (c *cyberarkConfig) checkClaims(jwt *client.JWT, appID string, asked []string, tok *client.Token, now time.Time) error {
+	if c.TokenURL == "" {
+		// CyberArk writes the issuer with and without the trailing slash.
+		want := strings.TrimRight(c.TenantURL, "/") + "/" + appID
+		if iss := strings.TrimRight(jwt.String("iss"), "/"); iss != want {
+			return fmt.Errorf("iss: the token was issued by %q, want %q", jwt.String("iss"), want+"/")
+		}
+	}
+	aud := cmp.Or(c.TokenAudience, c.ClientID)
+	if !slices.Contains(jwt.Strings("aud"), aud) {
+		return fmt.Errorf("aud: the token is for %q, want %q (token_audience)", strings.Join(jwt.Strings("aud"), " "), aud)
+	}
+	// The token's own lifetime (exp - iat) against the answer's expires_in: a check that
+	// holds whatever the skew between the tenant's clock and Vault's.
+	exp, ok := jwt.Int("exp")
+	iat, hasIat := jwt.Int("iat")
+	switch {
+	case !ok:
+		return errors.New("exp: the token has no expiry")
+	case hasIat && (time.Duration(exp-iat)*time.Second-time.Duration(tok.ExpiresIn)*time.Second).Abs() > jwtExpirySkew:
+		return fmt.Errorf("exp: the token lives %ds (exp - iat), the answer's expires_in says %ds", exp-iat, tok.ExpiresIn)
+	case !hasIat && time.Unix(exp, 0).Sub(tok.Expiry).Abs() > jwtExpirySkew:
+		return fmt.Errorf("exp: the token expires at %s, the answer's expires_in says %s", time.Unix(exp, 0).UTC().Format(time.RFC3339), tok.Expiry.UTC().Format(time.RFC3339))
+	}
+	if c.PinnedSub != "" && jwt.String("sub") != c.PinnedSub {
+		return fmt.Errorf("sub: the token is for another user than the one pinned at the last verified config write (%q): the client may have been swapped at the tenant; write the config's client_secret again to pin the new one", c.PinnedSub)
+	}
+	claimed := jwt.Strings("scope")
+	if s, ok := rotationScopeIn(claimed, c.RotationScopes); ok {
+		return fmt.Errorf("scope: the token's scope claim holds the rotation scope %q", s)
+	}
+	if len(asked) > 0 && c.VerifyScope != verifyScopeWarn {
+		for _, s := range claimed {
+			if !slices.Contains(asked, s) {
+				return fmt.Errorf("scope: the token's scope claim holds %q, which was not asked for ([%s])", s, strings.Join(asked, " "))
+			}
+		}
+	}
+	return nil
+}
+
+// tokenFacts is what a read tells the reader about its token: its SHA-256, to match a
+// leaked token to its read in the audit log, and a JWT's claims an application may
+// want. No signature is checked here: the token was checked when it was granted.
+func tokenFacts(tok *client.Token, data map[string]any) {
+	sum := sha256.Sum256([]byte(tok.AccessToken))
+	data["token_sha256"] = hex.EncodeToString(sum[:])
+	jwt, err := client.ParseJWT(tok.AccessToken)
+	if err != nil {
+		return
+	}
+	if sub := jwt.String("sub"); sub != "" {
+		data["sub"] = sub
+	}
+	if jti := jwt.String("jti"); jti != "" {
+		data["jti"] = jti
+	}
+	if iat, ok := jwt.Int("iat"); ok {
+		data["iat"] = iat
+	}
+}
+
+// keysWarning is the warning a token read carries under verify_tokens=auto while the
+// signing keys of its application could not be found: its signature was not checked.
+func (b *backend) keysWarning(cfg *cyberarkConfig, appID string) string {
+	if cmp.Or(cfg.VerifyTokens, verifyTokensAuto) != verifyTokensAuto {
+		return ""
+	}
+	b.keyCache.mu.Lock()
+	set := b.keyCache.sets[cfg.keysURL(appID)]
+	b.keyCache.mu.Unlock()
+	if set == nil || set.missing == "" {
+		return ""
+	}
+	return "the token's signature was not checked: " + set.missing
+}
+
+// keyStatus says, for a config read, whether the config's signing keys were found.
+func (b *backend) keyStatus(cfg *cyberarkConfig) string {
+	keysURL := cfg.keysURL(cfg.AppID)
+	if keysURL == "" {
+		return "none: token_url without jwks_url"
+	}
+	b.keyCache.mu.Lock()
+	set := b.keyCache.sets[keysURL]
+	b.keyCache.mu.Unlock()
+	switch {
+	case set == nil:
+		return "not fetched yet"
+	case set.missing != "":
+		return set.missing
+	}
+	return "found"
 }

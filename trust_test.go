@@ -1,11 +1,14 @@
 package cyberark
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"strings"
 	"testing"
 
 	"github.com/hashicorp/vault/sdk/logical"
 
+	"github.com/idsec-labs/vault-plugin-secrets-cyberark/client"
 	"github.com/idsec-labs/vault-plugin-secrets-cyberark/internal/emulator"
 )
 
@@ -128,5 +131,94 @@ func TestGrantedScopeIsChecked(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestTokensAreCheckedBeforeTheyLeave: every way the tenant can hand out a token the
+// engine must not pass on, under verify_tokens=auto (the default) and enforce; each
+// refused token is revoked and never reaches a reader.
+func TestTokensAreCheckedBeforeTheyLeave(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name   string
+		quirks emulator.TokenQuirks
+		fault  *emulator.Fault
+		mode   string
+		// ok: handed out; warn: with a warning that holds it; else refused naming it.
+		ok   bool
+		want string
+	}{
+		{name: "a good token", ok: true},
+		{name: "issuer without its trailing slash", quirks: emulator.TokenQuirks{IssuerNoTrailingSlash: true}, ok: true},
+		{name: "unknown key, its own kid", quirks: emulator.TokenQuirks{UnknownKey: emulator.UnknownKeyOwnKid}, want: "signature"},
+		{name: "unknown key, the real kid", quirks: emulator.TokenQuirks{UnknownKey: emulator.UnknownKeyRealKid}, want: "signature"},
+		{name: "another issuer", quirks: emulator.TokenQuirks{Issuer: "https://evil.example/VaultApp/"}, want: "iss"},
+		{name: "another audience", quirks: emulator.TokenQuirks{Audience: "someone-else"}, want: "aud"},
+		{name: "another subject", quirks: emulator.TokenQuirks{Subject: "0b9b1f8e-1111-2222-3333-444455556666"}, want: "sub"},
+		{name: "exp off expires_in", quirks: emulator.TokenQuirks{ExpOffset: 3600}, want: "exp"},
+		{name: "rotation scope in the claim only", quirks: emulator.TokenQuirks{WidenScope: []string{rotateScope}, WidenScopeIn: emulator.WidenInClaim}, want: "rotation scope"},
+		{name: "wider scope in the claim only", quirks: emulator.TokenQuirks{WidenScope: []string{"admin"}, WidenScopeIn: emulator.WidenInClaim}, want: "scope claim"},
+		{name: "opaque token, auto", quirks: emulator.TokenQuirks{OpaqueToken: true}, ok: true},
+		{name: "opaque token, enforce", quirks: emulator.TokenQuirks{OpaqueToken: true}, mode: verifyTokensEnforce, want: "not a JWT"},
+		{name: "keys not found, auto", fault: &emulator.Fault{Endpoint: "keys", Status: 404}, ok: true, want: "signature was not checked"},
+		{name: "keys not found, enforce", fault: &emulator.Fault{Endpoint: "keys", Status: 404}, mode: verifyTokensEnforce, want: "signature"},
+		{name: "off checks no claim", quirks: emulator.TokenQuirks{Audience: "someone-else"}, mode: verifyTokensOff, ok: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newRotationEnv(t, nil)
+			if tc.mode != "" {
+				e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"verify_tokens": tc.mode})
+			}
+			e.b.keyCache = newKeyCache() // fetched anew, under the fault if there is one
+			if tc.fault != nil {
+				e.emu.AddFaults(*tc.fault)
+			}
+			if err := e.emu.SetTokenQuirks(testAppID, tc.quirks); err != nil {
+				t.Fatal(err)
+			}
+			resp, err := e.request(t, logical.ReadOperation, "token", nil)
+			issued := e.emu.Issued()
+			last := issued[len(issued)-1]
+			switch {
+			case tc.ok:
+				if err != nil || resp.IsError() {
+					t.Fatalf("refused: %v %v", resp, err)
+				}
+				if tc.want != "" && !strings.Contains(strings.Join(resp.Warnings, " "), tc.want) {
+					t.Errorf("warnings %v, want one naming %q", resp.Warnings, tc.want)
+				}
+			case err == nil || errorCode(err) != "409" || !strings.Contains(err.Error(), tc.want):
+				t.Fatalf("(%v, %v), want a 409 naming %q", resp, err, tc.want)
+			case strings.Contains(err.Error(), last):
+				t.Error("the error quotes the token")
+			case !e.emu.Revoked(last):
+				t.Error("the refused token was not revoked at the tenant")
+			}
+		})
+	}
+}
+
+// TestTokenReadTellsWhatItGot: a read returns the token's SHA-256 and its JWT claims,
+// and the config pins the service user's sub at its verified write.
+func TestTokenReadTellsWhatItGot(t *testing.T) {
+	t.Parallel()
+	e := newRotationEnv(t, nil)
+	resp := e.mustRequest(t, logical.ReadOperation, "token", nil)
+	tok := resp.Data["access_token"].(string)
+	sum := sha256.Sum256([]byte(tok))
+	if resp.Data["token_sha256"] != hex.EncodeToString(sum[:]) {
+		t.Errorf("token_sha256 %v is not the token's SHA-256", resp.Data["token_sha256"])
+	}
+	jwt, err := client.ParseJWT(tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Data["sub"] != jwt.String("sub") || resp.Data["jti"] != jwt.String("jti") || resp.Data["iat"] == nil {
+		t.Errorf("claims in the answer: sub %v jti %v iat %v", resp.Data["sub"], resp.Data["jti"], resp.Data["iat"])
+	}
+	read := e.mustRequest(t, logical.ReadOperation, "config", nil)
+	if read.Data["pinned_sub"] != jwt.String("sub") || read.Data["signing_keys"] != "found" {
+		t.Errorf("config read: pinned_sub %v (want the token's sub), signing_keys %v", read.Data["pinned_sub"], read.Data["signing_keys"])
 	}
 }
