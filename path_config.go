@@ -84,6 +84,9 @@ type cyberarkConfig struct {
 	TokenAudience string `json:"token_audience,omitempty"`
 	JWKSURL       string `json:"jwks_url,omitempty"`
 	PinnedSub     string `json:"pinned_sub,omitempty"`
+	// DeniedScopes are scopes no workload token may carry besides the rotation
+	// scopes; nil means defaultDeniedScopes, an empty list none (trust.go).
+	DeniedScopes []string `json:"denied_scopes"`
 	automatedrotationutil.AutomatedRotationParams
 	Rotation rotationState `json:"rotation"`
 }
@@ -250,6 +253,10 @@ func pathConfig(b *backend) *framework.Path {
 				Default:       verifyScopeEnforce,
 				AllowedValues: []any{verifyScopeEnforce, verifyScopeWarn},
 			},
+			"denied_scopes": {
+				Type:        framework.TypeCommaStringSlice,
+				Description: `Scopes no workload token may carry besides rotation_scopes: list every scope whose allowed REST APIs include UserMgmt. Default: "all". A role, reader or config asking for one is refused, and a token granted with one is revoked.`,
+			},
 			"verify_tokens": {
 				Type:          framework.TypeString,
 				Description:   `How granted tokens are checked before they leave: "auto" checks a JWT's signature against the tenant's keys and its iss, aud, exp, sub and scope, and lets an opaque token or keys that cannot be found through with a warning; "enforce" refuses those too; "off" checks only the granted scope.`,
@@ -365,6 +372,7 @@ func configReadFields() map[string]*framework.FieldSchema {
 		"password_change_ends_tokens": flag("Whether the tenant ends a user's tokens at a password change, as the config says."),
 		"verify_scope":                str(`What a granted scope wider than the one asked for does: "enforce" or "warn".`),
 		"verify_tokens":               str(`How granted tokens are checked: "auto", "enforce" or "off".`),
+		"denied_scopes":               list("Scopes no workload token may carry besides rotation_scopes."),
 		"token_audience":              str("The aud a token must carry; empty: client_id."),
 		"jwks_url":                    str("The key set set in place of the tenant's own, or empty."),
 		"pinned_sub":                  str("The service user's sub, pinned at a verified config write; tokens for another are refused."),
@@ -422,6 +430,7 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 		"password_change_ends_tokens": cfg.PasswordChangeEndsTokens,
 		"verify_scope":                cmp.Or(cfg.VerifyScope, verifyScopeEnforce),
 		"verify_tokens":               cmp.Or(cfg.VerifyTokens, verifyTokensAuto),
+		"denied_scopes":               cfg.deniedScopes(),
 		"token_audience":              cfg.TokenAudience,
 		"jwks_url":                    cfg.JWKSURL,
 		"pinned_sub":                  cfg.PinnedSub,
@@ -580,6 +589,12 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	if v, ok := d.GetOk("password_length"); ok {
 		if cfg.PasswordLength = v.(int); cfg.PasswordLength == 0 {
 			problems.add("password_length", "must be between %d and %d, got 0", minPasswordLength, maxPasswordLength)
+		}
+	}
+	if v, ok := d.GetOk("denied_scopes"); ok {
+		cfg.DeniedScopes = splitScopes(v.([]string))
+		if err := checkScopes(cfg.DeniedScopes); err != nil {
+			problems.add("denied_scopes", "%s", err)
 		}
 	}
 	if v, ok := d.GetOk("verify_tokens"); ok {

@@ -240,7 +240,7 @@ func newTokenPlan(v *view, name string, asked []string) (*tokenPlan, *logical.Re
 		if err := checkScopes(asked); err != nil {
 			return nil, logical.ErrorResponse("scope: %s", err)
 		}
-		if s, ok := rotationScopeIn(asked, cfg.RotationScopes); ok {
+		if s, ok := rotationScopeIn(asked, cfg.protectedScopes()); ok {
 			return nil, logical.ErrorResponse("%s", rotationScopeRefusal("scope", s))
 		}
 		for _, s := range asked {
@@ -252,7 +252,7 @@ func newTokenPlan(v *view, name string, asked []string) (*tokenPlan, *logical.Re
 	}
 	// Settings written before the guardrails, or a rotation scope set after a role's
 	// scopes: refused at the read as at a write.
-	if s, ok := rotationScopeIn(p.scopes, cfg.RotationScopes); ok {
+	if s, ok := rotationScopeIn(p.scopes, cfg.protectedScopes()); ok {
 		field := "scopes"
 		if rule.ScopesFrom == "role" {
 			field = fmt.Sprintf("role %q: scopes", name)

@@ -629,6 +629,8 @@ func (c *credential) rotate(ctx context.Context, s logical.Storage, why rotation
 		return nil, &errRotation{"the engine is not configured: write the config first"}
 	case cfg.changePasswordURL() == "":
 		return nil, &errRotation{"rotation needs tenant_url: the secret is changed through the tenant's UserMgmt/ChangeUserPassword"}
+	case len(cfg.RotationScopes) == 0:
+		return nil, &errRotation{"rotation needs rotation_scopes: the scope whose token may call UserMgmt/ChangeUserPassword, which no workload token may carry; without it the change would be authorised by the same default grant workloads get"}
 	case !c.b.WriteSafeReplicationState():
 		return nil, errors.New("root rotation runs only on the node that writes storage (the active node of the primary cluster)")
 	}

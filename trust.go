@@ -49,9 +49,29 @@ func rotationScopeIn(scopes, rotation []string) (string, bool) {
 	return "", false
 }
 
-// rotationScopeRefusal is the 400's reason for a rotation scope asked for a workload.
+// defaultDeniedScopes are the scopes no workload token may carry when the config names
+// none: CyberArk's examples grant "all", a scope conventionally allowing every API.
+var defaultDeniedScopes = []string{"all"}
+
+// protectedScopes are the scopes no workload token may carry: the rotation scopes, and
+// the denied scopes (denied_scopes, default "all"), which the operator lists for every
+// other scope whose allowed REST APIs include UserMgmt. The engine cannot see what a
+// scope allows at the tenant; what it is told, it holds.
+func (c *cyberarkConfig) protectedScopes() []string {
+	return append(slices.Clone(c.RotationScopes), c.deniedScopes()...)
+}
+
+// deniedScopes is denied_scopes as it applies.
+func (c *cyberarkConfig) deniedScopes() []string {
+	if c.DeniedScopes == nil {
+		return defaultDeniedScopes
+	}
+	return c.DeniedScopes
+}
+
+// rotationScopeRefusal is the 400's reason for a protected scope asked for a workload.
 func rotationScopeRefusal(field, scope string) string {
-	return fmt.Sprintf("%s: %q is a rotation scope (rotation_scopes): a token with it may change the engine's own password, so no token read may ask for it; give workloads scopes that do not allow UserMgmt APIs", field, scope)
+	return fmt.Sprintf("%s: %q is a rotation scope or a denied scope (rotation_scopes, denied_scopes): a token with it may change the engine's own password, so no token read may ask for it; give workloads scopes that do not allow UserMgmt APIs", field, scope)
 }
 
 // scopeConflicts are the config's own scope problems: a workload scope that is a
@@ -59,13 +79,10 @@ func rotationScopeRefusal(field, scope string) string {
 // without scope gets the tenant's default, which CyberArk's examples show as "all").
 func (c *cyberarkConfig) scopeConflicts() fieldErrors {
 	var problems fieldErrors
-	if len(c.RotationScopes) == 0 {
-		return nil
-	}
-	if s, ok := rotationScopeIn(c.Scopes, c.RotationScopes); ok {
+	if s, ok := rotationScopeIn(c.Scopes, c.protectedScopes()); ok {
 		problems = append(problems, rotationScopeRefusal("scopes", s))
 	}
-	if len(c.Scopes) == 0 {
+	if len(c.RotationScopes) > 0 && len(c.Scopes) == 0 {
 		problems.add("scopes", "is required while rotation_scopes is set: a token read without scopes gets the tenant's default grant, which may include the rotation scope (CyberArk's examples show \"all\"); list the scopes workloads need")
 	}
 	return problems
@@ -74,10 +91,10 @@ func (c *cyberarkConfig) scopeConflicts() fieldErrors {
 // roleScopeConflicts are a role's scopes that are rotation scopes of the config.
 func (r *roleEntry) roleScopeConflicts(cfg *cyberarkConfig) []string {
 	var problems []string
-	if s, ok := rotationScopeIn(r.Scopes, cfg.RotationScopes); ok {
+	if s, ok := rotationScopeIn(r.Scopes, cfg.protectedScopes()); ok {
 		problems = append(problems, rotationScopeRefusal("scopes", s))
 	}
-	if s, ok := rotationScopeIn(r.AllowedScopes, cfg.RotationScopes); ok {
+	if s, ok := rotationScopeIn(r.AllowedScopes, cfg.protectedScopes()); ok {
 		problems = append(problems, rotationScopeRefusal("allowed_scopes", s))
 	}
 	return problems
@@ -118,12 +135,18 @@ func scopeWarning(cfg *cyberarkConfig, asked []string, tok *client.Token) string
 func (b *backend) checkGranted(ctx context.Context, s logical.Storage, v *view, asked []string, tok *client.Token) error {
 	cfg := v.config
 	extra := wider(asked, tok)
-	rot, isRot := rotationScopeIn(strings.Fields(tok.Scope), cfg.RotationScopes)
+	granted := strings.Fields(tok.Scope)
+	if jwt, err := client.ParseJWT(tok.AccessToken); err == nil {
+		// The claim is what the tenant's APIs honour: checked here whatever
+		// verify_tokens says, for the rotation scope at least.
+		granted = append(granted, jwt.Strings("scope")...)
+	}
+	rot, isRot := rotationScopeIn(granted, cfg.protectedScopes())
 	switch {
 	case isRot:
 		b.count(metricScopeCheck, "result", "rotation_scope")
 		b.revokeRefused(ctx, s, v, tok)
-		return logical.CodedError(http.StatusConflict, fmt.Sprintf("the tenant granted the rotation scope %q (asked for [%s]): a token that may change the engine's own password is never handed out; it was revoked. Remove the scope from what the application grants this client by default, or from the role", rot, strings.Join(asked, " ")))
+		return logical.CodedError(http.StatusConflict, fmt.Sprintf("the tenant granted the protected scope %q (asked for [%s]; rotation_scopes, denied_scopes): a token that may change the engine's own password is never handed out; it was revoked. Stop the application from granting it to this client unasked", rot, strings.Join(asked, " ")))
 	case len(extra) == 0:
 		b.count(metricScopeCheck, "result", "ok")
 		return nil
@@ -325,8 +348,8 @@ func (c *cyberarkConfig) checkClaims(jwt *client.JWT, appID string, asked []stri
 		return fmt.Errorf("sub: the token is for another user than the one pinned at the last verified config write (%q): the client may have been swapped at the tenant; write the config's client_secret again to pin the new one", c.PinnedSub)
 	}
 	claimed := jwt.Strings("scope")
-	if s, ok := rotationScopeIn(claimed, c.RotationScopes); ok {
-		return fmt.Errorf("scope: the token's scope claim holds the rotation scope %q", s)
+	if s, ok := rotationScopeIn(claimed, c.protectedScopes()); ok {
+		return fmt.Errorf("scope: the token's scope claim holds the protected scope %q", s)
 	}
 	if len(asked) > 0 && c.VerifyScope != verifyScopeWarn {
 		for _, s := range claimed {

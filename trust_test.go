@@ -2,7 +2,11 @@ package cyberark
 
 import (
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
+	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -23,7 +27,7 @@ func TestRotationScopeNeverAskedForWorkloads(t *testing.T) {
 		t.Helper()
 		resp, err := e.request(t, op, path, data)
 		assertBadRequest(t, resp, err, field)
-		if !strings.Contains(resp.Error().Error(), "rotation scope") {
+		if !strings.Contains(resp.Error().Error(), "rotation scope or a denied scope") {
 			t.Errorf("%s %v: %v, want it to say it is a rotation scope", path, data, resp.Error())
 		}
 	}
@@ -96,9 +100,10 @@ func TestGrantedScopeIsChecked(t *testing.T) {
 		handedOut    bool
 		why          string
 	}{
-		{"rotation scope, enforce", "", []string{rotateScope}, "", false, "rotation scope"},
-		{"rotation scope, warn", "warn", []string{rotateScope}, "", false, "rotation scope"},
-		{"rotation scope in the answer only", "warn", []string{rotateScope}, emulator.WidenInAnswer, false, "rotation scope"},
+		{"rotation scope, enforce", "", []string{rotateScope}, "", false, "protected scope"},
+		{"rotation scope, warn", "warn", []string{rotateScope}, "", false, "protected scope"},
+		{"rotation scope in the answer only", "warn", []string{rotateScope}, emulator.WidenInAnswer, false, "protected scope"},
+		{"denied scope all, warn", "warn", []string{"all"}, "", false, "protected scope"},
 		{"another scope, enforce", "", []string{"admin"}, "", false, "beyond those asked"},
 		{"another scope, warn", "warn", []string{"admin"}, "", true, "beyond those asked"},
 	} {
@@ -156,7 +161,7 @@ func TestTokensAreCheckedBeforeTheyLeave(t *testing.T) {
 		{name: "another audience", quirks: emulator.TokenQuirks{Audience: "someone-else"}, want: "aud"},
 		{name: "another subject", quirks: emulator.TokenQuirks{Subject: "0b9b1f8e-1111-2222-3333-444455556666"}, want: "sub"},
 		{name: "exp off expires_in", quirks: emulator.TokenQuirks{ExpOffset: 3600}, want: "exp"},
-		{name: "rotation scope in the claim only", quirks: emulator.TokenQuirks{WidenScope: []string{rotateScope}, WidenScopeIn: emulator.WidenInClaim}, want: "rotation scope"},
+		{name: "rotation scope in the claim only", quirks: emulator.TokenQuirks{WidenScope: []string{rotateScope}, WidenScopeIn: emulator.WidenInClaim}, want: "protected scope"},
 		{name: "wider scope in the claim only", quirks: emulator.TokenQuirks{WidenScope: []string{"admin"}, WidenScopeIn: emulator.WidenInClaim}, want: "scope claim"},
 		{name: "opaque token, auto", quirks: emulator.TokenQuirks{OpaqueToken: true}, ok: true},
 		{name: "opaque token, enforce", quirks: emulator.TokenQuirks{OpaqueToken: true}, mode: verifyTokensEnforce, want: "not a JWT"},
@@ -221,4 +226,100 @@ func TestTokenReadTellsWhatItGot(t *testing.T) {
 	if read.Data["pinned_sub"] != jwt.String("sub") || read.Data["signing_keys"] != "found" {
 		t.Errorf("config read: pinned_sub %v (want the token's sub), signing_keys %v", read.Data["pinned_sub"], read.Data["signing_keys"])
 	}
+}
+
+// TestNoReaderGetsATokenThatChangesThePassword: on a tenant whose ChangeUserPassword
+// ignores oldPassword, and whose "all" scope allows every UserMgmt API, every way a
+// role writer or a reader can ask for a token, against every way the tenant can widen
+// what it grants, and under the operator's laxest settings: whatever token a read
+// hands out, none can change the engine's password.
+func TestNoReaderGetsATokenThatChangesThePassword(t *testing.T) {
+	t.Parallel()
+	quirks := []emulator.TokenQuirks{
+		{},
+		{WidenScope: []string{rotateScope}},
+		{WidenScope: []string{rotateScope}, WidenScopeIn: emulator.WidenInClaim},
+		{WidenScope: []string{rotateScope}, WidenScopeIn: emulator.WidenInAnswer},
+		{WidenScope: []string{"all"}},
+		{WidenScope: []string{"all"}, WidenScopeIn: emulator.WidenInClaim},
+		{EmptyScopeAsAll: true},
+	}
+	roles := []map[string]any{
+		{"scopes": "rotate"}, {"scopes": "ROTATE"}, {"scopes": "read,rotate"},
+		{"scopes": "read", "allowed_scopes": "read,rotate"},
+		{"scopes": "all"}, {"scopes": "read", "allowed_scopes": "read,all"},
+		{"scopes": "read"}, {},
+	}
+	readerScopes := []any{nil, "rotate", "read", "all", "read rotate"}
+	settings := []map[string]any{
+		{}, {"verify_scope": "warn"}, {"verify_tokens": "off"}, {"verify_scope": "warn", "verify_tokens": "off"},
+	}
+	handedOut, refused := 0, 0
+	for qi, q := range quirks {
+		for si, set := range settings {
+			e := newRotationEnv(t, func(c *emulator.Config) {
+				c.IgnoreOldPassword = true
+				app := &c.Apps[0]
+				app.Scopes = append(app.Scopes, "all")
+				app.ScopeAPIs["all"] = []string{"UserMgmt/.*"}
+			})
+			if len(set) > 0 {
+				e.mustRequest(t, logical.UpdateOperation, "config", set)
+			}
+			if err := e.emu.SetTokenQuirks(testAppID, q); err != nil {
+				t.Fatal(err)
+			}
+			for ri, role := range roles {
+				name := "r" + strconv.Itoa(ri)
+				if resp, err := e.request(t, logical.CreateOperation, "roles/"+name, role); err != nil || resp.IsError() {
+					continue // refused at the write: a role writer cannot store it
+				}
+				for _, scope := range readerScopes {
+					data := map[string]any{}
+					if scope != nil {
+						data["scope"] = scope
+					}
+					for _, path := range []string{"token/" + name, "token"} {
+						resp, err := e.request(t, logical.ReadOperation, path, data)
+						if err != nil || resp.IsError() {
+							refused++
+							continue
+						}
+						handedOut++
+						tok := resp.Data["access_token"].(string)
+						if changed := tryChangePassword(t, e, tok); changed {
+							t.Fatalf("quirks #%d, settings #%d, role %v, scope %v, %s: a handed-out token (scope %q) changed the engine's password",
+								qi, si, role, scope, path, resp.Data["scope"])
+						}
+					}
+				}
+			}
+		}
+	}
+	t.Logf("%d tokens handed out, %d reads refused; none could change the password", handedOut, refused)
+	if handedOut == 0 {
+		t.Error("no read succeeded: the test shows nothing")
+	}
+}
+
+// tryChangePassword calls ChangeUserPassword with a reader's token, as a workload that
+// got it would, and says whether the tenant's password changed.
+func tryChangePassword(t *testing.T, e *testEnv, token string) bool {
+	t.Helper()
+	body := `{"oldPassword":"a-guess","newPassword":"Attacker-Chosen-123"}`
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, e.url+"/UserMgmt/ChangeUserPassword", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/json")
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM([]byte(e.caPEM))
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return e.emu.ClientSecretIs(testClientID, "Attacker-Chosen-123")
 }

@@ -3,9 +3,12 @@
 #
 # A holder of this policy cannot read the client secret: a config read shows only
 # client_secret_set. It cannot send the stored secret to another host either: a write
-# that changes tenant_url, token_url, revoke_url, client_id, client_auth, ca_cert (or an
-# app_id that moves an endpoint) must carry client_secret. It can still:
-# - change the default scopes, rotation_scopes, timeouts and retries;
+# that changes tenant_url, token_url, revoke_url, client_id, client_auth, ca_cert,
+# jwks_url (or an app_id that moves an endpoint) must carry client_secret. It can still:
+# - change the default scopes, rotation_scopes, timeouts and retries (no workload
+#   scope may name a rotation scope: that is a 400);
+# - relax the checks of granted tokens (verify_scope=warn, verify_tokens=off,
+#   token_audience); a granted rotation scope is refused whatever they say;
 # - turn revocation at the tenant off (revoke_tokens=false);
 # - replace the client with another one whose secret it knows, so that readers get
 #   tokens of another service user;

@@ -3,6 +3,7 @@
 #
 # This is a privileged right towards readers: whoever writes roles/<name> decides what a
 # reader of token/<name> receives (within what the tenant lets the service user have).
+# A role's scopes and allowed_scopes may not name the config's rotation_scopes.
 # It gives no access to the client secret and no tokens.
 #
 #   vault policy write cyberark-role-admin examples/policies/role-admin.hcl
