@@ -309,7 +309,7 @@ func (b *backend) verifyToken(ctx context.Context, v *view, asked []string, tok 
 			return "", fmt.Errorf("token check: signature: %w", err)
 		}
 	}
-	if err := cfg.checkClaims(jwt, appID, asked, tok, b.now()); err != nil {
+	if err := cfg.checkClaims(jwt, appID, asked, tok); err != nil {
 		b.count(metricTokenCheck, "result", "refused")
 		return "", fmt.Errorf("token check: %w", err)
 	}
@@ -320,7 +320,7 @@ func (b *backend) verifyToken(ctx context.Context, v *view, asked []string, tok 
 }
 
 // checkClaims checks a JWT's claims against the config and the answer it came with.
-func (c *cyberarkConfig) checkClaims(jwt *client.JWT, appID string, asked []string, tok *client.Token, now time.Time) error {
+func (c *cyberarkConfig) checkClaims(jwt *client.JWT, appID string, asked []string, tok *client.Token) error {
 	if c.TokenURL == "" {
 		// CyberArk writes the issuer with and without the trailing slash.
 		want := strings.TrimRight(c.TenantURL, "/") + "/" + appID
