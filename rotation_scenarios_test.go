@@ -461,3 +461,29 @@ func TestFailedLoginsPerHourByState(t *testing.T) {
 		})
 	}
 }
+
+// TestEveryRotationIsCounted: the rotation metric counts every rotation, manual or
+// scheduled, by how it ended; a failed manual rotate-root was not counted before.
+func TestEveryRotationIsCounted(t *testing.T) {
+	t.Parallel()
+	e := newRotationEnv(t, nil)
+	clock := newFakeClock(e)
+	sink := withInmemMetrics(t, e)
+	e.mustRequest(t, logical.UpdateOperation, "config/rotate-root", nil) // success
+	e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"rotation_scopes": "write"})
+	// A scope without the API: the tenant refuses the change.
+	if resp, err := e.request(t, logical.UpdateOperation, "config/rotate-root", nil); err == nil && !resp.IsError() {
+		t.Fatal("setup: a rotation with a scope that does not allow the change succeeded")
+	}
+	e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"rotation_scopes": rotateScope, "rotation_period": "1h", "max_retries": 0})
+	clock.Advance(time.Hour)
+	e.emu.AddFaults(emulator.Fault{Endpoint: "token", Status: 503, Times: 1})
+	_ = e.b.periodic(t.Context(), &logical.Request{Storage: e.storage}) // scheduled, fails
+	clock.Advance(rotationRetryDelay + time.Second)
+	_ = e.b.periodic(t.Context(), &logical.Request{Storage: e.storage}) // scheduled, succeeds
+	success := counter(sink, "test.cyberark.rotation;outcome=success")
+	failed := counter(sink, "test.cyberark.rotation;outcome=failed")
+	if success != 2 || failed != 2 {
+		t.Errorf("rotation metric: %d successes and %d failures, want 2 and 2 (a manual and a scheduled of each)", success, failed)
+	}
+}
