@@ -237,3 +237,27 @@ func TestParseRetryAfter(t *testing.T) {
 		}
 	}
 }
+
+// TestCredentialsRefused: which refusals may count as failed logins at the tenant.
+func TestCredentialsRefused(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		e    Error
+		want bool
+	}{
+		{Error{StatusCode: 400, Code: "access_denied"}, true},
+		{Error{StatusCode: 400, Code: "invalid_client"}, true},
+		{Error{StatusCode: 401}, true},
+		{Error{StatusCode: 403, Body: "<html>"}, true},
+		{Error{StatusCode: 302}, true},
+		{Error{StatusCode: 400, Code: "invalid_scope"}, false},
+		{Error{StatusCode: 400, Code: "invalid_request"}, false},
+		{Error{StatusCode: 400, Code: "unsupported_grant_type"}, false},
+		{Error{StatusCode: 429}, false},
+		{Error{StatusCode: 503}, false},
+	} {
+		if got := tc.e.CredentialsRefused(); got != tc.want {
+			t.Errorf("%d %q: CredentialsRefused() = %t, want %t", tc.e.StatusCode, tc.e.Code, got, tc.want)
+		}
+	}
+}

@@ -189,3 +189,30 @@ func TestChangePasswordErrorTextIsRedactedAsAWhole(t *testing.T) {
 		}
 	}
 }
+
+// TestChangePasswordBoundedByTotalBudget: total_timeout (Retry.Budget) bounds the change
+// too, not only request_timeout: a tenant that holds the answer leaves the outcome
+// unknown once the budget is spent.
+func TestChangePasswordBoundedByTotalBudget(t *testing.T) {
+	t.Parallel()
+	tn := passwordTenant(t, func(_ http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+		case <-time.After(10 * time.Second):
+		}
+	})
+	c := newTestClient(t, tn, func(cfg *Config) { cfg.RequestTimeout = 30 * time.Second; cfg.Retry.Budget = 300 * time.Millisecond })
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.ChangePassword(t.Context(), changeURL(tn), []string{"rotate"}, newTestSecret)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrOutcomeUnknown) {
+			t.Errorf("err = %v, want ErrOutcomeUnknown", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the change outlived its total budget of 300ms by seconds")
+	}
+}
