@@ -8,13 +8,11 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -72,42 +70,8 @@ func TestFailedLoginBudgetUnderAgentLoad(t *testing.T) {
 
 	// The load: a read every 100ms, each from its own client as Agents would, for 3s.
 	agent := retryingClient(t, e)
-	type answer struct {
-		took   time.Duration
-		status int
-		msg    string
-	}
-	var (
-		mu      sync.Mutex
-		answers []answer
-		wg      sync.WaitGroup
-	)
-	ticker := time.NewTicker(100 * time.Millisecond)
 	start := time.Now()
-	for now := start; now.Before(start.Add(3 * time.Second)); now = <-ticker.C {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			began := time.Now()
-			s, err := agent.Logical().ReadWithContext(e.ctx, mountPath+"/token")
-			a := answer{took: time.Since(began)}
-			var re *api.ResponseError
-			switch {
-			case err == nil:
-				a.status, a.msg = http.StatusOK, fmt.Sprintf("served (a secret: %t)", s != nil)
-			case errors.As(err, &re):
-				a.status, a.msg = re.StatusCode, strings.Join(re.Errors, " ")
-			default:
-				a.msg = err.Error()
-			}
-			mu.Lock()
-			answers = append(answers, a)
-			mu.Unlock()
-		}()
-	}
-	ticker.Stop()
-	wg.Wait()
-	loadTook := time.Since(start)
+	answers, loadTook := agentLoad(t, e, agent, 100*time.Millisecond, 3*time.Second)
 
 	after := e.tenant.clientStats(t)
 	refused := after.TokenErrors - before.TokenErrors
