@@ -42,5 +42,6 @@ go test -count=1 -run 'TestRotationModel$' -v . | grep -E 'histories|^(---|ok|FA
 # The unit tests first, then the end-to-end tests on their own, last, so that the test
 # runner's own summary closes the output: run side by side, the race-detecting unit
 # suite slows the Raft cluster test's elections on 2 cores.
-go test -race -count=1 -timeout 30m "$@" $(go list ./... | grep -v '/e2e$')
+mapfile -t unit_packages < <(go list ./... | grep -v '/e2e$')
+go test -race -count=1 -timeout 30m "$@" "${unit_packages[@]}"
 go test -race -count=1 -timeout 30m "$@" ./e2e/...
