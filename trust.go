@@ -4,8 +4,6 @@ import (
 	"cmp"
 	"context"
 	"crypto/rsa"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -136,10 +134,10 @@ func (b *backend) checkGranted(ctx context.Context, s logical.Storage, v *view, 
 	cfg := v.config
 	extra := wider(asked, tok)
 	granted := strings.Fields(tok.Scope)
-	if jwt, err := client.ParseJWT(tok.AccessToken); err == nil {
+	if tok.Claims != nil {
 		// The claim is what the tenant's APIs honour: checked here whatever
 		// verify_tokens says, for the rotation scope at least.
-		granted = append(granted, jwt.Strings("scope")...)
+		granted = append(granted, tok.Claims.Strings("scope")...)
 	}
 	rot, isRot := rotationScopeIn(granted, cfg.protectedScopes())
 	switch {
@@ -370,12 +368,12 @@ func (c *cyberarkConfig) checkClaims(jwt *client.JWT, appID string, asked []stri
 
 // tokenFacts is what a read tells the reader about its token: its SHA-256, to match a
 // leaked token to its read in the audit log, and a JWT's claims an application may
-// want. No signature is checked here: the token was checked when it was granted.
+// want. Both were worked out once, with the token; no signature is checked here: the
+// token was checked when it was granted.
 func tokenFacts(tok *client.Token, data map[string]any) {
-	sum := sha256.Sum256([]byte(tok.AccessToken))
-	data["token_sha256"] = hex.EncodeToString(sum[:])
-	jwt, err := client.ParseJWT(tok.AccessToken)
-	if err != nil {
+	data["token_sha256"] = tok.SHA256
+	jwt := tok.Claims
+	if jwt == nil {
 		return
 	}
 	if sub := jwt.String("sub"); sub != "" {

@@ -2,7 +2,9 @@ package client
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -34,6 +36,12 @@ type Token struct {
 	IssuedAt time.Time
 	// Expiry is IssuedAt plus ExpiresIn.
 	Expiry time.Time
+	// SHA256 is the hex SHA-256 of AccessToken, computed once with the token, since a
+	// token handed to many readers is reported to each.
+	SHA256 string
+	// Claims is the access token decoded as a JWT, not verified; nil for an opaque or
+	// malformed token.
+	Claims *JWT
 }
 
 func (t Token) String() string {
@@ -62,7 +70,9 @@ func parseToken(body []byte, sentAt time.Time, secrets []string) (*Token, error)
 	if tr.AccessToken == "" {
 		return nil, errors.New("tenant answered 200 without an access_token")
 	}
-	tok := &Token{AccessToken: tr.AccessToken, TokenType: tr.TokenType, IssuedAt: sentAt}
+	sum := sha256.Sum256([]byte(tr.AccessToken))
+	tok := &Token{AccessToken: tr.AccessToken, TokenType: tr.TokenType, IssuedAt: sentAt, SHA256: hex.EncodeToString(sum[:])}
+	tok.Claims, _ = ParseJWT(tr.AccessToken) // nil for an opaque token
 	if tok.TokenType == "" {
 		tok.TokenType = "Bearer"
 	}
