@@ -157,7 +157,7 @@ func FuzzConfigWrite(f *testing.F) {
 // checked by, and that each given text was stored as given.
 func assertStoredConfigValid(t *testing.T, cfg *cyberarkConfig, data map[string]any) {
 	t.Helper()
-	if problems := cfg.validate(false); len(problems) > 0 {
+	if problems := cfg.validate(configInput{}); len(problems) > 0 {
 		t.Fatalf("the stored config fails validation: %s", redactedFor(strings.Join(problems, "; "), cfg.ClientSecret))
 	}
 	for _, u := range []struct {
@@ -167,7 +167,7 @@ func assertStoredConfigValid(t *testing.T, cfg *cyberarkConfig, data map[string]
 		if u.value == "" {
 			continue
 		}
-		if _, err := checkEndpointURL(u.value, u.query); err != nil {
+		if err := checkEndpointURL(u.value, u.query); err != nil {
 			t.Fatalf("stored %s fails checkEndpointURL: %v", u.field, err)
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"sort"
 	"strings"
 	"time"
 
@@ -25,6 +26,7 @@ const (
 	clientAuthPost  = "post"
 
 	defaultRequestTimeout = 30 * time.Second
+	minRequestTimeout     = time.Second
 	maxRequestTimeout     = 5 * time.Minute
 
 	// A token read with all its retries must end before its reader gives up, so the
@@ -32,6 +34,7 @@ const (
 	// wait 60s by default, and Vault itself cancels a request after max_request_duration
 	// (90s unless raised), which bounds the maximum.
 	defaultTotalTimeout = 45 * time.Second
+	minTotalTimeout     = time.Second
 	maxTotalTimeout     = 85 * time.Second
 	defaultMaxRetries   = 3
 	maxMaxRetries       = 10
@@ -43,18 +46,21 @@ const (
 
 // cyberarkConfig is the stored engine configuration. It is seal-wrapped at rest.
 type cyberarkConfig struct {
-	TenantURL      string        `json:"tenant_url"`
-	AppID          string        `json:"app_id,omitempty"`
-	ClientID       string        `json:"client_id"`
-	ClientSecret   string        `json:"client_secret"`
-	Scopes         []string      `json:"scopes,omitempty"`
-	TokenURL       string        `json:"token_url,omitempty"`
-	ClientAuth     string        `json:"client_auth"`
-	CACert         string        `json:"ca_cert,omitempty"`
-	RequestTimeout time.Duration `json:"request_timeout"`
-	TotalTimeout   time.Duration `json:"total_timeout"`
-	MaxRetries     int           `json:"max_retries"`
-	RevokeURL      string        `json:"revoke_url,omitempty"`
+	TenantURL    string   `json:"tenant_url"`
+	AppID        string   `json:"app_id,omitempty"`
+	ClientID     string   `json:"client_id"`
+	ClientSecret string   `json:"client_secret"`
+	Scopes       []string `json:"scopes,omitempty"`
+	TokenURL     string   `json:"token_url,omitempty"`
+	// TokenParams are sent with every grant besides the engine's own parameters:
+	// RFC 8707's resource, an audience, and the like.
+	TokenParams    map[string]string `json:"token_params,omitempty"`
+	ClientAuth     string            `json:"client_auth"`
+	CACert         string            `json:"ca_cert,omitempty"`
+	RequestTimeout time.Duration     `json:"request_timeout"`
+	TotalTimeout   time.Duration     `json:"total_timeout"`
+	MaxRetries     int               `json:"max_retries"`
+	RevokeURL      string            `json:"revoke_url,omitempty"`
 	// RevokeTokens is nil until set, so the default can follow token_url and revoke_url.
 	RevokeTokens *bool `json:"revoke_tokens,omitempty"`
 
@@ -186,6 +192,10 @@ func pathConfig(b *backend) *framework.Path {
 			"token_url": {
 				Type:        framework.TypeString,
 				Description: "Absolute URL of the token endpoint, overriding <tenant_url>/oauth2/token/<app_id>; e.g. <tenant_url>/oauth2/platformtoken.",
+			},
+			"token_params": {
+				Type:        framework.TypeKVPairs,
+				Description: "Parameters sent with every grant besides the engine's own, as key=value pairs: audience, resource (RFC 8707) and the like. Never grant_type, client_id, client_secret, scope or other credentials. An empty map removes them.",
 			},
 			"client_auth": {
 				Type:          framework.TypeString,
@@ -355,6 +365,7 @@ func configReadFields() map[string]*framework.FieldSchema {
 		"client_secret_set":           flag("Whether a client secret is stored. The secret itself is never returned."),
 		"scopes":                      list("Scopes asked for by reads of token and by roles that set none."),
 		"token_url":                   str("The token endpoint set in place of the tenant's own, or empty."),
+		"token_params":                {Type: framework.TypeKVPairs, Description: "Parameters sent with every grant besides the engine's own."},
 		"token_endpoint":              str("The token endpoint reads of token use, as derived from tenant_url, app_id and token_url."),
 		"client_auth":                 str(`How the client authenticates: "basic" or "post".`),
 		"ca_cert":                     str("PEM bundle of CA certificates for the tenant, or empty for the system roots."),
@@ -412,6 +423,7 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 		"client_secret_set":           cfg.ClientSecret != "",
 		"scopes":                      nonNil(cfg.Scopes),
 		"token_url":                   cfg.TokenURL,
+		"token_params":                nonNilMap(cfg.TokenParams),
 		"token_endpoint":              cfg.tokenEndpoint(cfg.AppID),
 		"client_auth":                 cfg.ClientAuth,
 		"ca_cert":                     cfg.CACert,
@@ -521,136 +533,25 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 			MaxRetries:     defaultMaxRetries,
 		}
 	}
-	var problems fieldErrors
-	if v, ok := d.GetOk("tenant_url"); ok {
-		cfg.TenantURL = strings.TrimRight(v.(string), "/")
+	copyGiven(d, cfg.fields())
+	cfg.TenantURL = strings.TrimRight(cfg.TenantURL, "/")
+	verify := d.Get("verify_connection").(bool)
+	in := configInput{creating: creating, raw: d.Raw, verify: verify, now: b.now()}
+	if !creating {
+		in.old = &old
 	}
-	if v, ok := d.GetOk("app_id"); ok {
-		cfg.AppID = v.(string)
-	}
-	if v, ok := d.GetOk("client_id"); ok {
-		cfg.ClientID = v.(string)
-	}
-	_, secretGiven := d.GetOk("client_secret")
-	if secretGiven {
-		cfg.ClientSecret = d.Get("client_secret").(string)
-		switch {
-		case cfg.ClientSecret == "":
-			problems.add("client_secret", "must not be empty")
-		case strings.TrimSpace(cfg.ClientSecret) != cfg.ClientSecret:
-			// Almost always a newline from "echo" or a file; the tenant would refuse it.
-			problems.add("client_secret", "must not begin or end with white space or a newline (write it with printf '%%s', not echo)")
-		default:
-			if err := checkText(cfg.ClientSecret, maxClientSecretLength); err != nil {
-				problems.add("client_secret", "%s", err)
-			}
-		}
-	}
-	if v, ok := d.GetOk("scopes"); ok {
-		cfg.Scopes = splitScopes(v.([]string))
-		if err := checkScopes(cfg.Scopes); err != nil {
-			problems.add("scopes", "%s", err)
-		}
-	}
-	if v, ok := d.GetOk("token_url"); ok {
-		cfg.TokenURL = v.(string)
-	}
-	if v, ok := d.GetOk("client_auth"); ok {
-		cfg.ClientAuth = v.(string)
-	}
-	if v, ok := d.GetOk("ca_cert"); ok {
-		cfg.CACert = v.(string)
-	}
-	if v, ok := d.GetOk("request_timeout"); ok {
-		cfg.RequestTimeout = time.Duration(v.(int)) * time.Second
-	}
-	if v, ok := d.GetOk("total_timeout"); ok {
-		cfg.TotalTimeout = time.Duration(v.(int)) * time.Second
-	}
-	if v, ok := d.GetOk("max_retries"); ok {
-		cfg.MaxRetries = v.(int)
-	}
-	if v, ok := d.GetOk("revoke_url"); ok {
-		cfg.RevokeURL = v.(string)
-	}
-	if v, ok := d.GetOk("revoke_tokens"); ok {
-		revoke := v.(bool)
-		cfg.RevokeTokens = &revoke
-	}
-	if v, ok := d.GetOk("rotation_scopes"); ok {
-		cfg.RotationScopes = splitScopes(v.([]string))
-		if err := checkScopes(cfg.RotationScopes); err != nil {
-			problems.add("rotation_scopes", "%s", err)
-		}
-	}
-	if v, ok := d.GetOk("password_policy"); ok {
-		cfg.PasswordPolicy = v.(string)
-	}
-	if v, ok := d.GetOk("password_length"); ok {
-		if cfg.PasswordLength = v.(int); cfg.PasswordLength == 0 {
-			problems.add("password_length", "must be between %d and %d, got 0", minPasswordLength, maxPasswordLength)
-		}
-	}
-	if v, ok := d.GetOk("denied_scopes"); ok {
-		cfg.DeniedScopes = splitScopes(v.([]string))
-		if err := checkScopes(cfg.DeniedScopes); err != nil {
-			problems.add("denied_scopes", "%s", err)
-		}
-	}
-	if v, ok := d.GetOk("verify_tokens"); ok {
-		cfg.VerifyTokens = v.(string)
-	}
-	if v, ok := d.GetOk("token_audience"); ok {
-		cfg.TokenAudience = v.(string)
-	}
-	if v, ok := d.GetOk("jwks_url"); ok {
-		cfg.JWKSURL = v.(string)
-	}
-	if v, ok := d.GetOk("verify_scope"); ok {
-		cfg.VerifyScope = v.(string)
-	}
-	if v, ok := d.GetOk("password_change_ends_tokens"); ok {
-		cfg.PasswordChangeEndsTokens = v.(bool)
-	}
-	if v, ok := d.GetOk("max_failed_logins"); ok {
-		if cfg.MaxFailedLogins = v.(int); cfg.MaxFailedLogins == 0 {
-			problems.add("max_failed_logins", "must be between 1 and %d, got 0", maxMaxFailedLogins)
-		}
-	}
-	if v, ok := d.GetOk("failed_login_window"); ok {
-		if cfg.FailedLoginWindow = time.Duration(v.(int)) * time.Second; cfg.FailedLoginWindow == 0 {
-			problems.add("failed_login_window", "must be between %s and %s, got 0s", minFailedLoginWindow, maxFailedLoginWindow)
-		}
-	}
-	if v, ok := d.GetOk("rotation_schedule"); ok && v.(string) != "" {
-		if err := checkRotationSchedule(v.(string), b.now()); err != nil {
-			problems.add("rotation_schedule", "%s", err)
-		}
-	}
-	if len(problems) == 0 {
-		// Its messages quote the schedule whole: it runs on a schedule already checked.
-		if err := cfg.ParseAutomatedRotationFields(d); err != nil {
-			problems = append(problems, err.Error())
-		}
-	}
-	problems = append(problems, b.checkRotationInputs(ctx, d, cfg)...)
-	problems = append(problems, cfg.validate(creating)...)
-	if !creating && !secretGiven {
-		if moved := old.destinationChanges(cfg); len(moved) > 0 {
-			problems.add("client_secret", "must be given again in the same write, because %s changes where the secret or tokens are sent; the stored secret is never sent to a new destination",
-				strings.Join(moved, ", "))
+	problems := cfg.validate(in)
+	if len(problems) == 0 && in.given("password_policy") && cfg.PasswordPolicy != "" {
+		// Only a name validate accepted is sent to Vault.
+		if _, err := b.samplePasswordPolicy(ctx, cfg.PasswordPolicy); err != nil {
+			problems.add("password_policy", "%s", err)
 		}
 	}
 	if resp := problems.response(); resp != nil {
 		return resp, nil
 	}
 
-	verify := d.Get("verify_connection").(bool)
-	if secretGiven && !verify && (old.Rotation.PendingSecret != "" || old.Rotation.Unresolved) {
-		// This write ends the rotation and forgets its new secret, which the tenant may
-		// hold: only a secret the tenant is seen to accept may replace it.
-		return logical.ErrorResponse("verify_connection: must stay true while a root rotation is %s: the written secret replaces one the tenant may hold, so it is checked first", old.Rotation.status()), nil
-	}
+	secretGiven := in.given("client_secret")
 	if secretGiven || !verify {
 		// A written secret may be another user's: the verification pins it anew. An
 		// unverified write cannot vouch for the pinned one.
@@ -727,89 +628,214 @@ func (c *cyberarkConfig) destinationChanges(next *cyberarkConfig) []string {
 	return moved
 }
 
-// validate checks the merged config: required fields and values that must agree.
-func (c *cyberarkConfig) validate(creating bool) fieldErrors {
+// fields maps each request field a config write copies to where it is stored.
+func (c *cyberarkConfig) fields() map[string]any {
+	return map[string]any{
+		"tenant_url":                  &c.TenantURL,
+		"app_id":                      &c.AppID,
+		"client_id":                   &c.ClientID,
+		"client_secret":               &c.ClientSecret,
+		"scopes":                      &c.Scopes,
+		"token_url":                   &c.TokenURL,
+		"token_params":                &c.TokenParams,
+		"client_auth":                 &c.ClientAuth,
+		"ca_cert":                     &c.CACert,
+		"request_timeout":             &c.RequestTimeout,
+		"total_timeout":               &c.TotalTimeout,
+		"max_retries":                 &c.MaxRetries,
+		"revoke_url":                  &c.RevokeURL,
+		"revoke_tokens":               &c.RevokeTokens,
+		"rotation_scopes":             &c.RotationScopes,
+		"password_policy":             &c.PasswordPolicy,
+		"password_length":             &c.PasswordLength,
+		"denied_scopes":               &c.DeniedScopes,
+		"verify_tokens":               &c.VerifyTokens,
+		"token_audience":              &c.TokenAudience,
+		"jwks_url":                    &c.JWKSURL,
+		"verify_scope":                &c.VerifyScope,
+		"password_change_ends_tokens": &c.PasswordChangeEndsTokens,
+		"max_failed_logins":           &c.MaxFailedLogins,
+		"failed_login_window":         &c.FailedLoginWindow,
+		"rotation_period":             &c.RotationPeriod,
+		"rotation_schedule":           &c.RotationSchedule,
+		"rotation_window":             &c.RotationWindow,
+		"rotation_policy":             &c.RotationPolicy,
+		"disable_automated_rotation":  &c.DisableAutomatedRotation,
+	}
+}
+
+// configInput is a config write as validate sees it. The merged config alone cannot
+// tell a field left out from one given as 0 (which would mean "the default"), or a
+// duration the framework cut to 0 from "300ms".
+type configInput struct {
+	creating bool
+	raw      map[string]any  // the write's fields; nil checks a stored config as it is
+	old      *cyberarkConfig // the stored config an update changes
+	verify   bool            // verify_connection
+	now      time.Time
+}
+
+func (in configInput) given(field string) bool {
+	_, ok := in.raw[field]
+	return ok
+}
+
+// validate is the one place a config is checked: every field's own limits, then the
+// rules between fields and between the stored config and the write.
+func (c *cyberarkConfig) validate(in configInput) fieldErrors {
+	var problems fieldErrors
+	problems = append(problems, c.checkEndpoints()...)
+	problems = append(problems, c.checkCredentials(in)...)
+	problems = append(problems, c.checkLimits(in)...)
+	problems = append(problems, c.checkRotation(in)...)
+	problems = append(problems, c.checkTokenChecks()...)
+	scopesOK := true
+	for field, scopes := range map[string][]string{"scopes": c.Scopes, "rotation_scopes": c.RotationScopes, "denied_scopes": c.DeniedScopes} {
+		scopesOK = problems.check(field, checkScopes(scopes)) && scopesOK
+	}
+	if scopesOK {
+		// Their messages quote scopes, so only scopes checkScopes accepted.
+		problems = append(problems, c.scopeConflicts()...)
+	}
+	sort.Strings(problems)
+	return problems
+}
+
+// checkEndpoints checks where the engine sends the secret and takes tokens from.
+func (c *cyberarkConfig) checkEndpoints() fieldErrors {
 	var problems fieldErrors
 	switch {
 	case c.TenantURL != "":
-		if _, err := checkEndpointURL(c.TenantURL, false); err != nil {
-			problems.add("tenant_url", "%s", err)
-		}
+		problems.check("tenant_url", checkEndpointURL(c.TenantURL, false))
 	case c.TokenURL == "":
 		problems.add("tenant_url", "is required unless token_url is set: the tenant's base URL, e.g. https://abc1234.id.cyberark.cloud")
 	}
 	if c.TokenURL != "" {
-		if _, err := checkEndpointURL(c.TokenURL, true); err != nil {
-			problems.add("token_url", "%s", err)
-		}
+		problems.check("token_url", checkEndpointURL(c.TokenURL, true))
 	}
+	problems.check("token_params", checkTokenParams(c.TokenParams))
 	switch {
 	case c.AppID != "":
-		if err := checkAppID(c.AppID); err != nil {
-			problems.add("app_id", "%s", err)
-		}
+		problems.check("app_id", checkAppID(c.AppID))
 	case c.TokenURL == "":
 		problems.add("app_id", "is required unless token_url is set: the application ID of the OAuth2 client app")
 	}
+	if c.RevokeURL != "" {
+		problems.check("revoke_url", checkEndpointURL(c.RevokeURL, true))
+	}
+	if c.RevokeTokens != nil && *c.RevokeTokens && c.revokeEndpoint(c.AppID) == "" {
+		problems.add("revoke_tokens", "needs revoke_url when token_url is set: there is no known revocation endpoint")
+	}
+	if c.JWKSURL != "" {
+		problems.check("jwks_url", checkEndpointURL(c.JWKSURL, true))
+	}
+	if len(c.CACert) > maxCACertBytes {
+		problems.add("ca_cert", "must be at most %d bytes, got %d", maxCACertBytes, len(c.CACert))
+	} else if c.CACert != "" {
+		problems.check("ca_cert", checkCABundle(c.CACert))
+	}
+	return problems
+}
+
+// checkCredentials checks the client's ID and secret, and that a write which moves
+// them elsewhere, or replaces a secret the tenant may hold, is one the writer vouches for.
+func (c *cyberarkConfig) checkCredentials(in configInput) fieldErrors {
+	var problems fieldErrors
 	switch {
 	case c.ClientID == "":
 		problems.add("client_id", "is required: the service user's login name")
 	case strings.TrimSpace(c.ClientID) != c.ClientID:
 		problems.add("client_id", "must not begin or end with white space")
-	case checkText(c.ClientID, maxClientIDLength) != nil:
-		problems.add("client_id", "%s", checkText(c.ClientID, maxClientIDLength))
+	case !problems.check("client_id", checkText(c.ClientID, maxClientIDLength)):
 	case c.ClientAuth == clientAuthBasic && strings.Contains(c.ClientID, ":"):
 		problems.add("client_id", `must not contain ":" with client_auth=basic (Basic authentication splits at the first colon); use client_auth=post`)
-	}
-	if c.ClientSecret == "" && creating {
-		problems.add("client_secret", "is required when the config is created")
 	}
 	if c.ClientAuth != clientAuthBasic && c.ClientAuth != clientAuthPost {
 		problems.add("client_auth", "must be %q or %q, got %s", clientAuthBasic, clientAuthPost, quoteShort(c.ClientAuth))
 	}
-	if len(c.CACert) > maxCACertBytes {
-		problems.add("ca_cert", "must be at most %d bytes, got %d", maxCACertBytes, len(c.CACert))
-	} else if c.CACert != "" {
-		if err := checkCABundle(c.CACert); err != nil {
-			problems.add("ca_cert", "%s", err)
+	switch secretGiven := in.given("client_secret"); {
+	case c.ClientSecret == "" && secretGiven:
+		problems.add("client_secret", "must not be empty")
+	case c.ClientSecret == "" && in.creating:
+		problems.add("client_secret", "is required when the config is created")
+	case strings.TrimSpace(c.ClientSecret) != c.ClientSecret:
+		// Almost always a newline from "echo" or a file; the tenant would refuse it.
+		problems.add("client_secret", "must not begin or end with white space or a newline (write it with printf '%%s', not echo)")
+	case !problems.check("client_secret", checkText(c.ClientSecret, maxClientSecretLength)):
+	case in.old != nil && !secretGiven:
+		if moved := in.old.destinationChanges(c); len(moved) > 0 {
+			problems.add("client_secret", "must be given again in the same write, because %s changes where the secret or tokens are sent; the stored secret is never sent to a new destination",
+				strings.Join(moved, ", "))
 		}
+	case in.old != nil && secretGiven && !in.verify && (in.old.Rotation.PendingSecret != "" || in.old.Rotation.Unresolved):
+		// This write ends the rotation and forgets its new secret, which the tenant may
+		// hold: only a secret the tenant is seen to accept may replace it.
+		problems.add("verify_connection", "must stay true while a root rotation is %s: the written secret replaces one the tenant may hold, so it is checked first", in.old.Rotation.status())
 	}
-	if c.RequestTimeout < time.Second || c.RequestTimeout > maxRequestTimeout {
-		problems.add("request_timeout", "must be between 1s and %s, got %s", maxRequestTimeout, c.RequestTimeout)
+	return problems
+}
+
+// checkLimits checks time limits, retries and the failed-login budget. A field whose 0
+// means "the default" in a stored config is refused when a write gives 0.
+func (c *cyberarkConfig) checkLimits(in configInput) fieldErrors {
+	var problems fieldErrors
+	if c.RequestTimeout < minRequestTimeout || c.RequestTimeout > maxRequestTimeout {
+		problems.add("request_timeout", "must be between %s and %s, got %s", short(minRequestTimeout), short(maxRequestTimeout), short(c.RequestTimeout))
 	}
-	if c.TotalTimeout < time.Second || c.TotalTimeout > maxTotalTimeout {
-		problems.add("total_timeout", "must be between 1s and %s, got %s", maxTotalTimeout, c.TotalTimeout)
+	if c.TotalTimeout < minTotalTimeout || c.TotalTimeout > maxTotalTimeout {
+		problems.add("total_timeout", "must be between %s and %s, got %s", short(minTotalTimeout), short(maxTotalTimeout), short(c.TotalTimeout))
 	}
-	if c.PasswordLength != 0 && (c.PasswordLength < minPasswordLength || c.PasswordLength > maxPasswordLength) {
+	if c.MaxRetries < 0 || c.MaxRetries > maxMaxRetries {
+		problems.add("max_retries", "must be between 0 and %d, got %d", maxMaxRetries, c.MaxRetries)
+	}
+	if (c.MaxFailedLogins != 0 || in.given("max_failed_logins")) && (c.MaxFailedLogins < 1 || c.MaxFailedLogins > maxMaxFailedLogins) {
+		problems.add("max_failed_logins", "must be between 1 and %d, got %d", maxMaxFailedLogins, c.MaxFailedLogins)
+	}
+	if (c.FailedLoginWindow != 0 || in.given("failed_login_window")) && (c.FailedLoginWindow < minFailedLoginWindow || c.FailedLoginWindow > maxFailedLoginWindow) {
+		problems.add("failed_login_window", "must be between %s and %s, got %s", short(minFailedLoginWindow), short(maxFailedLoginWindow), short(c.FailedLoginWindow))
+	}
+	return problems
+}
+
+// checkRotation checks the root rotation's secret generation and schedule.
+func (c *cyberarkConfig) checkRotation(in configInput) fieldErrors {
+	var problems fieldErrors
+	if (c.PasswordLength != 0 || in.given("password_length")) && (c.PasswordLength < minPasswordLength || c.PasswordLength > maxPasswordLength) {
 		problems.add("password_length", "must be between %d and %d, got %d", minPasswordLength, maxPasswordLength, c.PasswordLength)
 	}
-	if c.PasswordPolicy != "" {
-		if err := checkText(c.PasswordPolicy, 128); err != nil {
-			problems.add("password_policy", "%s", err)
-		}
+	problems.check("password_policy", checkText(c.PasswordPolicy, maxPolicyNameLength))
+	problems.check("rotation_policy", checkText(c.RotationPolicy, maxPolicyNameLength))
+	if c.RotationSchedule != "" {
+		problems.check("rotation_schedule", checkRotationSchedule(c.RotationSchedule, in.now))
+	}
+	// The framework keeps whole seconds: "300ms" arrives as 0, which would turn
+	// rotation off or widen the window to the whole period.
+	period, cut := lostToTruncation(in.raw["rotation_period"])
+	if c.RotationPeriod < 0 || c.RotationPeriod > 0 && c.RotationPeriod < minRotationPeriod || cut {
+		problems.add("rotation_period", "must be 0 (off) or at least %s, got %s", short(minRotationPeriod), cmp.Or(period, short(c.RotationPeriod)))
+	}
+	window, cut := lostToTruncation(in.raw["rotation_window"])
+	if c.RotationWindow < 0 || c.RotationWindow > 0 && c.RotationWindow < minRotationWindow || cut {
+		problems.add("rotation_window", "must be 0 (the whole period) or at least %s, as Vault's rotation manager requires, got %s", short(minRotationWindow), cmp.Or(window, short(c.RotationWindow)))
 	}
 	if c.RotationPeriod != 0 && c.RotationSchedule != "" {
 		problems.add("rotation_period", "cannot be set with rotation_schedule: choose one (set the other to its zero value in the same write)")
 	}
-	if c.RotationPeriod < 0 || c.RotationPeriod > 0 && c.RotationPeriod < minRotationPeriod {
-		problems.add("rotation_period", "must be 0 (off) or at least %s, got %s", minRotationPeriod, c.RotationPeriod)
-	}
-	if c.RotationWindow < 0 || c.RotationWindow > 0 && c.RotationWindow < time.Hour {
-		problems.add("rotation_window", "must be 0 (the whole period) or at least 1h, as Vault's rotation manager requires, got %s", c.RotationWindow)
-	}
-	if err := checkText(c.RotationPolicy, maxPolicyNameLength); err != nil {
-		problems.add("rotation_policy", "%s", err)
-	}
-	if len(c.RotationSchedule) > 256 {
-		problems.add("rotation_schedule", "must be at most 256 characters")
+	if c.RotationWindow != 0 && c.RotationSchedule == "" {
+		problems.add("rotation_window", "applies only to rotation_schedule: set rotation_schedule, or rotation_window=0")
 	}
 	if c.HasNonzeroRotationValues() && c.changePasswordURL() == "" {
 		problems.add("tenant_url", "is required for scheduled root rotation: the secret is changed through the tenant's UserMgmt/ChangeUserPassword")
 	}
+	return problems
+}
+
+// checkTokenChecks checks the settings of the checks granted tokens pass (trust.go).
+func (c *cyberarkConfig) checkTokenChecks() fieldErrors {
+	var problems fieldErrors
 	if c.VerifyScope != "" && c.VerifyScope != verifyScopeEnforce && c.VerifyScope != verifyScopeWarn {
 		problems.add("verify_scope", "must be %q or %q, got %s", verifyScopeEnforce, verifyScopeWarn, quoteShort(c.VerifyScope))
 	}
-	problems = append(problems, c.scopeConflicts()...)
 	switch c.VerifyTokens {
 	case "", verifyTokensAuto, verifyTokensOff:
 	case verifyTokensEnforce:
@@ -819,31 +845,7 @@ func (c *cyberarkConfig) validate(creating bool) fieldErrors {
 	default:
 		problems.add("verify_tokens", "must be %q, %q or %q, got %s", verifyTokensAuto, verifyTokensEnforce, verifyTokensOff, quoteShort(c.VerifyTokens))
 	}
-	if c.JWKSURL != "" {
-		if _, err := checkEndpointURL(c.JWKSURL, true); err != nil {
-			problems.add("jwks_url", "%s", err)
-		}
-	}
-	if err := checkText(c.TokenAudience, maxClientIDLength); err != nil {
-		problems.add("token_audience", "%s", err)
-	}
-	if c.MaxFailedLogins < 0 || c.MaxFailedLogins > maxMaxFailedLogins {
-		problems.add("max_failed_logins", "must be between 1 and %d, got %d", maxMaxFailedLogins, c.MaxFailedLogins)
-	}
-	if c.FailedLoginWindow != 0 && (c.FailedLoginWindow < minFailedLoginWindow || c.FailedLoginWindow > maxFailedLoginWindow) {
-		problems.add("failed_login_window", "must be between %s and %s, got %s", minFailedLoginWindow, maxFailedLoginWindow, c.FailedLoginWindow)
-	}
-	if c.MaxRetries < 0 || c.MaxRetries > maxMaxRetries {
-		problems.add("max_retries", "must be between 0 and %d, got %d", maxMaxRetries, c.MaxRetries)
-	}
-	if c.RevokeURL != "" {
-		if _, err := checkEndpointURL(c.RevokeURL, true); err != nil {
-			problems.add("revoke_url", "%s", err)
-		}
-	}
-	if c.RevokeTokens != nil && *c.RevokeTokens && c.revokeEndpoint(c.AppID) == "" {
-		problems.add("revoke_tokens", "needs revoke_url when token_url is set: there is no known revocation endpoint")
-	}
+	problems.check("token_audience", checkText(c.TokenAudience, maxClientIDLength))
 	return problems
 }
 
@@ -899,6 +901,7 @@ func (b *backend) newTenantClient(cfg *cyberarkConfig, appID string) (*client.Cl
 		RevokeURL:      cfg.revokeEndpoint(appID),
 		ClientID:       cfg.ClientID,
 		ClientSecret:   cfg.ClientSecret,
+		Params:         cfg.TokenParams,
 		AuthStyle:      cfg.authStyle(),
 		UserAgent:      userAgent(),
 		CACert:         cfg.CACert,
@@ -926,6 +929,13 @@ func readConfigAt(ctx context.Context, s logical.Storage, key string) (*cyberark
 		return nil, fmt.Errorf("decoding stored config: %w", err)
 	}
 	return cfg, nil
+}
+
+func nonNilMap(m map[string]string) map[string]string {
+	if m == nil {
+		return map[string]string{}
+	}
+	return m
 }
 
 func nonNil(s []string) []string {

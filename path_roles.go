@@ -22,6 +22,8 @@ const (
 	// every lease on it lasts at least 29 minutes.
 	defaultReuseMinRemaining = 5 * time.Minute
 	defaultReuseMinFraction  = 0.1
+	// maxReuseMinFraction keeps some of a token's life for reuse: at 1 none is left.
+	maxReuseMinFraction = 0.9
 )
 
 // roleEntry is a stored role: which token a read of token/<name> asks for.
@@ -344,74 +346,12 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 	if r == nil {
 		r = &roleEntry{ReuseMinRemaining: defaultReuseMinRemaining, ReuseMinFraction: defaultReuseMinFraction}
 	}
-	var problems fieldErrors
-	if v, ok := d.GetOk("scopes"); ok {
-		r.Scopes = splitScopes(v.([]string))
-		if err := checkScopes(r.Scopes); err != nil {
-			problems.add("scopes", "%s", err)
-		}
-	}
-	if v, ok := d.GetOk("allowed_scopes"); ok {
-		r.AllowedScopes = splitScopes(v.([]string))
-		if err := checkScopes(r.AllowedScopes); err != nil {
-			problems.add("allowed_scopes", "%s", err)
-		}
-	}
-	if v, ok := d.GetOk("app_id"); ok {
-		r.AppID = v.(string)
-		if r.AppID != "" {
-			if err := checkAppID(r.AppID); err != nil {
-				problems.add("app_id", "%s", err)
-			}
-		}
-	}
-	if v, ok := d.GetOk("ttl"); ok {
-		r.TTL = time.Duration(v.(int)) * time.Second
-		if r.TTL < 0 {
-			problems.add("ttl", "must not be negative")
-		}
-	}
-	if v, ok := d.GetOk("revoke_tokens"); ok {
-		revoke := v.(bool)
-		r.RevokeTokens = &revoke
-	}
-	if v, ok := d.GetOk("token_reuse"); ok {
-		r.TokenReuse = v.(bool)
-	}
-	if v, ok := d.GetOk("reuse_min_remaining"); ok {
-		r.ReuseMinRemaining = time.Duration(v.(int)) * time.Second
-		if r.ReuseMinRemaining < 0 {
-			problems.add("reuse_min_remaining", "must not be negative")
-		}
-	}
-	if v, ok := d.GetOk("reuse_min_fraction"); ok {
-		r.ReuseMinFraction = v.(float64)
-		if !(r.ReuseMinFraction >= 0 && r.ReuseMinFraction <= 0.9) {
-			problems.add("reuse_min_fraction", "must be between 0 and 0.9, got %v", v)
-		}
-	}
-	if v, ok := d.GetOk("lease_free"); ok {
-		r.LeaseFree = v.(bool)
-	}
-	if r.LeaseFree && !r.TokenReuse {
-		// Checked on the stored result, so that turning token_reuse off later cannot
-		// leave a lease-free role that hands each reader a token of its own with no
-		// lease to end it.
-		problems.add("lease_free", "true is allowed only with token_reuse=true (each reader would otherwise get a token of its own and no lease to account for it); set token_reuse=true or lease_free=false")
-	}
+	copyGiven(d, r.fields())
 	cfg, err := readConfig(ctx, req.Storage)
 	if err != nil {
 		return nil, err
 	}
-	if len(problems) == 0 {
-		// Its message quotes every scope: only scopes that passed checkScopes.
-		if _, err := effectiveScopes(cfg, r); err != nil {
-			problems.add("allowed_scopes", "%s", err)
-		}
-	}
-	if cfg != nil {
-		problems = append(problems, r.configConflicts(cfg)...)
-	}
+	problems := r.validate(cfg)
 	if resp := problems.response(); resp != nil {
 		return resp, nil
 	}
@@ -424,6 +364,57 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 	}
 	b.cache.resetRole(name)
 	return nil, nil
+}
+
+// fields maps each request field a role write copies to where it is stored.
+func (r *roleEntry) fields() map[string]any {
+	return map[string]any{
+		"scopes":              &r.Scopes,
+		"allowed_scopes":      &r.AllowedScopes,
+		"app_id":              &r.AppID,
+		"ttl":                 &r.TTL,
+		"revoke_tokens":       &r.RevokeTokens,
+		"token_reuse":         &r.TokenReuse,
+		"reuse_min_remaining": &r.ReuseMinRemaining,
+		"reuse_min_fraction":  &r.ReuseMinFraction,
+		"lease_free":          &r.LeaseFree,
+	}
+}
+
+// validate is the one place a role is checked, against the config it would be read
+// with (nil when there is none yet).
+func (r *roleEntry) validate(cfg *cyberarkConfig) fieldErrors {
+	var problems fieldErrors
+	scopesOK := problems.check("scopes", checkScopes(r.Scopes))
+	scopesOK = problems.check("allowed_scopes", checkScopes(r.AllowedScopes)) && scopesOK
+	if r.AppID != "" {
+		problems.check("app_id", checkAppID(r.AppID))
+	}
+	if r.TTL < 0 {
+		problems.add("ttl", "must not be negative")
+	}
+	if r.ReuseMinRemaining < 0 {
+		problems.add("reuse_min_remaining", "must not be negative")
+	}
+	if !(r.ReuseMinFraction >= 0 && r.ReuseMinFraction <= maxReuseMinFraction) {
+		problems.add("reuse_min_fraction", "must be between 0 and %v, got %v", maxReuseMinFraction, r.ReuseMinFraction)
+	}
+	if r.LeaseFree && !r.TokenReuse {
+		// Checked on the stored result, so that turning token_reuse off later cannot
+		// leave a lease-free role that hands each reader a token of its own with no
+		// lease to end it.
+		problems.add("lease_free", "true is allowed only with token_reuse=true (each reader would otherwise get a token of its own and no lease to account for it); set token_reuse=true or lease_free=false")
+	}
+	if scopesOK {
+		// Its message quotes every scope: only scopes that passed checkScopes.
+		if _, err := effectiveScopes(cfg, r); err != nil {
+			problems.add("allowed_scopes", "%s", err)
+		}
+		if cfg != nil {
+			problems = append(problems, r.configConflicts(cfg)...)
+		}
+	}
+	return problems
 }
 
 // configConflicts lists what in the role the config cannot honour. A role write with

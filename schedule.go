@@ -19,6 +19,8 @@ import (
 const (
 	// minRotationPeriod keeps a mistyped period from rotating the secret in a loop.
 	minRotationPeriod = 5 * time.Second
+	// minRotationWindow is the shortest window Vault's rotation manager takes.
+	minRotationWindow = time.Hour
 	// rotationRetryDelay is how long a failed scheduled rotation waits before it is
 	// tried again; it doubles with each failure in a row, up to maxRotationRetryDelay.
 	rotationRetryDelay    = time.Minute

@@ -1,7 +1,6 @@
 package cyberark
 
 import (
-	"context"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -39,7 +38,23 @@ const (
 	// password_policy and rotation_policy.
 	maxRotationScheduleLength = 256
 	maxPolicyNameLength       = 128
+	maxTokenParams            = 16
+	maxTokenParamNameLength   = 64
+	maxTokenParamValueLength  = 2048
 )
+
+// tokenParamsOwned are the grant's parameters that the engine sets itself, or that carry
+// a credential or turn the grant into another kind: token_params may not set them. scope
+// is among them so that the scope checks see every scope a grant asks for.
+var tokenParamsOwned = []string{
+	"grant_type", "client_id", "client_secret", "scope", "client_assertion", "client_assertion_type",
+	"username", "password", "refresh_token", "code", "code_verifier", "redirect_uri", "assertion",
+	"subject_token", "actor_token", "device_code",
+}
+
+// tokenParamName is the spelling of a parameter name: what form encoding carries without
+// surprises and a log shows as it is.
+var tokenParamName = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,` + strconv.Itoa(maxTokenParamNameLength) + `}$`)
 
 // roleNamePattern is the one spelling a role name may have. Vault policies match paths
 // exactly, so a name with two spellings (token/admin, token/ADMIN) could escape a policy
@@ -183,6 +198,23 @@ func (f *fieldErrors) add(field, format string, args ...any) {
 	*f = append(*f, field+": "+fmt.Sprintf(format, args...))
 }
 
+// short writes a duration as an operator would: 1h, 30m, 1m30s, not 1h0m0s.
+func short(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	return strings.TrimSuffix(s, "0m")
+}
+
+// check adds field's problem when err is one, and reports whether there was none.
+func (f *fieldErrors) check(field string, err error) bool {
+	if err != nil {
+		f.add(field, "%s", err)
+	}
+	return err == nil
+}
+
 func (f fieldErrors) response() *logical.Response {
 	if len(f) == 0 {
 		return nil
@@ -193,67 +225,67 @@ func (f fieldErrors) response() *logical.Response {
 // checkEndpointURL accepts an absolute https URL, or http for a loopback host (local
 // development with the emulator). Credentials in the URL would be logged by anything that
 // prints it, and a fragment means nothing to a server, so both are refused.
-func checkEndpointURL(raw string, allowQuery bool) (*url.URL, error) {
+func checkEndpointURL(raw string, allowQuery bool) error {
 	if strings.TrimSpace(raw) != raw || raw == "" {
-		return nil, errors.New("must be an absolute URL such as https://example.id.cyberark.cloud, without surrounding spaces")
+		return errors.New("must be an absolute URL such as https://example.id.cyberark.cloud, without surrounding spaces")
 	}
 	if len(raw) > maxURLLength {
-		return nil, fmt.Errorf("must be at most %d characters, got %d", maxURLLength, len(raw))
+		return fmt.Errorf("must be at most %d characters, got %d", maxURLLength, len(raw))
 	}
 	if strings.ContainsFunc(raw, func(r rune) bool { return unsafeRune(r) || unicode.IsSpace(r) }) {
-		return nil, errors.New("must not contain white space, control or invisible characters")
+		return errors.New("must not contain white space, control or invisible characters")
 	}
 	if strings.ContainsRune(raw, '\\') {
 		// Go's parser and browsers' disagree on what a backslash means in a URL.
-		return nil, errors.New(`must not contain a backslash`)
+		return errors.New(`must not contain a backslash`)
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
-		return nil, errors.New("is not a valid URL")
+		return errors.New("is not a valid URL")
 	}
 	if u.Host == "" || u.Hostname() == "" {
-		return nil, errors.New("must be an absolute URL with a host, such as https://example.id.cyberark.cloud")
+		return errors.New("must be an absolute URL with a host, such as https://example.id.cyberark.cloud")
 	}
 	if err := checkHost(u.Hostname()); err != nil {
-		return nil, err
+		return err
 	}
 	if p := u.Port(); p != "" {
 		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
-			return nil, fmt.Errorf("has port %q; a port must be between 1 and 65535", p)
+			return fmt.Errorf("has port %q; a port must be between 1 and 65535", p)
 		}
 	} else if strings.HasSuffix(u.Host, ":") {
-		return nil, errors.New("has an empty port; leave out the colon or give a port between 1 and 65535")
+		return errors.New("has an empty port; leave out the colon or give a port between 1 and 65535")
 	}
 	for _, seg := range strings.Split(u.EscapedPath(), "/") {
 		if seg == "." || seg == ".." || strings.EqualFold(seg, "%2e") || strings.EqualFold(seg, "%2e%2e") ||
 			strings.EqualFold(seg, ".%2e") || strings.EqualFold(seg, "%2e.") {
-			return nil, errors.New("must not contain dot segments (/./ or /../) in its path")
+			return errors.New("must not contain dot segments (/./ or /../) in its path")
 		}
 		// A server that decodes %2F before it splits the path sees other segments,
 		// dot segments among them, than this check does.
 		if lower := strings.ToLower(seg); strings.Contains(lower, "%2f") || strings.Contains(lower, "%5c") {
-			return nil, errors.New("must not contain an encoded slash or backslash (%2F, %5C) in its path")
+			return errors.New("must not contain an encoded slash or backslash (%2F, %5C) in its path")
 		}
 	}
 	switch u.Scheme {
 	case "https":
 	case "http":
 		if !isLoopback(u.Hostname()) {
-			return nil, errors.New("must use https (http is allowed only for loopback hosts: 127.0.0.0/8, ::1, localhost)")
+			return errors.New("must use https (http is allowed only for loopback hosts: 127.0.0.0/8, ::1, localhost)")
 		}
 	default:
-		return nil, fmt.Errorf("has scheme %q; only https is allowed (http for loopback hosts)", u.Scheme)
+		return fmt.Errorf("has scheme %q; only https is allowed (http for loopback hosts)", u.Scheme)
 	}
 	if u.User != nil {
-		return nil, errors.New("must not contain user information (user:password@); credentials go in client_id and client_secret")
+		return errors.New("must not contain user information (user:password@); credentials go in client_id and client_secret")
 	}
 	if (u.RawQuery != "" || u.ForceQuery) && !allowQuery {
-		return nil, errors.New("must not contain a query string")
+		return errors.New("must not contain a query string")
 	}
 	if u.Fragment != "" || strings.Contains(raw, "#") {
-		return nil, errors.New("must not contain a fragment (#...)")
+		return errors.New("must not contain a fragment (#...)")
 	}
-	return u, nil
+	return nil
 }
 
 // isLoopback accepts the spellings the http exception names: localhost, an IPv4
@@ -308,6 +340,39 @@ func checkAppID(id string) error {
 	for _, r := range id {
 		if unicode.IsSpace(r) || strings.ContainsRune(`/\?#%`, r) {
 			return fmt.Errorf("must be the application ID of the OAuth2 client app, without white space or any of / \\ ? # %%; got %q", id)
+		}
+	}
+	return nil
+}
+
+// checkTokenParams checks extra parameters of the grant, such as RFC 8707's resource
+// or an audience. A resource must be an absolute URI without a fragment (RFC 8707 2).
+func checkTokenParams(params map[string]string) error {
+	if len(params) > maxTokenParams {
+		return fmt.Errorf("must have at most %d parameters, got %d", maxTokenParams, len(params))
+	}
+	names := make([]string, 0, len(params))
+	for name := range params {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		value := params[name]
+		switch {
+		case !tokenParamName.MatchString(name):
+			return fmt.Errorf("parameter names are 1 to %d ASCII letters, digits, '_', '.' or '-', got %s", maxTokenParamNameLength, quoteShort(name))
+		case slices.Contains(tokenParamsOwned, strings.ToLower(name)):
+			return fmt.Errorf("must not set %s: the engine sets the grant's own parameters, credentials never go in token_params, and scopes go in scopes", name)
+		case value == "":
+			return fmt.Errorf("parameter %s must not be empty", name)
+		}
+		if err := checkText(value, maxTokenParamValueLength); err != nil {
+			return fmt.Errorf("parameter %s %w", name, err)
+		}
+		if name == "resource" {
+			if u, err := url.Parse(value); err != nil || !u.IsAbs() || u.Fragment != "" || strings.Contains(value, "#") {
+				return errors.New("parameter resource must be an absolute URI without a fragment (RFC 8707), such as https://api.example.com")
+			}
 		}
 	}
 	return nil
@@ -414,28 +479,6 @@ func hasPrefixFold(s, prefix string) bool {
 	return len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix)
 }
 
-// checkRotationInputs makes the config write's checks of rotation inputs that need the
-// request's raw values or Vault: a rotation_period or rotation_window the framework
-// would store as 0 (which turns rotation off, or widens the window to the whole
-// period), and a password_policy given in this write that does not exist or makes
-// secrets unfit for root rotation (samplePasswordPolicy).
-func (b *backend) checkRotationInputs(ctx context.Context, d *framework.FieldData, cfg *cyberarkConfig) fieldErrors {
-	var problems fieldErrors
-	if shown, ok := lostToTruncation(d.Raw["rotation_period"]); ok {
-		problems.add("rotation_period", "must be 0 (off) or at least %s, got %s", minRotationPeriod, shown)
-	}
-	if shown, ok := lostToTruncation(d.Raw["rotation_window"]); ok {
-		problems.add("rotation_window", "must be 0 (the whole period) or at least 1h, as Vault's rotation manager requires, got %s", shown)
-	}
-	// A name cfg.validate refuses is not sent to Vault.
-	if v, ok := d.GetOk("password_policy"); ok && v.(string) != "" && checkText(cfg.PasswordPolicy, maxPolicyNameLength) == nil {
-		if _, err := b.samplePasswordPolicy(ctx, cfg.PasswordPolicy); err != nil {
-			problems.add("password_policy", "%s", err)
-		}
-	}
-	return problems
-}
-
 // lostToTruncation reports a duration field's raw value that is not zero but that the
 // framework, which keeps whole seconds only, turns into 0: "300ms", "-0.5s", 0.5. It
 // returns the value as a duration to show. A value that does not parse is left to
@@ -463,4 +506,37 @@ func floatSeconds(v float64) (string, bool) {
 		return "", false
 	}
 	return strconv.FormatFloat(v, 'g', -1, 64) + "s", true
+}
+
+// copyGiven copies each field a request gave into its destination: a list is a list of
+// scopes (splitScopes), a duration is whole seconds, a *bool field stays nil until given.
+// A write's handler copies with it and then validates the result in one place.
+func copyGiven(d *framework.FieldData, dst map[string]any) {
+	for field, p := range dst {
+		v, ok := d.GetOk(field)
+		if !ok {
+			continue
+		}
+		switch p := p.(type) {
+		case *string:
+			*p = v.(string)
+		case *[]string:
+			*p = splitScopes(v.([]string))
+		case *int:
+			*p = v.(int)
+		case *time.Duration:
+			*p = time.Duration(v.(int)) * time.Second
+		case *bool:
+			*p = v.(bool)
+		case **bool:
+			b := v.(bool)
+			*p = &b
+		case *float64:
+			*p = v.(float64)
+		case *map[string]string:
+			*p = v.(map[string]string)
+		default:
+			panic(fmt.Sprintf("copyGiven: field %s has a destination of type %T", field, p))
+		}
+	}
 }

@@ -813,10 +813,11 @@ func runNoPanicErr(t *testing.T, f func() error) (err error) {
 	return f()
 }
 
-// TestCheckRotationInputs: a rotation_period or rotation_window that is not zero but
-// that the framework would store as 0 is named, with what is allowed and the value as
-// given; zero, whole seconds and what the framework itself refuses are left alone.
-func TestCheckRotationInputs(t *testing.T) {
+// TestRotationDurationsAsGiven: a rotation_period or rotation_window that is not zero
+// but that the framework would store as 0 is named, with what is allowed and the value
+// as given; zero and whole seconds are judged by their value, and what does not parse
+// is left to checkFieldTypes.
+func TestRotationDurationsAsGiven(t *testing.T) {
 	t.Parallel()
 	b := newBackend()
 	schema := pathConfig(b).Fields
@@ -834,22 +835,32 @@ func TestCheckRotationInputs(t *testing.T) {
 		{"a time.Duration", map[string]any{"rotation_period": 300 * time.Millisecond}, "rotation_period: must be 0 (off) or at least 5s, got 300ms"},
 		{"window 500ms", map[string]any{"rotation_window": "500ms"}, "rotation_window: must be 0 (the whole period) or at least 1h, as Vault's rotation manager requires, got 500ms"},
 		{"both", map[string]any{"rotation_period": "1ms", "rotation_window": 0.1}, "rotation_period: must be 0 (off) or at least 5s, got 1ms; rotation_window: must be 0 (the whole period) or at least 1h, as Vault's rotation manager requires, got 0.1s"},
-		// Left to others: zero, whole seconds (cfg.validate), what does not parse
-		// (checkFieldTypes).
+		// Judged by their value once whole seconds.
+		{"4s", map[string]any{"rotation_period": "4s"}, "rotation_period: must be 0 (off) or at least 5s, got 4s"},
+		{"1.5s", map[string]any{"rotation_period": "1.5s"}, "rotation_period: must be 0 (off) or at least 5s, got 1s"},
+		{"5s", map[string]any{"rotation_period": "5s"}, ""},
 		{"0", map[string]any{"rotation_period": 0, "rotation_window": "0s"}, ""},
 		{"0.0", map[string]any{"rotation_period": 0.0, "rotation_window": json.Number("0")}, ""},
 		{"empty string", map[string]any{"rotation_period": ""}, ""},
-		{"4s", map[string]any{"rotation_period": "4s"}, ""},
-		{"1.5s", map[string]any{"rotation_period": "1.5s"}, ""},
 		{"string 0.5", map[string]any{"rotation_period": "0.5"}, ""},
 		{"json 0.5", map[string]any{"rotation_period": json.Number("0.5")}, ""},
 		{"absent", map[string]any{}, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d := &framework.FieldData{Raw: tc.raw, Schema: schema}
-			got := strings.Join(b.checkRotationInputs(context.Background(), d, &cyberarkConfig{}), "; ")
-			if got != tc.want {
-				t.Errorf("got %q, want %q", got, tc.want)
+			if checkFieldTypes(schema, tc.raw) != nil {
+				return // not a duration at all: checkFieldTypes answers
+			}
+			cfg := &cyberarkConfig{}
+			copyGiven(d, cfg.fields())
+			var got []string
+			for _, p := range cfg.checkRotation(configInput{raw: tc.raw}) {
+				if strings.Contains(p, ": must be 0") { // a window without a schedule is another rule
+					got = append(got, p)
+				}
+			}
+			if strings.Join(got, "; ") != tc.want {
+				t.Errorf("got %q, want %q", strings.Join(got, "; "), tc.want)
 			}
 		})
 	}

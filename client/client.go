@@ -55,6 +55,9 @@ type Config struct {
 	ClientID string
 	// ClientSecret is the service user's password.
 	ClientSecret string
+	// Params are sent with every grant besides grant_type and scope: RFC 8707's
+	// resource, an audience. The caller keeps credentials and those two out of them.
+	Params map[string]string
 	// AuthStyle selects Basic (default) or client_secret_post authentication.
 	AuthStyle AuthStyle
 	// UserAgent is sent on every request.
@@ -159,7 +162,11 @@ func (c *Client) Close() {
 // Token performs the client-credentials grant. Scopes, when given, are sent
 // space-separated in the scope parameter.
 func (c *Client) Token(ctx context.Context, scopes []string) (*Token, error) {
-	form := url.Values{"grant_type": {"client_credentials"}}
+	form := url.Values{}
+	for k, v := range c.cfg.Params {
+		form.Set(k, v)
+	}
+	form.Set("grant_type", "client_credentials")
 	if len(scopes) > 0 {
 		form.Set("scope", strings.Join(scopes, " "))
 	}

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
 	"os"
@@ -101,7 +102,17 @@ type App struct {
 	// zero value, the default, issues documented tokens. SetTokenQuirks changes them at
 	// run time.
 	TokenQuirks TokenQuirks `json:"token_quirks"`
+	// RequiredParams are grant parameters the app insists on, such as an RFC 8707
+	// resource or an audience: a grant that lacks one, or gives another value, is
+	// refused with invalid_target. They let a test see that a client sends them.
+	RequiredParams map[string]string `json:"required_params"`
 }
+
+// PlatformAppID is the application behind POST /oauth2/platformtoken, the endpoint
+// that gives service users tokens for CyberArk's platform APIs without naming an app.
+// Public clients of the platform name this OIDC application; that the platform
+// token's issuer and audience are derived from it is this emulator's assumption.
+const PlatformAppID = "__idaptive_cybr_user_oidc"
 
 // Client is a confidential OAuth2 client: a service user whose password is the secret.
 //
@@ -242,6 +253,8 @@ type app struct {
 	scopeAPIs map[string][]*regexp.Regexp
 	// quirks shape the tokens the app issues; guarded by Emulator.mu (SetTokenQuirks).
 	quirks TokenQuirks
+	// required are the grant parameters the app insists on (App.RequiredParams).
+	required map[string]string
 }
 
 // client is a service user's entry on one app: the user itself is shared by every app
@@ -390,6 +403,7 @@ func buildApps(cfg Config) (map[string]*app, *directory, error) {
 			return nil, nil, fmt.Errorf("app %q: token_quirks: %w", ac.ID, err)
 		}
 		a := &app{
+			required:  maps.Clone(ac.RequiredParams),
 			quirks:    ac.TokenQuirks.clone(),
 			id:        ac.ID,
 			scopes:    append([]string{}, ac.Scopes...),
@@ -439,7 +453,28 @@ func buildApps(cfg Config) (map[string]*app, *directory, error) {
 	if err := users.index(); err != nil {
 		return nil, nil, err
 	}
+	if apps[strings.ToLower(PlatformAppID)] == nil {
+		apps[strings.ToLower(PlatformAppID)] = platformApp(users)
+	}
 	return apps, users, nil
+}
+
+// platformApp serves /oauth2/platformtoken when the config defines no app of that ID:
+// every service user of the tenant may use it, with either way of authenticating, and
+// its tokens carry no scope and name the platform's application as their audience.
+func platformApp(users *directory) *app {
+	a := &app{
+		id:       PlatformAppID,
+		scopeSet: map[string]bool{},
+		clients:  make(map[string]*client, len(users.byID)),
+		basic:    true,
+		post:     true,
+		quirks:   TokenQuirks{Audience: PlatformAppID},
+	}
+	for id, u := range users.byID {
+		a.clients[id] = &client{user: u}
+	}
+	return a
 }
 
 // compileScopeAPIs anchors each expression: the tenant matches an allowed API against
@@ -836,6 +871,9 @@ func route(path string) (ep, appID string, ok bool) {
 			}
 			return p.ep, id, true
 		}
+	}
+	if strings.EqualFold(trimmed, "oauth2/platformtoken") {
+		return epToken, PlatformAppID, true
 	}
 	const wellKnown = "/.well-known/openid-configuration"
 	if len(path) > len(wellKnown)+1 && strings.EqualFold(path[len(path)-len(wellKnown):], wellKnown) {

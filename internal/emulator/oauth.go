@@ -146,6 +146,12 @@ func (e *Emulator) serveToken(c *call) {
 		e.oauthError(c, http.StatusBadRequest, "invalid_grant", "invalid grant type")
 		return
 	}
+	for name, want := range a.required {
+		if c.form.Get(name) != want {
+			e.oauthError(c, http.StatusBadRequest, "invalid_target", "the requested resource or audience is not allowed")
+			return
+		}
+	}
 	scopes, ok := e.grantScopes(c, a, cl)
 	if !ok {
 		return
