@@ -31,6 +31,11 @@ func pathMetrics(b *backend) *framework.Path {
 					http.StatusOK: {{
 						Description: "The metrics of this mount on the node that served the request, in the Prometheus text exposition format (version 0.0.4).",
 						MediaType:   "text/plain",
+						// The SDK writes a response's media type into the OpenAPI
+						// document only beside an example, and an example can only be a
+						// logical.Response, a JSON object: an empty one declares the
+						// media type without inventing a body that is not text.
+						Example: &logical.Response{},
 					}},
 				},
 			},

@@ -97,6 +97,26 @@ func TestChangePasswordOutcomes(t *testing.T) {
 			}
 		}, true, "contacting tenant", false},
 		{"200 without an envelope", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") }, true, "without a management envelope", false},
+		// A throttled change was turned away before it was acted on: retrying later is
+		// safe, and the caller must not go hunting for a password that never changed.
+		{"rate limited", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Retry-After", "30")
+			w.Header().Set("Content-Type", "text/plain")
+			w.WriteHeader(http.StatusTooManyRequests)
+			_, _ = io.WriteString(w, "Too Many Requests")
+		}, false, "HTTP 429", false},
+		// The bearer token can change the password until it expires, so an answer
+		// that echoes it is redacted like one that echoes a password.
+		{"bearer token reflected in the envelope", func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(http.StatusUnauthorized)
+			msg, _ := json.Marshal("Authorization " + r.Header.Get("Authorization") + " is not valid for UserMgmt")
+			_, _ = io.WriteString(w, `{"success":false,"Message":`+string(msg)+`}`)
+		}, false, "is not valid for UserMgmt", true},
+		{"bearer token reflected in a proxy page", func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/html")
+			w.WriteHeader(http.StatusBadRequest)
+			_, _ = io.WriteString(w, "<html>bad header: Authorization: "+r.Header.Get("Authorization")+"</html>")
+		}, false, "HTTP 400", false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -110,16 +130,16 @@ func TestChangePasswordOutcomes(t *testing.T) {
 				t.Fatal("no error")
 			}
 			if got := errors.Is(err, ErrOutcomeUnknown); got != tc.unknown {
-				t.Errorf("outcome unknown = %t, want %t (%v)", got, tc.unknown, err)
+				t.Errorf("outcome unknown = %t, want %t (%s)", got, tc.unknown, shown(err))
 			}
 			var me *ManagementError
 			if got := errors.As(err, &me); got != tc.envelope {
 				t.Errorf("management error = %t, want %t", got, tc.envelope)
 			}
 			if !strings.Contains(err.Error(), tc.want) {
-				t.Errorf("error %q lacks %q", err, tc.want)
+				t.Errorf("error %q lacks %q", shown(err), tc.want)
 			}
-			for name, secret := range map[string]string{"new secret": newTestSecret, "old secret": testClientSecret, "bearer token": "eyJhbGciOiJSUzI1NiJ9.e30.c2ln"} {
+			for name, secret := range outcomeSecrets {
 				if strings.Contains(err.Error(), secret) {
 					t.Errorf("the error shows the %s", name)
 				}
@@ -135,6 +155,20 @@ func TestChangePasswordOutcomes(t *testing.T) {
 			}
 		})
 	}
+}
+
+// outcomeSecrets are what TestChangePasswordOutcomes's errors must never show: the
+// passwords and the bearer token that okBody grants.
+var outcomeSecrets = map[string]string{"new secret": newTestSecret, "old secret": testClientSecret, "bearer token": "eyJhbGciOiJSUzI1NiJ9.e30.c2ln"}
+
+// shown is err's text fit for a failure message: each of outcomeSecrets it still holds
+// is replaced by its fingerprint.
+func shown(err error) string {
+	s := err.Error()
+	for _, secret := range outcomeSecrets {
+		s = strings.ReplaceAll(s, secret, "<"+fingerprint(secret)+">")
+	}
+	return s
 }
 
 func TestChangePasswordGrantRefusedChangesNothing(t *testing.T) {
