@@ -139,11 +139,11 @@ func (v *view) appID(want string) string {
 	return appFor(v.config, v.role)
 }
 
-// sharedToken returns the reused token for key while fresh accepts it, and otherwise
+// reusedToken returns the reused token for key while fresh accepts it, and otherwise
 // a new one from grant; concurrent misses share one grant. The grant runs detached from
 // the first reader's cancellation, since other readers may be waiting on it; the client
 // bounds it with its own time budget. hit reports whether the cache served it.
-func (c *cache) sharedToken(ctx context.Context, v *view, key string, fresh func(*client.Token) bool,
+func (c *cache) reusedToken(ctx context.Context, v *view, key string, fresh func(*client.Token) bool,
 	grant func(context.Context) (*client.Token, error),
 ) (tok *client.Token, hit bool, err error) {
 	lookup := func() *client.Token {

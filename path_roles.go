@@ -148,7 +148,7 @@ func pathRoles(b *backend) []*framework.Path {
 				},
 				"revoke_tokens": {
 					Type:        framework.TypeBool,
-					Description: "Override the config's revoke_tokens for this role's leases. Tokens shared by token_reuse are never revoked. true needs a revocation endpoint (revoke_url when the config sets token_url).",
+					Description: "Override the config's revoke_tokens for this role's leases. Tokens reused by token_reuse are never revoked. true needs a revocation endpoint (revoke_url when the config sets token_url).",
 				},
 				"token_reuse": {
 					Type:        framework.TypeBool,
@@ -168,7 +168,7 @@ func pathRoles(b *backend) []*framework.Path {
 				"lease_free": {
 					Type: framework.TypeBool,
 					Description: "With token_reuse: answer token reads without a Vault lease. The data carries ttl (seconds until this engine hands out a newer token) " +
-						"and rotation_period, from which Vault Agent schedules its next read. Saves a lease per read; there is no lease to revoke, and a shared token is never revoked anyway.",
+						"and rotation_period, from which Vault Agent schedules its next read. Saves a lease per read; there is no lease to revoke, and a reused token is never revoked anyway.",
 					Default: false,
 				},
 			},

@@ -197,9 +197,9 @@ func (b *backend) token(ctx context.Context, s logical.Storage, v *view, plan *t
 		}
 		return tok, nil
 	}
-	if plan.shared {
-		tok, hit, err := b.cache.sharedToken(ctx, v, plan.reuseKey(),
-			func(t *client.Token) bool { return b.reusable(t, v.role) },
+	if plan.reuse {
+		tok, hit, err := b.cache.reusedToken(ctx, v, plan.reuseKey(),
+			func(t *client.Token) bool { return b.reuseFresh(t, v.role) },
 			grant)
 		result := "miss"
 		if hit {
@@ -216,7 +216,7 @@ type tokenPlan struct {
 	role   string
 	appID  string
 	scopes []string
-	shared bool // token_reuse: the token may be handed to other readers too
+	reuse  bool // token_reuse: the token may be handed to other readers too
 	// leaseFree: answer without a lease, with ttl and rotation_period in the data.
 	leaseFree bool
 	revoke    bool // the lease's end revokes the token at the tenant
@@ -262,12 +262,12 @@ func newTokenPlan(v *view, name string, asked []string) (*tokenPlan, *logical.Re
 	if len(p.scopes) == 0 && len(cfg.RotationScopes) > 0 {
 		return nil, logical.ErrorResponse("scopes: the config sets rotation_scopes but no scopes: a token read without scopes gets the tenant's default grant, which may include the rotation scope; set the config's scopes (or the role's)")
 	}
-	p.shared = role != nil && role.TokenReuse
+	p.reuse = role != nil && role.TokenReuse
 	p.revoke = cfg.revokes()
 	if role != nil && role.RevokeTokens != nil {
 		p.revoke = *role.RevokeTokens
 	}
-	if p.shared {
+	if p.reuse {
 		p.revoke = false // other leases still hold the token
 		p.leaseFree = role.LeaseFree
 	}
@@ -293,7 +293,7 @@ func (p *tokenPlan) reuseKey() string {
 func (b *backend) tokenLease(v *view, p *tokenPlan, tok *client.Token) (*logical.Response, error) {
 	now := b.now()
 	expiresIn := tok.ExpiresIn
-	if p.shared {
+	if p.reuse {
 		expiresIn = remainingSeconds(tok, now)
 	}
 	data := map[string]any{
@@ -328,7 +328,7 @@ func (b *backend) tokenLease(v *view, p *tokenPlan, tok *client.Token) (*logical
 		// lease's end needs: the role for the renewal refusal's message, and for a
 		// lease that revokes, what revocation at the tenant needs. Vault keeps it
 		// encrypted in its storage, as it keeps the response data itself.
-		internal := map[string]any{"role": p.role, "shared": p.shared, "revoke": p.revoke}
+		internal := map[string]any{"role": p.role, "reused": p.reuse, "revoke": p.revoke}
 		if p.revoke {
 			internal["app_id"] = p.appID
 			internal["client_id"] = v.config.ClientID
@@ -420,10 +420,10 @@ func (b *backend) grant(ctx context.Context, c *client.Client, scopes []string) 
 	return tok, err
 }
 
-// reusable says whether a cached token may be handed out again: it must have the role's
+// reuseFresh says whether a cached token may be handed out again: it must have the role's
 // threshold left, and whatever the role says, enough for a lease of a second beyond the
 // safety margin.
-func (b *backend) reusable(tok *client.Token, role *roleEntry) bool {
+func (b *backend) reuseFresh(tok *client.Token, role *roleEntry) bool {
 	if tok == nil {
 		return false
 	}

@@ -307,9 +307,9 @@ func TestTokenReuseThresholdAndLease(t *testing.T) {
 	e.emu.Reset()
 
 	first := e.mustRequest(t, logical.ReadOperation, "token/r", nil)
-	if in := first.Secret.InternalData; in["shared"] != true || in["revoke"] != false || in["access_token"] != nil {
-		t.Errorf("a reused token's lease must be marked shared and not revoked, and not hold the token: shared=%v revoke=%v token kept=%v",
-			in["shared"], in["revoke"], in["access_token"] != nil)
+	if in := first.Secret.InternalData; in["reused"] != true || in["revoke"] != false || in["access_token"] != nil {
+		t.Errorf("a reused token's lease must be marked reused and not revoked, and not hold the token: reused=%v revoke=%v token kept=%v",
+			in["reused"], in["revoke"], in["access_token"] != nil)
 	}
 	clock.Advance(40 * time.Minute)
 	second := e.mustRequest(t, logical.ReadOperation, "token/r", nil)
@@ -657,8 +657,8 @@ func TestLeaseInternalDataHoldsOnlyWhatItsEndNeeds(t *testing.T) {
 	e.mustRequest(t, logical.CreateOperation, "roles/shared", map[string]any{"scopes": "read", "token_reuse": true})
 	e.mustRequest(t, logical.CreateOperation, "roles/own", map[string]any{"scopes": "read"})
 	cases := map[string][]string{
-		"token/shared": {"revoke", "role", "secret_type", "shared"},
-		"token/own":    {"access_token", "app_id", "client_id", "expires_at", "revoke", "revoke_endpoint", "role", "secret_type", "shared"},
+		"token/shared": {"reused", "revoke", "role", "secret_type"},
+		"token/own":    {"access_token", "app_id", "client_id", "expires_at", "reused", "revoke", "revoke_endpoint", "role", "secret_type"},
 	}
 	for path, want := range cases {
 		resp := e.mustRequest(t, logical.ReadOperation, path, nil)

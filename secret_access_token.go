@@ -61,14 +61,14 @@ func (b *backend) accessTokenRenew(_ context.Context, req *logical.Request, _ *f
 }
 
 // accessTokenRevoke revokes the token at the tenant when the lease was issued with
-// revocation on. A token shared between leases (token_reuse) is left alone: other
+// revocation on. A reused token (token_reuse) is left alone: other
 // leases still hold it. Transient failures go back to Vault, which retries; refusals
 // and repeated failures are logged and the lease ends anyway, since the token expires
 // by itself.
 func (b *backend) accessTokenRevoke(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
 	data := req.Secret.InternalData
-	if shared, _ := data["shared"].(bool); shared {
-		b.count(metricRevoke, "outcome", "skipped_shared")
+	if reused, _ := data["reused"].(bool); reused {
+		b.count(metricRevoke, "outcome", "skipped_reused")
 		return nil, nil
 	}
 	if revoke, _ := data["revoke"].(bool); !revoke {
