@@ -481,24 +481,10 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 }
 
 func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
-	c := b.root
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	cfg, err := c.load(ctx, req.Storage)
+	cfg, err := b.root.remove(ctx, req.Storage, req.MountPoint)
 	if err != nil {
 		return nil, err
 	}
-	if err := c.remove(ctx, req.Storage); err != nil {
-		return nil, fmt.Errorf("deleting config: %w", err)
-	}
-	if cfg != nil && cfg.Rotation.RotationID != "" {
-		// After the delete: a job left behind finds no config and rotates nothing,
-		// while a config left behind would name a job that no longer runs.
-		if err := b.System().DeregisterRotationJob(ctx, &rotation.RotationJobDeregisterRequest{MountPoint: req.MountPoint, ReqPath: configPath}); err != nil {
-			b.Logger().Error("config deleted, but its rotation job could not be removed from Vault's rotation manager", "error", err)
-		}
-	}
-	b.armSchedule(nil)
 	if cfg != nil && cfg.Rotation.PendingSecret != "" {
 		// After a rotation, Vault held the only copy of the password; say so loudly.
 		b.Logger().Warn("config deleted while a root rotation was pending: the secret the tenant accepts may be lost with it")

@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/vault/sdk/helper/consts"
 	"github.com/hashicorp/vault/sdk/logical"
+	"github.com/hashicorp/vault/sdk/rotation"
 
 	"github.com/idsec-labs/vault-plugin-secrets-cyberark/client"
 )
@@ -325,13 +326,29 @@ func (c *credential) operatorWrite(ctx context.Context, s logical.Storage, old, 
 	return nil
 }
 
-// remove deletes the entry.
-func (c *credential) remove(ctx context.Context, s logical.Storage) error {
+// remove deletes the entry and ends its schedule, all under the owner lock: a write
+// that follows must find neither its timer disarmed nor its rotation job deregistered
+// by this delete.
+func (c *credential) remove(ctx context.Context, s logical.Storage, mountPoint string) (*cyberarkConfig, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cfg, err := c.load(ctx, s)
+	if err != nil {
+		return nil, err
+	}
 	if err := s.Delete(ctx, c.key); err != nil {
-		return err
+		return nil, fmt.Errorf("deleting config: %w", err)
 	}
 	c.b.cache.resetConfig()
-	return nil
+	if cfg != nil && cfg.Rotation.RotationID != "" {
+		// After the delete: a job left behind finds no config and rotates nothing,
+		// while a config left behind would name a job that no longer runs.
+		if err := c.b.System().DeregisterRotationJob(ctx, &rotation.RotationJobDeregisterRequest{MountPoint: mountPoint, ReqPath: c.key}); err != nil {
+			c.b.Logger().Error("config deleted, but its rotation job could not be removed from Vault's rotation manager", "error", err)
+		}
+	}
+	c.b.armSchedule(nil)
+	return cfg, nil
 }
 
 // call makes one tenant call that authenticates with a stored secret, through the gate:

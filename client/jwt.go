@@ -173,20 +173,9 @@ func (c *Client) FetchPublic(ctx context.Context, endpoint string) ([]byte, erro
 	if c.cfg.UserAgent != "" {
 		req.Header.Set("User-Agent", c.cfg.UserAgent)
 	}
-	resp, doErr := c.retryClient(cl).Do(req)
-	if resp != nil && resp.StatusCode >= 200 && resp.StatusCode < 300 {
-		defer resp.Body.Close()
-		return c.readLimited(ctx, resp.Body)
+	body, answered, err := c.send(ctx, cl, req)
+	if answered {
+		return body, err
 	}
-	if resp != nil {
-		resp.Body.Close()
-	}
-	_, last := cl.result()
-	if last == nil {
-		last = doErr
-	}
-	if last == nil {
-		last = errors.New("no answer from tenant")
-	}
-	return nil, redact(last, cl.secrets)
+	return nil, redact(err, cl.secrets)
 }

@@ -77,6 +77,28 @@ type keepIdle struct{ rt http.RoundTripper }
 
 func (k keepIdle) RoundTrip(r *http.Request) (*http.Response, error) { return k.rt.RoundTrip(r) }
 
+// send makes one call with retries. A 2xx answer is answered, with its body and the
+// error of reading it; otherwise err is the last failure, never nil.
+func (c *Client) send(ctx context.Context, cl *call, req *retryablehttp.Request) (body []byte, answered bool, err error) {
+	resp, doErr := c.retryClient(cl).Do(req)
+	if resp != nil && resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		defer resp.Body.Close()
+		body, err = c.readLimited(ctx, resp.Body)
+		return body, true, err
+	}
+	if resp != nil {
+		resp.Body.Close()
+	}
+	_, last := cl.result()
+	if last == nil {
+		last = doErr
+	}
+	if last == nil {
+		last = errors.New("no answer from tenant")
+	}
+	return nil, false, last
+}
+
 // post sends one form to the tenant, with retries, and returns the body of a 2xx answer.
 // Errors are redacted of the client secret and of the extra values.
 func (c *Client) post(ctx context.Context, endpoint string, form url.Values, extra ...string) ([]byte, error) {
@@ -96,23 +118,13 @@ func (c *Client) post(ctx context.Context, endpoint string, form url.Values, ext
 	if err != nil {
 		return nil, fmt.Errorf("building request: %w", err)
 	}
-	resp, doErr := c.retryClient(cl).Do(rreq)
-	if resp != nil && resp.StatusCode >= 200 && resp.StatusCode < 300 {
-		defer resp.Body.Close()
-		return c.readLimited(ctx, resp.Body)
+	body, answered, last := c.send(ctx, cl, rreq)
+	if answered {
+		return body, last
 	}
-	if resp != nil {
-		resp.Body.Close()
-	}
-	n, last := cl.result()
+	n, _ := cl.result()
 	if parent.Err() != nil {
 		return nil, fmt.Errorf("request to tenant abandoned: %w", parent.Err())
-	}
-	if last == nil {
-		last = doErr
-	}
-	if last == nil {
-		last = errors.New("no answer from tenant")
 	}
 	// Redact before wrapping: a wrapper's text is fixed when it is made.
 	last = redact(last, cl.secrets)

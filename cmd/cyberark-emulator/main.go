@@ -54,32 +54,11 @@ type options struct {
 }
 
 func run(args []string) error {
-	var o options
-	fs := flag.NewFlagSet("cyberark-emulator", flag.ContinueOnError)
-	fs.StringVar(&o.config, "config", "", "JSON emulator config `file` (see internal/emulator/README.md)")
-	fs.StringVar(&o.app, "app", "", "quick start: application `ID` of the one app")
-	fs.StringVar(&o.clientID, "client-id", "", "quick start: client `ID` (service user login name)")
-	fs.StringVar(&o.clientSecret, "client-secret", "", "quick start: client `secret`; prefer $"+secretEnv+", which ps does not show")
-	fs.StringVar(&o.scopes, "scopes", "", "quick start: comma-separated `scopes` the app defines")
-	fs.StringVar(&o.rotation, "rotation-scope", "", "quick start: a `scope` whose tokens may call UserMgmt/ChangeUserPassword, for root rotation")
-	fs.IntVar(&o.expiresIn, "expires-in", 0, "token lifetime in `seconds` (0 = config value or 18000)")
-	fs.StringVar(&o.httpAddr, "http", "", "plain HTTP listen `address`, loopback only (empty = off)")
-	fs.StringVar(&o.httpsAddr, "https", "127.0.0.1:0", "HTTPS listen `address` (empty = off)")
-	fs.StringVar(&o.caOut, "ca-out", "", "write the CA certificate (PEM) to this `file`")
-	fs.StringVar(&o.addrFile, "addr-file", "", "write the listen URLs as JSON to this `file` once listening")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return errUsage
+	o, set, err := parseFlags(args)
+	if err != nil || o == nil {
+		return err
 	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments: %q", fs.Args())
-	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-
-	cfg, err := buildConfig(o, set)
+	cfg, err := buildConfig(*o, set)
 	if err != nil {
 		return err
 	}
@@ -105,7 +84,40 @@ func run(args []string) error {
 			return fmt.Errorf("write CA: %w", err)
 		}
 	}
+	return serve(*o, emu, ca)
+}
 
+// parseFlags reads the command line; nil options and no error mean -help was answered.
+func parseFlags(args []string) (*options, map[string]bool, error) {
+	var o options
+	fs := flag.NewFlagSet("cyberark-emulator", flag.ContinueOnError)
+	fs.StringVar(&o.config, "config", "", "JSON emulator config `file` (see internal/emulator/README.md)")
+	fs.StringVar(&o.app, "app", "", "quick start: application `ID` of the one app")
+	fs.StringVar(&o.clientID, "client-id", "", "quick start: client `ID` (service user login name)")
+	fs.StringVar(&o.clientSecret, "client-secret", "", "quick start: client `secret`; prefer $"+secretEnv+", which ps does not show")
+	fs.StringVar(&o.scopes, "scopes", "", "quick start: comma-separated `scopes` the app defines")
+	fs.StringVar(&o.rotation, "rotation-scope", "", "quick start: a `scope` whose tokens may call UserMgmt/ChangeUserPassword, for root rotation")
+	fs.IntVar(&o.expiresIn, "expires-in", 0, "token lifetime in `seconds` (0 = config value or 18000)")
+	fs.StringVar(&o.httpAddr, "http", "", "plain HTTP listen `address`, loopback only (empty = off)")
+	fs.StringVar(&o.httpsAddr, "https", "127.0.0.1:0", "HTTPS listen `address` (empty = off)")
+	fs.StringVar(&o.caOut, "ca-out", "", "write the CA certificate (PEM) to this `file`")
+	fs.StringVar(&o.addrFile, "addr-file", "", "write the listen URLs as JSON to this `file` once listening")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, nil, nil
+		}
+		return nil, nil, errUsage
+	}
+	if fs.NArg() > 0 {
+		return nil, nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	return &o, set, nil
+}
+
+// serve answers on the listeners o names until a signal or a server fails.
+func serve(o options, emu *emulator.Emulator, ca *emulator.CA) error {
 	logger := log.New(os.Stderr, "cyberark-emulator: ", log.LstdFlags|log.Lmicroseconds)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
