@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/framework"
@@ -64,12 +65,12 @@ func (b *backend) pathRotateRootUpdate(ctx context.Context, req *logical.Request
 		// 400: answers a Vault client does not retry, since a retry could only add
 		// failed logins. The coded error itself, not what wraps it: Vault reads the
 		// status from the error it is handed.
-		return nil, logical.CodedError(coded.Code(), "root rotation: "+err.Error())
+		return nil, logical.CodedError(coded.Code(), rotationMessage(err))
 	case errors.As(err, &te) && te.StatusCode == http.StatusTooManyRequests:
-		return nil, logical.CodedError(http.StatusTooManyRequests, "root rotation: "+err.Error())
+		return nil, logical.CodedError(http.StatusTooManyRequests, rotationMessage(err))
 	case err != nil && (errors.Is(err, client.ErrOutcomeUnknown) || outcome(err) != "invalid_response"):
 		// The tenant could not be reached, failed, or left the outcome open.
-		return nil, logical.CodedError(http.StatusBadGateway, "root rotation: "+err.Error())
+		return nil, logical.CodedError(http.StatusBadGateway, rotationMessage(err))
 	case err != nil:
 		return nil, err
 	}
@@ -85,3 +86,12 @@ func (b *backend) pathRotateRootUpdate(ctx context.Context, req *logical.Request
 // endedTokensWarning is what a rotation says on a tenant that ends tokens at a password
 // change: the engine cannot end the leases Vault holds, so it says what they hold.
 const endedTokensWarning = "password_change_ends_tokens: the tenant ended every token of the service user at this change: tokens handed out before it no longer work, though their leases (and a lease-free ttl) run on; reused tokens were dropped, and readers get new ones at their next read"
+
+// rotationMessage says that err is the root rotation's, once: the texts of an unsettled
+// or unresolved rotation already do.
+func rotationMessage(err error) string {
+	if msg := err.Error(); strings.HasPrefix(msg, "root rotation") {
+		return msg
+	}
+	return "root rotation: " + err.Error()
+}
