@@ -1,6 +1,14 @@
 # One variable sets the plugin's version for both the binary (-ldflags) and its Vault
 # registration: Vault refuses a plugin whose reported version differs from its catalog's.
 VERSION ?= v0.1.0-dev
+# VERSION reaches shell lines and the linker's -X: one word without quotes, then a
+# semantic version, or a value such as 'v1 -X main.x=1' would add a linker flag.
+ifneq ($(words $(VERSION))$(findstring ',$(VERSION))$(findstring ",$(VERSION)),1)
+$(error VERSION must be a semantic version with a leading v, such as v1.2.3 or v1.2.3-rc.1)
+endif
+ifeq ($(shell printf '%s\n' '$(VERSION)' | grep -Ex 'v[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?'),)
+$(error VERSION must be a semantic version with a leading v, such as v1.2.3 or v1.2.3-rc.1; got $(VERSION))
+endif
 MODULE  := github.com/idsec-labs/vault-plugin-secrets-cyberark
 LDFLAGS := -X $(MODULE).Version=$(VERSION)
 BIN     := bin
@@ -36,7 +44,8 @@ model:
 e2e:
 	bin="$$(scripts/vault-build.sh)" && VAULT_BIN="$$bin" E2E_REQUIRED=1 go test -race -count=1 ./e2e/...
 
-# Benchmarks print their own figures (ns/op, allocations).
+# The micro-benchmarks print their own figures (ns/op, allocations); scripts/bench.sh
+# then runs internal/bench, the engine inside a real Vault against Vault's own floors.
 bench:
 	go test -run '^$$' -bench . -benchtime 1s ./...
 	scripts/bench.sh
@@ -59,7 +68,7 @@ demo:
 	scripts/demo.sh
 
 # A 3-node Vault Raft cluster on loopback with the plugin registered and enabled
-# (README, "High availability"); cluster-stop stops it and removes its files.
+# (docs/high-availability.md); cluster-stop stops it and removes its files.
 cluster:
 	scripts/cluster.sh start
 
@@ -67,7 +76,7 @@ cluster-stop:
 	scripts/cluster.sh stop
 
 # Reproducible release binaries for linux and darwin, amd64 and arm64, and SHA256SUMS,
-# in dist/$(VERSION)/ (README, "Installing a release").
+# in dist/$(VERSION)/ (docs/development.md, "Release builds").
 release:
 	VERSION=$(VERSION) scripts/release.sh
 

@@ -80,7 +80,7 @@ func simulateAgents(t *testing.T, agents int, reuse, staggered bool) simResult {
 	return res
 }
 
-// TestAgentFleetGrantCount prints the figures the README quotes; run it with -v.
+// TestAgentFleetGrantCount prints the figures docs/operator-guide.md quotes; run it with -v.
 func TestAgentFleetGrantCount(t *testing.T) {
 	t.Parallel()
 	const agents = 100

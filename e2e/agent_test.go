@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/api"
+
+	"github.com/idsec-labs/vault-plugin-secrets-cyberark/internal/vaultproc"
 )
 
 // agentExample is the shipped Vault Agent example; the test runs it as shipped.
@@ -74,13 +76,13 @@ func TestAgentRefreshesToken(t *testing.T) {
 	logPath := filepath.Join(dir, "agent.log")
 	e.guard.addLog("vault agent", logPath)
 	// The example's address is the usual default; VAULT_ADDR points it at this Vault.
-	agent, err := startProcess("vault agent", vaultBin(t), dir,
-		childEnv(dir, "VAULT_ADDR="+e.vault.addr), logPath,
+	agent, err := vaultproc.Start("vault agent", vaultBin(t), dir,
+		vaultproc.ChildEnv(dir, "VAULT_ADDR="+e.vault.addr), logPath,
 		"agent", "-config=agent.hcl", "-log-level=debug")
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { agent.stop(t, 10*time.Second) })
+	t.Cleanup(func() { agent.Stop(10*time.Second, t.Logf) })
 
 	type render struct {
 		token  string
@@ -95,8 +97,8 @@ func TestAgentRefreshesToken(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("saw %d rendered tokens in %s, want %d", len(renders), time.Since(start).Round(time.Second), tokens)
 		}
-		if agent.exited() {
-			t.Fatalf("vault agent exited: %v", agent.waitErr)
+		if agent.Exited() {
+			t.Fatalf("vault agent exited: %v", agent.Err())
 		}
 		time.Sleep(20 * time.Millisecond)
 		data, err := os.ReadFile(out) //nolint:gosec // the Agent's output in the test's temporary directory

@@ -21,6 +21,7 @@ import (
 	"github.com/hashicorp/vault/api"
 
 	"github.com/idsec-labs/vault-plugin-secrets-cyberark/internal/emulator"
+	"github.com/idsec-labs/vault-plugin-secrets-cyberark/internal/vaultproc"
 )
 
 // cluster is a 3-node Vault cluster with integrated storage (Raft), started, changed
@@ -67,7 +68,7 @@ func startCluster(ctx context.Context, t *testing.T, base string, guard *logGuar
 	}
 	var ports []string
 	for len(ports) < 3 {
-		p, err := freePortPair(ctx)
+		p, err := vaultproc.FreePortPair(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -81,9 +82,9 @@ func startCluster(ctx context.Context, t *testing.T, base string, guard *logGuar
 		t:   t,
 		ctx: ctx,
 		dir: filepath.Join(base, "cluster"),
-		env: childEnv(home,
+		env: vaultproc.ChildEnv(home,
 			"VAULT_BIN="+bin,
-			"PLUGIN_BIN="+filepath.Join(pluginDir, b.file),
+			"PLUGIN_BIN="+filepath.Join(pluginDir, b.Command),
 			"VERSION="+versionV1,
 			"CLUSTER_DIR="+filepath.Join(base, "cluster"),
 			"CLUSTER_LOG_DIR="+logDir,
@@ -225,7 +226,7 @@ func (c *cluster) others(n *clusterNode) []*clusterNode {
 // processes cannot be listed.
 func (c *cluster) pluginsUnder(n *clusterNode) int {
 	c.t.Helper()
-	pids, err := childProcesses(c.pid(n), pluginName)
+	pids, err := vaultproc.Children(c.pid(n), pluginName)
 	if err != nil {
 		c.t.Logf("cannot list processes here, so the plugin processes are not counted: %v", err)
 		return -1

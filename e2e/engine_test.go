@@ -339,8 +339,8 @@ func TestPluginUpgrade(t *testing.T) {
 	before := e.readToken("token/demo", nil)
 	cfgBefore := readConfig(t, e)
 	v1 := plugin(t, versionV1)
-	if m := e.vault.mountInfo(t, mountPath); m.RunningVersion != versionV1 || m.RunningSha256 != v1.sha256 {
-		t.Fatalf("before the upgrade the mount runs %s (sha256 %s), want %s (%s)", m.RunningVersion, m.RunningSha256, versionV1, v1.sha256)
+	if m := e.vault.mountInfo(t, mountPath); m.RunningVersion != versionV1 || m.RunningSha256 != v1.SHA256 {
+		t.Fatalf("before the upgrade the mount runs %s (sha256 %s), want %s (%s)", m.RunningVersion, m.RunningSha256, versionV1, v1.SHA256)
 	}
 
 	v2 := plugin(t, versionV2)
@@ -357,8 +357,8 @@ func TestPluginUpgrade(t *testing.T) {
 		t.Fatalf("reload: %v", err)
 	}
 	m := e.vault.mountInfo(t, mountPath)
-	if m.RunningVersion != versionV2 || m.RunningSha256 != v2.sha256 {
-		t.Fatalf("after the reload the mount runs %s (sha256 %s), want %s (%s)", m.RunningVersion, m.RunningSha256, versionV2, v2.sha256)
+	if m.RunningVersion != versionV2 || m.RunningSha256 != v2.SHA256 {
+		t.Fatalf("after the reload the mount runs %s (sha256 %s), want %s (%s)", m.RunningVersion, m.RunningSha256, versionV2, v2.SHA256)
 	}
 
 	if got := readConfig(t, e); !reflect.DeepEqual(storedConfig(got), storedConfig(cfgBefore)) {

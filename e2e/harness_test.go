@@ -27,6 +27,7 @@ import (
 	"github.com/hashicorp/vault/api"
 
 	"github.com/idsec-labs/vault-plugin-secrets-cyberark/internal/emulator"
+	"github.com/idsec-labs/vault-plugin-secrets-cyberark/internal/vaultproc"
 )
 
 const (
@@ -139,7 +140,7 @@ func newEnv(t *testing.T, expiresIn int, opts ...envOption) *env {
 		e.vault.enableAudit(t, filepath.Join(dir, "audit.log"), e.guard)
 	}
 	e.vault.register(t, b)
-	e.vault.mount(t, mountPath, o.pluginVersion)
+	e.vault.mount(t, mountPath, b)
 	return e
 }
 
@@ -517,105 +518,38 @@ type vaultServer struct {
 	addr   string
 	token  string
 	client *api.Client
-	proc   *process
+	proc   *vaultproc.Process
 	// auditPath is the file audit device's log, when one is enabled.
 	auditPath string
 }
 
 func startVault(ctx context.Context, t *testing.T, bin, dir, logLevel string, guard *logGuard) *vaultServer {
 	t.Helper()
-	home := filepath.Join(dir, "home")
-	if err := os.Mkdir(home, 0o700); err != nil {
+	logPath := filepath.Join(dir, "vault.log")
+	guard.addLog("vault server", logPath)
+	d, err := vaultproc.StartDev(ctx, vaultproc.DevConfig{
+		Bin:       bin,
+		Dir:       dir,
+		PluginDir: pluginDir,
+		LogPath:   logPath,
+		LogLevel:  logLevel,
+		Token:     "e2e-root-" + randomHex(t, 8),
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
-	token := "e2e-root-" + randomHex(t, 8)
-	var lastErr error
-	for attempt := 1; attempt <= 3; attempt++ {
-		port, err := freePortPair(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := fmt.Sprintf("127.0.0.1:%d", port)
-		logPath := filepath.Join(dir, fmt.Sprintf("vault-%d.log", attempt))
-		guard.addLog(fmt.Sprintf("vault server (attempt %d)", attempt), logPath)
-		p, err := startProcess("vault server", bin, dir, childEnv(home), logPath,
-			"server", "-dev",
-			"-dev-root-token-id="+token,
-			"-dev-listen-address="+addr,
-			"-dev-plugin-dir="+pluginDir,
-			// Every test registers the plugins it mounts, with their versions; the dev
-			// server would otherwise also register each file in the directory, unversioned.
-			"-dev-plugin-init=false",
-			"-dev-no-store-token",
-			"-log-level="+logLevel,
-		)
-		if err != nil {
-			t.Fatal(err)
-		}
-		v := &vaultServer{addr: "http://" + addr, token: token, proc: p}
-		t.Cleanup(func() { p.stop(t, 20*time.Second) })
-		v.client = newClient(t, v.addr, token)
-		if lastErr = v.waitHealthy(ctx); lastErr == nil {
-			return v
-		}
-		p.stop(t, 5*time.Second)
-		log, _ := os.ReadFile(logPath) //nolint:gosec // Vault's log in the test's temporary directory
-		if !bytes.Contains(log, []byte("address already in use")) {
-			break
-		}
-		t.Logf("vault server: port %d was taken before Vault bound it; retrying", port)
-	}
-	t.Fatalf("vault server did not become ready: %v", lastErr)
-	return nil
+	t.Cleanup(func() { d.Stop(20*time.Second, t.Logf) })
+	return &vaultServer{addr: d.Addr, token: d.Token, client: d.Client, proc: d.Proc}
 }
 
 // newClient is a Vault client for addr with token; tweaks change its config first.
 func newClient(t testing.TB, addr, token string, tweaks ...func(*api.Config)) *api.Client {
 	t.Helper()
-	cfg := api.DefaultConfig()
-	cfg.Address = addr
-	// No retries: a retried read would be a second grant at the tenant, and the tests
-	// count grants.
-	cfg.MaxRetries = 0
-	cfg.Timeout = time.Minute
-	for _, f := range tweaks {
-		f(cfg)
-	}
-	c, err := api.NewClient(cfg)
+	c, err := vaultproc.NewClient(addr, token, tweaks...)
 	if err != nil {
-		t.Fatalf("vault client: %v", err)
+		t.Fatal(err)
 	}
-	c.SetToken(token)
-	c.ClearNamespace()
 	return c
-}
-
-func (v *vaultServer) waitHealthy(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	var lastErr error
-	for {
-		if v.proc.exited() {
-			if v.proc.waitErr == nil {
-				return errors.New("vault exited early, with status 0")
-			}
-			return fmt.Errorf("vault exited early: %w", v.proc.waitErr)
-		}
-		h, err := v.client.Sys().HealthWithContext(ctx)
-		switch {
-		case err != nil:
-			lastErr = err
-		case !h.Initialized || h.Sealed:
-			lastErr = fmt.Errorf("initialized=%t sealed=%t", h.Initialized, h.Sealed)
-		default:
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w (last: %w)", ctx.Err(), lastErr)
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
 }
 
 // enableAudit turns on a file audit device writing to path, with Vault's default
@@ -636,26 +570,15 @@ func (v *vaultServer) enableAudit(t testing.TB, path string, guard *logGuard) {
 // register adds b to the catalog by SHA-256 and version, as an operator would.
 func (v *vaultServer) register(t testing.TB, b *pluginBuild) {
 	t.Helper()
-	err := v.client.Sys().RegisterPlugin(&api.RegisterPluginInput{
-		Name:    pluginName,
-		Type:    api.PluginTypeSecrets,
-		Command: b.file,
-		SHA256:  b.sha256,
-		Version: b.version,
-	})
-	if err != nil {
-		t.Fatalf("registering %s %s: %v", pluginName, b.version, err)
+	if err := b.Register(context.Background(), v.client); err != nil {
+		t.Fatal(err)
 	}
 }
 
-func (v *vaultServer) mount(t testing.TB, path, version string) {
+func (v *vaultServer) mount(t testing.TB, path string, b *pluginBuild) {
 	t.Helper()
-	err := v.client.Sys().Mount(path, &api.MountInput{
-		Type:   pluginName,
-		Config: api.MountConfigInput{PluginVersion: version},
-	})
-	if err != nil {
-		t.Fatalf("enabling %s %s at %s: %v", pluginName, version, path, err)
+	if err := b.Mount(context.Background(), v.client, path); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -676,7 +599,7 @@ func (v *vaultServer) mountInfo(t testing.TB, path string) *api.MountOutput {
 // logText is the server's log so far.
 func (v *vaultServer) logText(t testing.TB) string {
 	t.Helper()
-	data, err := os.ReadFile(v.proc.logPath)
+	data, err := os.ReadFile(v.proc.LogPath())
 	if err != nil {
 		t.Fatal(err)
 	}

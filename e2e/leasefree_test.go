@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/api"
+
+	"github.com/idsec-labs/vault-plugin-secrets-cyberark/internal/vaultproc"
 )
 
 // TestLeaseFreeAgentFleet runs a small fleet of Vault Agents on one lease-free reuse
@@ -194,13 +196,13 @@ template {
 	}
 	logPath := filepath.Join(dir, "agent.log")
 	e.guard.addLog("vault agent "+name, logPath)
-	agent, err := startProcess("vault agent "+name, vaultBin(t), dir,
-		childEnv(dir, "VAULT_ADDR="+e.vault.addr), logPath,
+	agent, err := vaultproc.Start("vault agent "+name, vaultBin(t), dir,
+		vaultproc.ChildEnv(dir, "VAULT_ADDR="+e.vault.addr), logPath,
 		"agent", "-config=agent.hcl", "-log-level=debug")
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { agent.stop(t, 10*time.Second) })
+	t.Cleanup(func() { agent.Stop(10*time.Second, t.Logf) })
 	return filepath.Join(dir, "access-token"), logPath
 }
 

@@ -267,7 +267,7 @@ func TestLoadUnderRace(t *testing.T) {
 			note("%s: a lease of %s outlives the token's exp, %s after the read started", tg.path, lease, exp.Sub(r.start))
 		}
 		// And it ends at least the safety margin before: a tenth of the token's
-		// lifetime, 1s to 60s (README, "Leases and the safety margin"). The JWT's exp is
+		// lifetime, 1s to 60s (docs/leases.md). The JWT's exp is
 		// cut to whole seconds, hence the second of tolerance.
 		margin := min(max(time.Duration(claims.Exp-claims.Iat)*time.Second/10, time.Second), time.Minute)
 		if exp := time.Unix(claims.Exp, 0); r.start.Add(lease + margin - time.Second).After(exp) {

@@ -13,19 +13,16 @@ package e2e
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
+
+	"github.com/idsec-labs/vault-plugin-secrets-cyberark/internal/vaultproc"
 )
 
 const (
-	modulePath = "github.com/idsec-labs/vault-plugin-secrets-cyberark"
 	pluginName = "vault-plugin-secrets-cyberark"
 
 	// versionV1 is what every test mounts; versionV2 is the upgrade target.
@@ -90,9 +87,8 @@ func vaultBin(t testing.TB) string {
 type pluginBuild struct {
 	once    sync.Once
 	version string
-	file    string // base name, the catalog's command
-	sha256  string // hex
-	err     error
+	vaultproc.Plugin
+	err error
 }
 
 var (
@@ -111,45 +107,19 @@ func plugin(t testing.TB, version string) *pluginBuild {
 		builds[version] = b
 	}
 	buildsMu.Unlock()
-	b.once.Do(b.build)
+	b.once.Do(func() {
+		b.Plugin, b.err = vaultproc.BuildPlugin(context.Background(), vaultproc.Build{
+			ModuleRoot: moduleRoot,
+			Package:    "./cmd/" + pluginName,
+			Name:       pluginName,
+			Version:    version,
+			PluginDir:  pluginDir,
+			File:       pluginName + "-" + version,
+			Race:       version == versionRace,
+		})
+	})
 	if b.err != nil {
 		t.Fatalf("building the plugin %s: %v", version, b.err)
 	}
 	return b
-}
-
-func (b *pluginBuild) build() {
-	b.file = pluginName + "-" + b.version
-	dest := filepath.Join(pluginDir, b.file)
-	tmp := filepath.Join(pluginDir, "."+b.file+".tmp")
-	args := []string{"build", "-trimpath"}
-	if b.version == versionRace {
-		args = append(args, "-race")
-	}
-	args = append(args, "-ldflags", "-X "+modulePath+".Version="+b.version, "-o", tmp, "./cmd/"+pluginName)
-	cmd := exec.CommandContext(context.Background(), "go", args...)
-	cmd.Dir = moduleRoot
-	if out, err := cmd.CombinedOutput(); err != nil {
-		b.err = fmt.Errorf("%w\n%s", err, out)
-		return
-	}
-	// Renamed into place whole, so no Vault ever sees a half-written file.
-	if err := os.Rename(tmp, dest); err != nil {
-		b.err = err
-		return
-	}
-	b.sha256, b.err = fileSHA256(dest)
-}
-
-func fileSHA256(path string) (string, error) {
-	f, err := os.Open(path) //nolint:gosec // the plugin binary build has just written
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }

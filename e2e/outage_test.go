@@ -18,7 +18,7 @@ import (
 // leases (and a few that never reach the tenant) are outstanding, and times what an
 // operator then does: "vault lease revoke -sync -prefix" (Sys().RevokePrefix), retried
 // until it goes through, and "vault secrets disable", which fails the same way, then the
-// README's recovery ("Clearing leases while the tenant is down": revoke -force -prefix,
+// the recovery in docs/leases.md ("Clearing leases while the tenant is down": revoke -force -prefix,
 // then disable). No lease may be left behind, irrevocable or otherwise.
 //
 // The bounds follow from the rules, with total_timeout=1s and max_retries=0:
@@ -167,7 +167,7 @@ func TestRevocationDuringOutage(t *testing.T) {
 		t.Error("the mount serves token reads after a disable that failed")
 	}
 
-	// The README's recovery: force the leases out, then disable.
+	// The recovery in docs/leases.md: force the leases out, then disable.
 	base = revokes()
 	start = time.Now()
 	if err := c.Sys().RevokeForceWithContext(e.ctx, mountPath+"/token/"); err != nil {

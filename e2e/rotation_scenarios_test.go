@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/vault/api"
 
 	"github.com/idsec-labs/vault-plugin-secrets-cyberark/internal/emulator"
+	"github.com/idsec-labs/vault-plugin-secrets-cyberark/internal/vaultproc"
 )
 
 // The rotation review's scenarios B, D, D2, E and G (shared/reviews/rotation-review.md)
@@ -230,8 +231,8 @@ func oneChangePerDueTime(t *testing.T, changes []passwordChange, due0 time.Time,
 // listed.
 func killPlugin(t *testing.T, e *env) {
 	t.Helper()
-	vaultPID := e.vault.proc.cmd.Process.Pid
-	pids, err := childProcesses(vaultPID, pluginName+"-"+versionV1)
+	vaultPID := e.vault.proc.Pid()
+	pids, err := vaultproc.Children(vaultPID, pluginName+"-"+versionV1)
 	if errors.Is(err, errors.ErrUnsupported) {
 		t.Skipf("cannot list processes here: %v", err)
 	}

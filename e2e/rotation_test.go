@@ -22,6 +22,7 @@ import (
 	"github.com/hashicorp/vault/api"
 
 	"github.com/idsec-labs/vault-plugin-secrets-cyberark/internal/emulator"
+	"github.com/idsec-labs/vault-plugin-secrets-cyberark/internal/vaultproc"
 )
 
 // changePasswordPath is the tenant API that root rotation calls, as the emulator
@@ -337,16 +338,16 @@ func TestRotateRootSurvivesKilledPlugin(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			if _, err := childProcesses(1, pluginName); err != nil {
+			if _, err := vaultproc.Children(1, pluginName); err != nil {
 				t.Skipf("cannot list processes here: %v", err)
 			}
 			e := newEnv(t, 3600, withAuditLog())
 			e.configure()
 			e.readToken("token", nil)
 			original := e.tenant.secret
-			vaultPID := e.vault.proc.cmd.Process.Pid
+			vaultPID := e.vault.proc.Pid()
 			pluginFile := pluginName + "-" + versionV1
-			pids, err := childProcesses(vaultPID, pluginFile)
+			pids, err := vaultproc.Children(vaultPID, pluginFile)
 			if err != nil || len(pids) != 1 {
 				t.Fatalf("plugin processes under Vault (pid %d): %v (%v), want one", vaultPID, pids, err)
 			}
@@ -415,7 +416,7 @@ func TestRotateRootSurvivesKilledPlugin(t *testing.T) {
 			// A token read through Vault: served by a new plugin process, which settled
 			// the rotation when it started.
 			e.readToken("token", nil)
-			pids, err = childProcesses(vaultPID, pluginFile)
+			pids, err = vaultproc.Children(vaultPID, pluginFile)
 			if err != nil || len(pids) != 1 || pids[0] == oldPID {
 				t.Errorf("plugin processes under Vault after the read: %v (%v); want one new one (the killed one was %d)", pids, err, oldPID)
 			}

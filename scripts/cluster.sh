@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A 3-node Vault cluster with integrated storage (Raft) on loopback, from the pinned
 # Vault, with this plugin registered by SHA-256 and version and enabled: the cluster the
-# HA tests run on, and one a person can try failover on (README, "High availability").
+# HA tests run on, and one a person can try failover on (docs/high-availability.md).
 #
 #   scripts/cluster.sh start           start, initialise, unseal, join, register, enable
 #   scripts/cluster.sh status          each node's state and the Raft peers
@@ -23,12 +23,18 @@
 #   PLUGIN_BIN         the plugin binary to serve (default: built from this tree)
 #   VERSION            the version the plugin reports and is registered under
 #                      (default v0.1.0-dev, as the Makefile's)
+#   HTTPS_PROXY, NO_PROXY  passed on to the nodes, for a plugin that calls a real tenant
+#
+# Each of these is checked against a strict pattern before use (scripts/lib.sh).
 #
 # The cluster is for tests and trials only: its API listens on loopback without TLS,
 # and the one unseal key and the root token sit in $CLUSTER_DIR (mode 0600).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 umask 077
+prog=cluster
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 module="github.com/idsec-labs/vault-plugin-secrets-cyberark"
 plugin="vault-plugin-secrets-cyberark"
@@ -36,20 +42,33 @@ nodes=(1 2 3)
 # marker names start's own file in CLUSTER_DIR: stop removes nothing without it.
 marker=".vault-plugin-secrets-cyberark-cluster"
 
+# CLUSTER_DIR and CLUSTER_LOG_DIR end up inside the nodes' HCL files, as strings.
+need_path CLUSTER_DIR
+need_path CLUSTER_LOG_DIR
+need CLUSTER_LOG_LEVEL '^(trace|debug|info|warn|error)$' 'one of trace, debug, info, warn, error'
+need CLUSTER_MOUNT '^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$' 'a mount path of letters, digits, _ and -, in /-separated segments'
+need CLUSTER_PORTS '^[0-9]+ [0-9]+ [0-9]+$' 'three port numbers separated by single spaces'
+need_exec VAULT_BIN
+need_exec PLUGIN_BIN
+need_version VERSION
+need HTTPS_PROXY '^https?://[A-Za-z0-9._~:/@%+-]+$' 'an http:// or https:// proxy URL'
+need NO_PROXY '^[A-Za-z0-9._*:/,-]+$' 'a comma-separated list of hosts, domains and CIDRs'
+
 CLUSTER_DIR="${CLUSTER_DIR:-$PWD/.cluster}"
 CLUSTER_LOG_DIR="${CLUSTER_LOG_DIR:-$CLUSTER_DIR/logs}"
 CLUSTER_LOG_LEVEL="${CLUSTER_LOG_LEVEL:-info}"
 CLUSTER_MOUNT="${CLUSTER_MOUNT:-cyberark}"
 VERSION="${VERSION:-v0.1.0-dev}"
 read -r -a ports <<<"${CLUSTER_PORTS:-8210 8220 8230}"
-
-log() { printf 'cluster: %s\n' "$*" >&2; }
-die() {
-  log "$*"
-  exit 1
-}
-
-((${#ports[@]} == 3)) || die "CLUSTER_PORTS must name three API ports, got '${CLUSTER_PORTS:-}'"
+for i in 0 1 2; do
+  check_port CLUSTER_PORTS "${ports[i]}"
+  # Decimal from here on: 08210 would otherwise read as a bad octal number.
+  ports[i]=$((10#${ports[i]}))
+done
+# Each node takes its port and the next; no two nodes may share one.
+if (((ports[0] - ports[1]) ** 2 <= 1 || (ports[0] - ports[2]) ** 2 <= 1 || (ports[1] - ports[2]) ** 2 <= 1)); then
+  die "CLUSTER_PORTS must be three ports at least 2 apart (each node also takes the next port); got ${CLUSTER_PORTS:-}"
+fi
 case "$CLUSTER_DIR" in
 /*) ;;
 *) CLUSTER_DIR="$PWD/$CLUSTER_DIR" ;;
@@ -58,6 +77,10 @@ case "$CLUSTER_LOG_DIR" in
 /*) ;;
 *) CLUSTER_LOG_DIR="$PWD/$CLUSTER_LOG_DIR" ;;
 esac
+# The repository's own path, which the defaults and relative paths start from, passes
+# the same check: it too lands in the HCL files.
+check CLUSTER_DIR "$CLUSTER_DIR" "$path_re" "$path_what"
+check CLUSTER_LOG_DIR "$CLUSTER_LOG_DIR" "$path_re" "$path_what"
 
 node_dir() { printf '%s/node%s' "$CLUSTER_DIR" "$1"; }
 api_port() { printf '%s' "${ports[$(($1 - 1))]}"; }
@@ -95,8 +118,8 @@ status_of() {
   esac
 }
 
-# wait_for N WANT... : until node N's status is one of WANT, at most 90s.
-wait_for() {
+# wait_status N WANT... : until node N's status is one of WANT, at most 90s.
+wait_status() {
   local n="$1" i st
   shift
   for ((i = 0; i < 900; i++)); do
@@ -199,7 +222,6 @@ leader() {
 
 plugin_binary() {
   if [[ -n "${PLUGIN_BIN:-}" ]]; then
-    [[ -x "$PLUGIN_BIN" ]] || die "PLUGIN_BIN=$PLUGIN_BIN is not an executable file"
     echo "$PLUGIN_BIN"
     return
   fi
@@ -224,7 +246,7 @@ cmd_start() {
   # A start that fails part way stops what it started; the files stay, for the logs.
   trap 'stop_all; log "start failed: the nodes are stopped; their files and logs are in $CLUSTER_DIR (remove them with: $0 stop)"' EXIT
   bin="$(plugin_binary)"
-  sha="$(sha256sum "$bin" | awk '{ print $1 }')"
+  sha="$(sha256_of "$bin")"
   for n in "${nodes[@]}"; do
     write_config "$n"
     # Every node executes the plugin from its own directory; the catalog entry, with
@@ -233,7 +255,7 @@ cmd_start() {
     start_process "$n"
   done
   for n in "${nodes[@]}"; do
-    wait_for "$n" sealed
+    wait_status "$n" sealed
   done
 
   log "initialising node 1 (one unseal key, for trials only)"
@@ -243,7 +265,7 @@ cmd_start() {
   [[ -s "$CLUSTER_DIR/unseal-key" && -s "$CLUSTER_DIR/root-token" ]] || die "could not read the unseal key and root token from vault operator init"
   touch "$CLUSTER_DIR/init-done"
   unseal 1
-  wait_for 1 active
+  wait_status 1 active
   leader_addr="$(addr 1)"
   # New nodes join as non-voters and become voters once stable for this long (10s by
   # default); a cluster that loses its leader before then has no quorum.
@@ -253,7 +275,7 @@ cmd_start() {
     log "joining node $n"
     vault_cli operator raft join -address="$(addr "$n")" "$leader_addr" >/dev/null
     unseal "$n"
-    wait_for "$n" standby
+    wait_status "$n" standby
     wait_knows_leader "$n"
   done
   local i
@@ -336,10 +358,10 @@ cmd_start_node() {
   [[ -e "$CLUSTER_DIR/init-done" ]] || die "no cluster in $CLUSTER_DIR"
   VAULT_BIN="${VAULT_BIN:-$(scripts/vault-build.sh)}"
   start_process "$1"
-  wait_for "$1" sealed
+  wait_status "$1" sealed
   # Its Raft data already names the cluster: unsealed, it rejoins as a follower.
   unseal "$1"
-  wait_for "$1" standby active
+  wait_status "$1" standby active
   wait_knows_leader "$1"
   echo "cluster: node$1 $(addr "$1") $(status_of "$1")"
 }
@@ -383,7 +405,7 @@ stop-node)
 start-node) cmd_start_node "${2:-}" ;;
 stop) cmd_stop ;;
 *)
-  sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//' >&2
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2
   exit 2
   ;;
 esac

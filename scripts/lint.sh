@@ -5,9 +5,15 @@
 # .ci/run installs when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+prog=lint
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
+need_version GOLANGCI_LINT_VERSION
+need_path LINT_CACHE_DIR
+need_path XDG_CACHE_HOME
+need_path HOME
 GOLANGCI_LINT_VERSION="${GOLANGCI_LINT_VERSION:-v2.15.0}"
-log() { printf 'lint: %s\n' "$*" >&2; }
 
 out="$(gofmt -l .)"
 if [[ -n "$out" ]]; then
@@ -18,8 +24,7 @@ fi
 go vet ./...
 
 if [[ -z "${LINT_CACHE_DIR:-}${XDG_CACHE_HOME:-}${HOME:-}" ]]; then
-  log "set HOME or LINT_CACHE_DIR: there is nowhere private to cache golangci-lint"
-  exit 1
+  die "set HOME or LINT_CACHE_DIR: there is nowhere private to cache golangci-lint"
 fi
 cache="${LINT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/vault-plugin-secrets-cyberark}/golangci-lint-$GOLANGCI_LINT_VERSION"
 bin="$cache/golangci-lint"
@@ -34,8 +39,7 @@ fi
 if command -v shellcheck >/dev/null 2>&1; then
   shellcheck -x scripts/*.sh .ci/run
 elif [[ "${CI:-}" == true ]]; then
-  log "shellcheck is not installed"
-  exit 1
+  die "shellcheck is not installed"
 else
   log "shellcheck is not installed; skipped (apt-get install shellcheck)"
 fi

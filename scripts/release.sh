@@ -11,26 +11,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-log() { printf 'release: %s\n' "$*" >&2; }
+prog=release
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 
-VERSION="${VERSION:?set VERSION, e.g. VERSION=v0.1.0}"
+[[ -n "${VERSION:-}" ]] || die "set VERSION, e.g. VERSION=v0.1.0"
+need_version VERSION
+need RELEASE_GO '^go[0-9]+\.[0-9]+(\.[0-9]+)?$' 'a Go toolchain name such as go1.26.8'
+need RELEASE_ALLOW_DIRTY '^[01]$' '0 or 1'
 RELEASE_GO="${RELEASE_GO:-go1.26.8}"
-if [[ ! "$VERSION" =~ ^v[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?$ ]]; then
-  log "VERSION must be a semantic version with a leading v (v1.2.3 or v1.2.3-rc.1), got '$VERSION'"
-  exit 1
-fi
 if [[ -n "$(git status --porcelain 2>/dev/null)" && "${RELEASE_ALLOW_DIRTY:-}" != 1 ]]; then
-  log "the work tree has uncommitted changes; commit them (or set RELEASE_ALLOW_DIRTY=1 for a trial build, which BUILDINFO marks)"
-  exit 1
+  die "the work tree has uncommitted changes; commit them (or set RELEASE_ALLOW_DIRTY=1 for a trial build, which BUILDINFO marks)"
 fi
 
 export GOTOOLCHAIN="$RELEASE_GO" CGO_ENABLED=0 GOFLAGS=-mod=readonly
 export GOAMD64=v1 GOARM64=v8.0 GOEXPERIMENT='' GOFIPS140=off
 if [[ "$(go env GOVERSION)" != "$RELEASE_GO" ]]; then
-  log "the go command runs $(go env GOVERSION), not $RELEASE_GO"
-  exit 1
+  die "the go command runs $(go env GOVERSION), not $RELEASE_GO"
 fi
 
 module="github.com/idsec-labs/vault-plugin-secrets-cyberark"

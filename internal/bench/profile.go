@@ -1,23 +1,23 @@
 package main
 
 import (
+	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
+
+	"github.com/prometheus/common/expfmt"
 )
 
 // profile loads the engine with each token read in turn while it takes a CPU profile
 // and then an allocation profile of the engine's process, from the pprof listener of
-// the internal/benchprof build, into -profile-dir.
+// the internal/bench/engineprof build, into -profile-dir.
 func (b *bench) profile(ctx context.Context) error {
-	if b.o.pprofAddr == "" {
-		return fmt.Errorf("-profile-dir needs -pprof, the engine's pprof listener")
-	}
 	if err := os.MkdirAll(b.o.profileDir, 0o750); err != nil {
 		return err
 	}
@@ -28,12 +28,7 @@ func (b *bench) profile(ctx context.Context) error {
 		key string
 		c   int
 	}{{"uncached", 1}, {"reuse", b.o.conc}, {"leasefree", b.o.conc}} {
-		var s scenario
-		for _, sc := range scenarios {
-			if sc.key == run.key {
-				s = sc
-			}
-		}
+		s := scenarioByKey(run.key)
 		seconds := int(b.o.duration / time.Second)
 		done := make(chan error, 1)
 		go func() {
@@ -42,13 +37,13 @@ func (b *bench) profile(ctx context.Context) error {
 		}()
 		time.Sleep(time.Second)
 		name := fmt.Sprintf("%s-c%d", run.key, run.c)
-		if err := b.fetch(ctx, fmt.Sprintf("/debug/pprof/profile?seconds=%d", seconds), filepath.Join(b.o.profileDir, name+".cpu.pprof")); err != nil {
+		if err := b.pprof(ctx, fmt.Sprintf("/debug/pprof/profile?seconds=%d", seconds), filepath.Join(b.o.profileDir, name+".cpu.pprof")); err != nil {
 			return err
 		}
 		if err := <-done; err != nil {
 			return err
 		}
-		if err := b.fetch(ctx, "/debug/pprof/allocs", filepath.Join(b.o.profileDir, name+".allocs.pprof")); err != nil {
+		if err := b.pprof(ctx, "/debug/pprof/allocs", filepath.Join(b.o.profileDir, name+".allocs.pprof")); err != nil {
 			return err
 		}
 		if s.leased {
@@ -61,12 +56,14 @@ func (b *bench) profile(ctx context.Context) error {
 	return nil
 }
 
-func (b *bench) fetch(ctx context.Context, path, dest string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+b.o.pprofAddr+path, nil)
+// pprof saves the engine's profile at path into dest.
+func (b *bench) pprof(ctx context.Context, path, dest string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+b.bed.pprofAddr+path, nil)
 	if err != nil {
 		return err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	// A CPU profile takes the seconds it asks for; the Vault client's timeout is longer.
+	resp, err := b.vaultHC.Do(req)
 	if err != nil {
 		return fmt.Errorf("pprof: %w", err)
 	}
@@ -87,64 +84,69 @@ func (b *bench) fetch(ctx context.Context, path, dest string) error {
 // engine's own grant-duration metric around the second: it splits an uncached read's
 // time into the grant as the engine sees it and everything else.
 func (b *bench) grantSplit(ctx context.Context) error {
-	find := func(key string) scenario {
-		for _, s := range scenarios {
-			if s.key == key {
-				return s
-			}
-		}
-		panic(key)
-	}
-	direct, err := b.measure(ctx, find("direct"), 1)
+	direct, err := b.measure(ctx, scenarioByKey("direct"), 1)
 	if err != nil {
 		return err
 	}
-	viaClient, err := b.measure(ctx, find("client"), 1)
+	viaClient, err := b.measure(ctx, scenarioByKey("client"), 1)
 	if err != nil {
 		return err
 	}
-	jwt, err := b.measure(ctx, find("jwt"), 1)
+	jwt, err := b.measure(ctx, scenarioByKey("jwt"), 1)
 	if err != nil {
 		return err
 	}
-	before, err := b.grantStats(ctx)
+	before, err := b.grantTimes(ctx)
 	if err != nil {
 		return err
 	}
-	uncached, err := b.measure(ctx, find("uncached"), 1)
+	uncached, err := b.measure(ctx, scenarioByKey("uncached"), 1)
 	if err != nil {
 		return err
 	}
-	after, err := b.grantStats(ctx)
+	after, err := b.grantTimes(ctx)
 	if err != nil {
 		return err
 	}
-	n := after.Count - before.Count
-	if n <= 0 {
+	n := after.count - before.count
+	if n == 0 {
 		return fmt.Errorf("the engine recorded no grants")
 	}
-	inside := (after.SumMS - before.SumMS) / float64(n)
+	inside := (after.sumMS - before.sumMS) / float64(n)
 	fmt.Fprintf(os.Stderr, "c=1 mean: direct tenant call %.3f ms, through the client package %.3f ms; trivial JWT-sized lease %.3f ms; "+
 		"uncached read %.3f ms, of which the grant as the engine times it %.3f ms (%d grants, warm-up included) and the rest %.3f ms\n",
 		ms(direct.mean), ms(viaClient.mean), ms(jwt.mean), ms(uncached.mean), inside, n, ms(uncached.mean)-inside)
 	return nil
 }
 
-type grantStats struct {
-	Count int     `json:"count"`
-	SumMS float64 `json:"sum_ms"`
+// grantTimes is the engine's grant-duration summary, all outcomes together.
+type grantTimes struct {
+	count uint64
+	sumMS float64 // go-metrics times in milliseconds
 }
 
-func (b *bench) grantStats(ctx context.Context) (grantStats, error) {
-	var st grantStats
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+b.o.pprofAddr+"/debug/grants", nil)
+// grantTimes reads the mount's metrics path, as a Prometheus scraper would.
+func (b *bench) grantTimes(ctx context.Context) (grantTimes, error) {
+	var g grantTimes
+	status, body, err := b.vaultGet(ctx, strings.TrimSuffix(b.bed.vault.Addr, "/")+"/v1/cyberark/metrics")
 	if err != nil {
-		return st, err
+		return g, err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	if status != http.StatusOK {
+		return g, fmt.Errorf("cyberark/metrics: HTTP %d: %.200s", status, body)
+	}
+	var parser expfmt.TextParser
+	families, err := parser.TextToMetricFamilies(bytes.NewReader(body))
 	if err != nil {
-		return st, err
+		return g, fmt.Errorf("cyberark/metrics: %w", err)
 	}
-	defer resp.Body.Close()
-	return st, json.NewDecoder(resp.Body).Decode(&st)
+	f := families["cyberark_grant_duration"]
+	if f == nil {
+		return g, nil // no grant yet
+	}
+	for _, m := range f.GetMetric() {
+		g.count += m.GetSummary().GetSampleCount()
+		g.sumMS += m.GetSummary().GetSampleSum()
+	}
+	return g, nil
 }

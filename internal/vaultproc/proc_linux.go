@@ -1,4 +1,4 @@
-package e2e
+package vaultproc
 
 import (
 	"bytes"
@@ -8,9 +8,10 @@ import (
 	"strings"
 )
 
-// childProcesses returns the IDs of parent's child processes whose command (the first
-// word of their command line) is a file named base, read from /proc.
-func childProcesses(parent int, base string) ([]int, error) {
+// Children returns the IDs of parent's child processes whose command (the first word
+// of their command line) is a file named base, read from /proc: the plugin processes a
+// Vault server started.
+func Children(parent int, base string) ([]int, error) {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil, err
@@ -48,4 +49,19 @@ func childProcesses(parent int, base string) ([]int, error) {
 		}
 	}
 	return pids, nil
+}
+
+// PeakRSS is the peak resident set of process pid (VmHWM), in bytes.
+func PeakRSS(pid int) (int64, error) {
+	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.SplitSeq(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, os.ErrNotExist
 }

@@ -1,6 +1,6 @@
-// Command benchplugin is a trivial secrets engine for scripts/bench.sh: the floor that
-// any read served by an external plugin built with the same SDK costs in Vault, with no
-// tenant, storage or cache behind it. It answers:
+// Command trivial is a trivial secrets engine for the benchmark (internal/bench): the
+// floor that any read served by an external plugin built with the same SDK costs in
+// Vault, with no tenant, storage or cache behind it. It answers:
 //
 //   - plain: a constant, without a lease;
 //   - small: a constant in a one-hour lease with a few bytes of internal data;
@@ -27,8 +27,8 @@ import (
 	"github.com/hashicorp/vault/sdk/plugin"
 )
 
-// Version is what the plugin reports; scripts/bench.sh registers it under this one.
-const Version = "v0.0.1-bench"
+// Version is what the plugin reports; the benchmark links in the version it registers.
+var Version = "v0.0.1-bench"
 
 const secretType = "bench_token"
 
