@@ -5,6 +5,7 @@ package cyberark
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -91,9 +92,12 @@ func (c *replicationStateCache) ReplicationState() consts.ReplicationState {
 type backend struct {
 	*framework.Backend
 
-	// root is the config's client secret and its rotation: the one credential a mount
-	// holds today.
+	// root is the config's client secret and its rotation: the client named default.
 	root *credential
+	// creds are the mount's clients by name, root among them, made when first named
+	// (credential): each owns its secret, its rotation state, schedule and budget.
+	credsMu sync.Mutex
+	creds   map[string]*credential
 	// roleMu serialises role writes, so a partial update reads and writes a
 	// consistent role.
 	roleMu sync.Mutex
@@ -103,7 +107,8 @@ type backend struct {
 	// storage is the mount's storage, for the rotation scheduler's timer, which has no
 	// request to take it from.
 	storage logical.Storage
-	// schedule fires scheduled root rotations where Vault's rotation manager does not.
+	// schedule is root's scheduler, which fires its scheduled rotations where Vault's
+	// rotation manager does not; every credential has its own.
 	schedule *scheduler
 	// afterRotationStep, when set by a test, is called after each step of a rotation.
 	afterRotationStep func(step string)
@@ -132,19 +137,21 @@ func newBackend() *backend {
 		promRegistry:   registry,
 		revokeFailures: newFailureCounter(),
 		keyCache:       newKeyCache(),
-		schedule:       newScheduler(),
+		creds:          make(map[string]*credential),
 		now:            time.Now,
 	}
 	b.cache = newCache(b.newTenantClient)
-	b.root = newCredential(b, "default", configPath)
+	b.root = b.credential(defaultClient)
+	b.schedule = b.root.sched
 	b.Backend = &framework.Backend{
 		Help:        strings.TrimSpace(backendHelp),
 		BackendType: logical.TypeLogical,
 		PathsSpecial: &logical.Paths{
-			SealWrapStorage: []string{configPath},
+			SealWrapStorage: []string{configPath, clientsPrefix},
 		},
 		Paths: framework.PathAppend(
 			[]*framework.Path{pathConfig(b), pathRotateRoot(b), pathMetrics(b)},
+			pathClients(b),
 			pathRoles(b),
 			pathToken(b),
 		),
@@ -159,26 +166,72 @@ func newBackend() *backend {
 	return b
 }
 
+// credential is the client named name, made on first use. Its storage key is config
+// for the default client, clients/<name> for the others.
+func (b *backend) credential(name string) *credential {
+	b.credsMu.Lock()
+	defer b.credsMu.Unlock()
+	if c := b.creds[name]; c != nil {
+		return c
+	}
+	c := newCredential(b, name, clientStorageKey(name))
+	b.creds[name] = c
+	return c
+}
+
+// knownCredentials are the credentials made so far, root first.
+func (b *backend) knownCredentials() []*credential {
+	b.credsMu.Lock()
+	defer b.credsMu.Unlock()
+	out := []*credential{b.root}
+	for name, c := range b.creds {
+		if name != defaultClient {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// storedCredentials are root and every client stored under clients/: what the
+// periodic function and a start look after.
+func (b *backend) storedCredentials(ctx context.Context, s logical.Storage) ([]*credential, error) {
+	names, err := s.List(ctx, clientsPrefix)
+	if err != nil {
+		return []*credential{b.root}, fmt.Errorf("listing clients: %w", err)
+	}
+	out := []*credential{b.root}
+	for _, name := range names {
+		if name != defaultClient && !strings.HasSuffix(name, "/") {
+			out = append(out, b.credential(name))
+		}
+	}
+	return out, nil
+}
+
 // invalidate is called when another node (or replication) changed a storage key.
 func (b *backend) invalidate(_ context.Context, key string) {
 	switch {
 	case key == configPath:
-		b.cache.resetConfig()
-	case key == b.root.gate.key:
-		b.root.gate.invalidate()
+		b.cache.resetClient(defaultClient)
+	case strings.HasPrefix(key, clientsPrefix):
+		b.cache.resetClient(strings.TrimPrefix(key, clientsPrefix))
+	case strings.HasPrefix(key, failedLoginsPrefix):
+		b.credential(strings.TrimPrefix(key, failedLoginsPrefix)).gate.invalidate()
 	case strings.HasPrefix(key, rolePrefix):
 		b.cache.resetRole(strings.TrimPrefix(key, rolePrefix))
 	}
 }
 
 func (b *backend) clean(_ context.Context) {
-	// A rotation the timer started is cut short and waited for, so it cannot race the
-	// instance that takes over; what it stored is settled by that instance.
-	b.schedule.stop(30 * time.Second)
-	if b.storage != nil {
-		// A refusal counted in memory only must outlive this instance.
-		if err := b.root.gate.flush(context.Background(), b.storage); err != nil {
-			b.Logger().Error("could not store the failed-login count before stopping", "error", err)
+	for _, c := range b.knownCredentials() {
+		// A rotation the timer started is cut short and waited for, so it cannot race
+		// the instance that takes over; what it stored is settled by that instance.
+		c.sched.stop(30 * time.Second)
+		if b.storage != nil {
+			// A refusal counted in memory only must outlive this instance.
+			if err := c.gate.flush(context.Background(), b.storage); err != nil {
+				b.Logger().Error("could not store the failed-login count before stopping", "client", c.name, "error", err)
+			}
 		}
 	}
 	b.cache.resetAll()
@@ -190,35 +243,50 @@ func (b *backend) initialize(ctx context.Context, req *logical.InitializationReq
 	if !b.WriteSafeReplicationState() {
 		return nil
 	}
-	if _, err := b.root.settleIf(ctx, req.Storage, settleOnStart); err != nil {
-		// The mount must still come up: tokens are served with the stored secret,
-		// and the periodic function tries again.
-		b.Logger().Error("could not settle an interrupted root rotation at start", "error", err)
-	}
-	cfg, err := readConfig(ctx, req.Storage)
+	creds, err := b.storedCredentials(ctx, req.Storage)
 	if err != nil {
-		b.Logger().Error("could not read the config to arm the rotation schedule", "error", err)
-		return nil
+		b.Logger().Error("could not list the clients to settle and schedule their rotations; the periodic function tries again", "error", err)
 	}
-	b.armSchedule(cfg)
+	for _, c := range creds {
+		if _, err := c.settleIf(ctx, req.Storage, settleOnStart); err != nil {
+			// The mount must still come up: tokens are served with the stored secret,
+			// and the periodic function tries again.
+			b.Logger().Error("could not settle an interrupted root rotation at start", "client", c.name, "error", err)
+		}
+		cfg, err := c.load(ctx, req.Storage)
+		if err != nil {
+			b.Logger().Error("could not read the config to arm the rotation schedule", "client", c.name, "error", err)
+			continue
+		}
+		c.armSchedule(cfg)
+	}
 	return nil
 }
 
 // periodic runs about once a minute on the active node (Vault's rollback manager).
 func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
-	if err := b.root.gate.flush(ctx, req.Storage); err != nil {
-		b.Logger().Error("could not store the failed-login count", "error", err)
+	creds, lerr := b.storedCredentials(ctx, req.Storage)
+	var errs []error
+	for _, c := range creds {
+		if err := c.gate.flush(ctx, req.Storage); err != nil {
+			b.Logger().Error("could not store the failed-login count", "client", c.name, "error", err)
+		}
+		if _, err := c.settleIf(ctx, req.Storage, settlePeriodic); err != nil {
+			b.Logger().Error("could not settle an interrupted root rotation", "client", c.name, "error", err)
+		}
+		errs = append(errs, c.rotateIfDue(ctx, req.Storage))
 	}
-	if _, err := b.root.settleIf(ctx, req.Storage, settlePeriodic); err != nil {
-		b.Logger().Error("could not settle an interrupted root rotation", "error", err)
-	}
-	return b.rotateIfDue(ctx, req.Storage)
+	return errors.Join(append(errs, lerr)...)
 }
 
 // rotateCredential is what Vault's rotation manager (Enterprise) calls when the job
-// registered by a config write is due.
+// registered by a config write is due: its path names the client.
 func (b *backend) rotateCredential(ctx context.Context, req *logical.Request) error {
-	_, err := b.rotateRoot(ctx, req.Storage, false)
+	name := defaultClient
+	if rest, ok := strings.CutPrefix(req.Path, clientsPrefix); ok {
+		name = strings.TrimSuffix(rest, "/rotate-root")
+	}
+	_, err := b.rotateClient(ctx, req.Storage, b.credential(name), false)
 	return err
 }
 

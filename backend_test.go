@@ -233,8 +233,8 @@ func TestFactoryReportsVersionAndSealWrapsConfig(t *testing.T) {
 	if got := e.b.PluginVersion().Version; got != Version {
 		t.Errorf("PluginVersion = %q, want %q", got, Version)
 	}
-	if got := e.b.SpecialPaths().SealWrapStorage; len(got) != 1 || got[0] != "config" {
-		t.Errorf("SealWrapStorage = %v, want [config]", got)
+	if got := e.b.SpecialPaths().SealWrapStorage; len(got) != 2 || got[0] != "config" || got[1] != "clients/" {
+		t.Errorf("SealWrapStorage = %v, want [config clients/]", got)
 	}
 }
 

@@ -1,9 +1,11 @@
 package cyberark
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/hashicorp/vault/sdk/logical"
@@ -19,9 +21,10 @@ const maxViewTries = 8
 // errSettingsChanging is returned when the settings changed under every try of a view.
 var errSettingsChanging = errors.New("the engine's config or roles changed during this request; try again")
 
-// cache holds everything a token read needs besides the tenant's answer: the config,
-// the roles, one tenant client per application, and the tokens of roles that reuse
-// them. It is the only place that knows how they stay coherent.
+// cache holds everything a token read needs besides the tenant's answer: each
+// client's config, the roles, one tenant client per client and application, and the
+// tokens of roles that reuse them. It is the only place that knows how they stay
+// coherent.
 //
 // Coherence rests on one counter, gen, bumped under mu by every reset. A request takes
 // all it uses from one generation (a view); work started under an older generation
@@ -34,62 +37,117 @@ type cache struct {
 
 	mu      sync.RWMutex
 	gen     uint64
-	config  *cyberarkConfig
+	configs map[string]*cyberarkConfig // by client name
 	roles   map[string]*roleEntry
-	clients map[string]*client.Client // by app ID, all built from config
+	clients map[string]*client.Client // by clientKey(client name, app ID)
 	// tokens holds tokens of roles with token_reuse, in memory only: never in storage.
+	// Their keys start with clientKey's client part.
 	tokens map[string]*client.Token
 
 	// grants lets concurrent misses for one reused token share one grant.
 	grants singleflight.Group
+
+	// protected is every client's protected scopes, by client name, of generation
+	// protectedGen (othersProtected).
+	protected    map[string][]string
+	protectedGen uint64
+}
+
+// othersProtected returns the protected scopes of every client but name, read from
+// storage once per generation: token reads hold each token against them.
+func (c *cache) othersProtected(ctx context.Context, name string, load func(context.Context) (map[string][]string, error)) ([]string, error) {
+	c.mu.RLock()
+	all, gen := c.protected, c.gen
+	fresh := all != nil && c.protectedGen == gen
+	c.mu.RUnlock()
+	if !fresh {
+		var err error
+		if all, err = load(ctx); err != nil {
+			return nil, err
+		}
+		c.mu.Lock()
+		if c.gen == gen {
+			c.protected, c.protectedGen = all, gen
+		}
+		c.mu.Unlock()
+	}
+	var out []string
+	for other, scopes := range all {
+		if other != name {
+			out = append(out, scopes...)
+		}
+	}
+	return out, nil
 }
 
 // view is what one request works with: settings that were current together. Its
 // values are shared and must not be modified.
 type view struct {
 	gen    uint64
-	config *cyberarkConfig // nil: the engine is not configured
+	name   string          // the client's name
+	config *cyberarkConfig // nil: the client is not configured
 	role   *roleEntry      // nil: no role was named, or it does not exist
 	client *client.Client  // nil when config or a named role is missing
+	// others are the other clients' rotation, management and denied scopes, when the
+	// read has looked them up (cache.othersProtected).
+	others []string
+}
+
+// protectedScopes are the scopes no token of this view may carry: its own client's
+// rotation, management and denied scopes, and every other client's.
+func (v *view) protectedScopes() []string {
+	return append(v.config.protectedScopes(), v.others...)
 }
 
 func newCache(newClient func(*cyberarkConfig, string) (*client.Client, error)) *cache {
 	return &cache{
 		newClient: newClient,
+		configs:   make(map[string]*cyberarkConfig),
 		roles:     make(map[string]*roleEntry),
 		clients:   make(map[string]*client.Client),
 		tokens:    make(map[string]*client.Token),
 	}
 }
 
-// view returns the config, the role roleName (none when empty) and the tenant client
+// clientKey keys what the cache holds for one client: a name never holds a newline.
+func clientKey(name, rest string) string {
+	return name + "\n" + rest
+}
+
+// view returns the role roleName (none when empty), the config of the client it names
+// (clientName when no role is named; "" is the default client) and the tenant client
 // for appID, all of one generation. An empty appID means the application the role or
 // the config names. Misses are read from storage without holding the lock, so a slow
 // storage read never holds up other readers.
-func (c *cache) view(ctx context.Context, s logical.Storage, roleName, appID string) (*view, error) {
+func (c *cache) view(ctx context.Context, s logical.Storage, clientName, roleName, appID string) (*view, error) {
 	for range maxViewTries {
 		c.mu.RLock()
-		v := &view{gen: c.gen, config: c.config, role: c.roles[roleName]}
-		if v.config != nil {
-			v.client = c.clients[v.appID(appID)]
+		v := &view{gen: c.gen, role: c.roles[roleName], name: cmp.Or(clientName, defaultClient)}
+		known := roleName == "" || v.role != nil
+		if known {
+			v.name = v.clientName()
+			if v.config = c.configs[v.name]; v.config != nil {
+				v.client = c.clients[clientKey(v.name, v.appID(appID))]
+			}
 		}
 		c.mu.RUnlock()
-		if v.client != nil && (roleName == "" || v.role != nil) {
+		if v.client != nil && known {
 			return v, nil
 		}
 
 		var err error
+		if !known {
+			if v.role, err = readRole(ctx, s, roleName); err != nil || v.role == nil {
+				return v, err // no role: the caller says what is missing
+			}
+			v.name = v.clientName()
+		}
 		if v.config == nil {
-			if v.config, err = readConfig(ctx, s); err != nil {
+			if v.config, err = readConfigAt(ctx, s, clientStorageKey(v.name)); err != nil {
 				return nil, err
 			}
 		}
-		if roleName != "" && v.role == nil {
-			if v.role, err = readRole(ctx, s, roleName); err != nil {
-				return nil, err
-			}
-		}
-		if v.config == nil || roleName != "" && v.role == nil {
+		if v.config == nil {
 			return v, nil // nothing to build a client for; the caller says what is missing
 		}
 
@@ -108,10 +166,11 @@ func (c *cache) view(ctx context.Context, s logical.Storage, roleName, appID str
 // fillLocked stores what v read into the cache, of v's generation, and completes v
 // with the client for appID. The caller holds mu for writing.
 func (c *cache) fillLocked(v *view, roleName, appID string) (*view, error) {
-	if c.config == nil {
-		c.config = v.config
+	if cached := c.configs[v.name]; cached != nil {
+		v.config = cached
+	} else {
+		c.configs[v.name] = v.config
 	}
-	v.config = c.config
 	if roleName != "" {
 		if cached := c.roles[roleName]; cached != nil {
 			v.role = cached
@@ -119,15 +178,24 @@ func (c *cache) fillLocked(v *view, roleName, appID string) (*view, error) {
 			c.roles[roleName] = v.role
 		}
 	}
-	if v.client = c.clients[appID]; v.client == nil {
+	key := clientKey(v.name, appID)
+	if v.client = c.clients[key]; v.client == nil {
 		cl, err := c.newClient(v.config, appID)
 		if err != nil {
 			return nil, err
 		}
-		c.clients[appID] = cl
+		c.clients[key] = cl
 		v.client = cl
 	}
 	return v, nil
+}
+
+// clientName is the client the view's role names, or the one asked for without a role.
+func (v *view) clientName() string {
+	if v.role != nil {
+		return v.role.client()
+	}
+	return v.name
 }
 
 // appID is the application a request for want goes to: want itself, else the role's,
@@ -187,28 +255,35 @@ func (c *cache) reusedToken(ctx context.Context, v *view, key string, fresh func
 	}
 }
 
-// resetConfig drops the config and everything built from it. Requests already under
-// way keep the client they hold and finish with it.
-func (c *cache) resetConfig() {
+// resetClient drops a client's config and everything built from it. Requests already
+// under way keep the tenant client they hold and finish with it.
+func (c *cache) resetClient(name string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.gen++
-	c.config = nil
-	for _, cl := range c.clients {
-		cl.Close()
+	delete(c.configs, name)
+	prefix := clientKey(name, "")
+	for key, cl := range c.clients {
+		if strings.HasPrefix(key, prefix) {
+			cl.Close()
+			delete(c.clients, key)
+		}
 	}
-	c.clients = make(map[string]*client.Client)
-	c.tokens = make(map[string]*client.Token)
+	for key := range c.tokens {
+		if strings.HasPrefix(key, prefix) {
+			delete(c.tokens, key)
+		}
+	}
 }
 
-// refreshConfig drops the cached config alone: a write changed only its rotation
-// state, not the secret or where it is sent, so the clients and reused tokens built
-// from it stay good. Reads take the new state from their next view.
-func (c *cache) refreshConfig() {
+// refreshClient drops a client's cached config alone: a write changed only its
+// rotation state, not the secret or where it is sent, so the tenant clients and reused
+// tokens built from it stay good. Reads take the new state from their next view.
+func (c *cache) refreshClient(name string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.gen++
-	c.config = nil
+	delete(c.configs, name)
 }
 
 // resetRole drops a role and all reused tokens. Tokens are keyed by what they were
@@ -224,8 +299,14 @@ func (c *cache) resetRole(name string) {
 
 // resetAll empties the cache, as when Vault unmounts or reloads the engine.
 func (c *cache) resetAll() {
-	c.resetConfig()
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.gen++
+	for _, cl := range c.clients {
+		cl.Close()
+	}
+	c.configs = make(map[string]*cyberarkConfig)
 	c.roles = make(map[string]*roleEntry)
+	c.clients = make(map[string]*client.Client)
+	c.tokens = make(map[string]*client.Token)
 }

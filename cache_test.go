@@ -36,7 +36,7 @@ func TestViewNeverFillsFromBeforeAWrite(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t)
 	e.configure(t)
-	e.b.cache.resetConfig() // the next view reads storage
+	e.b.cache.resetClient(defaultClient) // the next view reads storage
 
 	slow := &blockingStorage{Storage: e.storage, key: configPath, reached: make(chan struct{}), release: make(chan struct{})}
 	type result struct {
@@ -45,7 +45,7 @@ func TestViewNeverFillsFromBeforeAWrite(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		v, err := e.b.cache.view(t.Context(), slow, "", "")
+		v, err := e.b.cache.view(t.Context(), slow, "", "", "")
 		done <- result{v, err}
 	}()
 	<-slow.reached
@@ -59,7 +59,7 @@ func TestViewNeverFillsFromBeforeAWrite(t *testing.T) {
 	if len(r.v.config.Scopes) != 1 || r.v.config.Scopes[0] != "write" {
 		t.Errorf("the reader was served the config from before the write (scopes %v)", r.v.config.Scopes)
 	}
-	v, err := e.b.cache.view(t.Context(), e.storage, "", "")
+	v, err := e.b.cache.view(t.Context(), e.storage, "", "", "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +89,7 @@ func TestViewIsConsistentUnderWrites(t *testing.T) {
 					return
 				default:
 				}
-				v, err := e.b.cache.view(ctx, e.storage, "r", "")
+				v, err := e.b.cache.view(ctx, e.storage, "", "r", "")
 				if err != nil {
 					t.Error(err)
 					return
@@ -102,7 +102,7 @@ func TestViewIsConsistentUnderWrites(t *testing.T) {
 				// the view's config and client: nothing from another generation.
 				c := e.b.cache
 				c.mu.RLock()
-				mixed := c.gen == v.gen && (c.config != v.config || c.clients[v.appID("")] != v.client || c.roles["r"] != v.role)
+				mixed := c.gen == v.gen && (c.configs[v.name] != v.config || c.clients[clientKey(v.name, v.appID(""))] != v.client || c.roles["r"] != v.role)
 				c.mu.RUnlock()
 				if mixed {
 					t.Error("a view of the current generation differs from the cache")

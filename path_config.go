@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
 	"sort"
@@ -93,6 +94,16 @@ type cyberarkConfig struct {
 	// DeniedScopes are scopes no workload token may carry besides the rotation
 	// scopes; nil means defaultDeniedScopes, an empty list none (trust.go).
 	DeniedScopes []string `json:"denied_scopes"`
+	// RotationMethod is how the secret is rotated: "self" (also when empty) through the
+	// user's own ChangeUserPassword, or "managed" through Manager's ResetUserPassword.
+	RotationMethod string `json:"rotation_method,omitempty"`
+	Manager        string `json:"manager,omitempty"`
+	// ManagedClients (names or globs) are the clients this one may rotate as their
+	// manager, with a token asked for with ManagementScopes.
+	ManagedClients   []string `json:"managed_clients,omitempty"`
+	ManagementScopes []string `json:"management_scopes,omitempty"`
+	// AllowedRoles (names or globs) may get tokens of this client (allowsRole).
+	AllowedRoles []string `json:"allowed_roles,omitempty"`
 	automatedrotationutil.AutomatedRotationParams
 	Rotation rotationState `json:"rotation"`
 }
@@ -164,129 +175,7 @@ func pathConfig(b *backend) *framework.Path {
 		DisplayAttrs: &framework.DisplayAttributes{
 			OperationPrefix: operationPrefix,
 		},
-		Fields: map[string]*framework.FieldSchema{
-			"tenant_url": {
-				Type:        framework.TypeString,
-				Description: "Base URL of the CyberArk Identity tenant, e.g. https://abc1234.id.cyberark.cloud. https only; http is accepted for loopback hosts. Required unless token_url is set. Changing it requires client_secret in the same write.",
-			},
-			"app_id": {
-				Type:        framework.TypeString,
-				Description: "Application ID of the OAuth2 confidential client app. Required unless token_url is set.",
-			},
-			"client_id": {
-				Type: framework.TypeString,
-				// Not Required: an update may leave it out (it keeps the stored value), and
-				// OpenAPI's "required" would make generated clients and the UI send it with
-				// every write. A create without it is a 400 all the same.
-				Description: "Login name of the service user that is the confidential client, e.g. svc-vault@abc1234. Required when the config is created. Changing it requires client_secret in the same write.",
-			},
-			"client_secret": {
-				Type:         framework.TypeString,
-				Description:  "Password of the service user. Required when the config is created, and in any write that changes where it is sent (tenant_url, token_url, revoke_url, client_id, client_auth, ca_cert, or app_id when it moves an endpoint); never returned by a read.",
-				DisplayAttrs: &framework.DisplayAttributes{Sensitive: true},
-			},
-			"scopes": {
-				Type:        framework.TypeCommaStringSlice,
-				Description: "Scopes requested by reads of token (and by roles that set none), as a list or comma-separated string.",
-			},
-			"token_url": {
-				Type:        framework.TypeString,
-				Description: "Absolute URL of the token endpoint, overriding <tenant_url>/oauth2/token/<app_id>; e.g. <tenant_url>/oauth2/platformtoken.",
-			},
-			"token_params": {
-				Type:        framework.TypeKVPairs,
-				Description: "Parameters sent with every grant besides the engine's own, as key=value pairs: audience, resource (RFC 8707) and the like. Never grant_type, client_id, client_secret, scope or other credentials. An empty map removes them.",
-			},
-			"client_auth": {
-				Type:          framework.TypeString,
-				Description:   `How the client authenticates: "basic" (Authorization: Basic with the raw ID and secret) or "post" (client_secret_post form fields).`,
-				Default:       clientAuthBasic,
-				AllowedValues: []any{clientAuthBasic, clientAuthPost},
-			},
-			"ca_cert": {
-				Type:        framework.TypeString,
-				Description: "PEM bundle of CA certificates that the tenant's certificate must chain to, instead of the system roots.",
-			},
-			"request_timeout": {
-				Type:        framework.TypeDurationSecond,
-				Description: "Time limit for one HTTP exchange with the tenant, as seconds or a duration string.",
-				Default:     int(defaultRequestTimeout.Seconds()),
-			},
-			"total_timeout": {
-				Type:        framework.TypeDurationSecond,
-				Description: "Time limit for a whole token read or revocation, all retries and waits included. The default stays below the 60s timeout of the vault CLI and vault/api; at most 85s, within Vault's max_request_duration.",
-				Default:     int(defaultTotalTimeout.Seconds()),
-			},
-			"max_retries": {
-				Type:        framework.TypeInt,
-				Description: "How often a call is retried after a connection error, a 5xx or a 429 (with backoff and jitter, honouring Retry-After up to 10s). Other 4xx answers are never retried. 0 to 10.",
-				Default:     defaultMaxRetries,
-			},
-			"revoke_tokens": {
-				Type:        framework.TypeBool,
-				Description: "Revoke a token at the tenant when its lease ends. Default: true when tokens come from the tenant's own endpoint or revoke_url is set, false when token_url points elsewhere.",
-			},
-			"revoke_url": {
-				Type:        framework.TypeString,
-				Description: "Absolute URL of an RFC 7009 revocation endpoint, overriding <tenant_url>/oauth2/revoke/<app_id>.",
-			},
-			"rotation_scopes": {
-				Type:        framework.TypeCommaStringSlice,
-				Description: "Scopes asked for in the grant whose token authorises a root rotation: the app must grant one whose allowed REST APIs include UserMgmt/ChangeUserPassword. Empty: the grant asks for no scope.",
-			},
-			"password_policy": {
-				Type:        framework.TypeString,
-				Description: "Name of a Vault password policy that generates new secrets for root rotation. Empty: letters and digits, password_length long, with at least one digit, one upper-case and one lower-case letter.",
-			},
-			"password_length": {
-				Type:        framework.TypeInt,
-				Description: "Length of secrets generated for root rotation when no password_policy is set; 16 to 64.",
-				Default:     defaultPasswordLength,
-			},
-			"max_failed_logins": {
-				Type:        framework.TypeInt,
-				Description: "At most this many refused logins (client authentications) the engine causes at the tenant per failed_login_window, across token reads, checks, rotation and revocation; once they are spent, reads are refused at once without asking the tenant. Keep it below the tenant's lockout threshold. 1 to 100.",
-				Default:     defaultMaxFailedLogins,
-			},
-			"failed_login_window": {
-				Type:        framework.TypeDurationSecond,
-				Description: "The window of max_failed_logins, as seconds or a duration string; at least the tenant's own capture window. 1m to 24h.",
-				Default:     int(defaultFailedLoginWindow.Seconds()),
-			},
-			"password_change_ends_tokens": {
-				Type:        framework.TypeBool,
-				Description: "Set when the tenant ends a service user's tokens at a password change (unverified for CyberArk Identity). Leases (and a lease-free ttl) then end by the next scheduled rotation, so readers come back for a new token, and rotate-root warns that the tokens handed out before it no longer work.",
-			},
-			"verify_scope": {
-				Type:          framework.TypeString,
-				Description:   `What a token whose granted scope is wider than the one asked for does: "enforce" refuses it and revokes it at the tenant, "warn" hands it out with a warning. A granted rotation scope is refused either way.`,
-				Default:       verifyScopeEnforce,
-				AllowedValues: []any{verifyScopeEnforce, verifyScopeWarn},
-			},
-			"denied_scopes": {
-				Type:        framework.TypeCommaStringSlice,
-				Description: `Scopes no workload token may carry besides rotation_scopes: list every scope whose allowed REST APIs include UserMgmt. Default: "all". A role, reader or config asking for one is refused, and a token granted with one is revoked.`,
-			},
-			"verify_tokens": {
-				Type:          framework.TypeString,
-				Description:   `How granted tokens are checked before they leave: "auto" checks a JWT's signature against the tenant's keys and its iss, aud, exp, sub and scope, and lets an opaque token or keys that cannot be found through with a warning; "enforce" refuses those too; "off" checks only the granted scope.`,
-				Default:       verifyTokensAuto,
-				AllowedValues: []any{verifyTokensAuto, verifyTokensEnforce, verifyTokensOff},
-			},
-			"token_audience": {
-				Type:        framework.TypeString,
-				Description: "The aud a token must carry. Empty: client_id (CyberArk's OAuth2 Client apps); OAuth2 Server apps may set another.",
-			},
-			"jwks_url": {
-				Type:        framework.TypeString,
-				Description: "Absolute URL of the key set that signs tokens, overriding <tenant_url>/oauth2/keys/<app_id> (and the discovery document's jwks_uri); needed to check tokens from a token_url endpoint.",
-			},
-			"verify_connection": {
-				Type:        framework.TypeBool,
-				Description: "Fetch one token with the new settings before storing them, and refuse the write if the tenant does. Not stored.",
-				Default:     true,
-			},
-		},
+		Fields:         configWriteFields(),
 		ExistenceCheck: b.pathConfigExists,
 		// Writes go straight to the node that writes storage (Enterprise performance
 		// standbys and secondaries forward them). Left to Vault's own forwarding on a
@@ -328,8 +217,137 @@ Root rotation (config/rotate-root) is scheduled with rotation_period or
 rotation_schedule (cron, with rotation_window). On Vault Enterprise, Vault's rotation
 manager runs the schedule; elsewhere the engine does, on the active node.`,
 	}
-	automatedrotationutil.AddAutomatedRotationFieldsWithGroup(p.Fields, "Rotation")
 	return p
+}
+
+// configWriteFields are the fields of a write of config, and of clients/<name>.
+func configWriteFields() map[string]*framework.FieldSchema {
+	fields := map[string]*framework.FieldSchema{
+		"tenant_url": {
+			Type:        framework.TypeString,
+			Description: "Base URL of the CyberArk Identity tenant, e.g. https://abc1234.id.cyberark.cloud. https only; http is accepted for loopback hosts. Required unless token_url is set. Changing it requires client_secret in the same write.",
+		},
+		"app_id": {
+			Type:        framework.TypeString,
+			Description: "Application ID of the OAuth2 confidential client app. Required unless token_url is set.",
+		},
+		"client_id": {
+			Type: framework.TypeString,
+			// Not Required: an update may leave it out (it keeps the stored value), and
+			// OpenAPI's "required" would make generated clients and the UI send it with
+			// every write. A create without it is a 400 all the same.
+			Description: "Login name of the service user that is the confidential client, e.g. svc-vault@abc1234. Required when the config is created. Changing it requires client_secret in the same write.",
+		},
+		"client_secret": {
+			Type:         framework.TypeString,
+			Description:  "Password of the service user. Required when the config is created, and in any write that changes where it is sent (tenant_url, token_url, revoke_url, client_id, client_auth, ca_cert, or app_id when it moves an endpoint); never returned by a read.",
+			DisplayAttrs: &framework.DisplayAttributes{Sensitive: true},
+		},
+		"scopes": {
+			Type:        framework.TypeCommaStringSlice,
+			Description: "Scopes requested by reads of token (and by roles that set none), as a list or comma-separated string.",
+		},
+		"token_url": {
+			Type:        framework.TypeString,
+			Description: "Absolute URL of the token endpoint, overriding <tenant_url>/oauth2/token/<app_id>; e.g. <tenant_url>/oauth2/platformtoken.",
+		},
+		"token_params": {
+			Type:        framework.TypeKVPairs,
+			Description: "Parameters sent with every grant besides the engine's own, as key=value pairs: audience, resource (RFC 8707) and the like. Never grant_type, client_id, client_secret, scope or other credentials. An empty map removes them.",
+		},
+		"client_auth": {
+			Type:          framework.TypeString,
+			Description:   `How the client authenticates: "basic" (Authorization: Basic with the raw ID and secret) or "post" (client_secret_post form fields).`,
+			Default:       clientAuthBasic,
+			AllowedValues: []any{clientAuthBasic, clientAuthPost},
+		},
+		"ca_cert": {
+			Type:        framework.TypeString,
+			Description: "PEM bundle of CA certificates that the tenant's certificate must chain to, instead of the system roots.",
+		},
+		"request_timeout": {
+			Type:        framework.TypeDurationSecond,
+			Description: "Time limit for one HTTP exchange with the tenant, as seconds or a duration string.",
+			Default:     int(defaultRequestTimeout.Seconds()),
+		},
+		"total_timeout": {
+			Type:        framework.TypeDurationSecond,
+			Description: "Time limit for a whole token read or revocation, all retries and waits included. The default stays below the 60s timeout of the vault CLI and vault/api; at most 85s, within Vault's max_request_duration.",
+			Default:     int(defaultTotalTimeout.Seconds()),
+		},
+		"max_retries": {
+			Type:        framework.TypeInt,
+			Description: "How often a call is retried after a connection error, a 5xx or a 429 (with backoff and jitter, honouring Retry-After up to 10s). Other 4xx answers are never retried. 0 to 10.",
+			Default:     defaultMaxRetries,
+		},
+		"revoke_tokens": {
+			Type:        framework.TypeBool,
+			Description: "Revoke a token at the tenant when its lease ends. Default: true when tokens come from the tenant's own endpoint or revoke_url is set, false when token_url points elsewhere.",
+		},
+		"revoke_url": {
+			Type:        framework.TypeString,
+			Description: "Absolute URL of an RFC 7009 revocation endpoint, overriding <tenant_url>/oauth2/revoke/<app_id>.",
+		},
+		"rotation_scopes": {
+			Type:        framework.TypeCommaStringSlice,
+			Description: "Scopes asked for in the grant whose token authorises a root rotation: the app must grant one whose allowed REST APIs include UserMgmt/ChangeUserPassword. Empty: the grant asks for no scope.",
+		},
+		"password_policy": {
+			Type:        framework.TypeString,
+			Description: "Name of a Vault password policy that generates new secrets for root rotation. Empty: letters and digits, password_length long, with at least one digit, one upper-case and one lower-case letter.",
+		},
+		"password_length": {
+			Type:        framework.TypeInt,
+			Description: "Length of secrets generated for root rotation when no password_policy is set; 16 to 64.",
+			Default:     defaultPasswordLength,
+		},
+		"max_failed_logins": {
+			Type:        framework.TypeInt,
+			Description: "At most this many refused logins (client authentications) the engine causes at the tenant per failed_login_window, across token reads, checks, rotation and revocation; once they are spent, reads are refused at once without asking the tenant. Keep it below the tenant's lockout threshold. 1 to 100.",
+			Default:     defaultMaxFailedLogins,
+		},
+		"failed_login_window": {
+			Type:        framework.TypeDurationSecond,
+			Description: "The window of max_failed_logins, as seconds or a duration string; at least the tenant's own capture window. 1m to 24h.",
+			Default:     int(defaultFailedLoginWindow.Seconds()),
+		},
+		"password_change_ends_tokens": {
+			Type:        framework.TypeBool,
+			Description: "Set when the tenant ends a service user's tokens at a password change (unverified for CyberArk Identity). Leases (and a lease-free ttl) then end by the next scheduled rotation, so readers come back for a new token, and rotate-root warns that the tokens handed out before it no longer work.",
+		},
+		"verify_scope": {
+			Type:          framework.TypeString,
+			Description:   `What a token whose granted scope is wider than the one asked for does: "enforce" refuses it and revokes it at the tenant, "warn" hands it out with a warning. A granted rotation scope is refused either way.`,
+			Default:       verifyScopeEnforce,
+			AllowedValues: []any{verifyScopeEnforce, verifyScopeWarn},
+		},
+		"denied_scopes": {
+			Type:        framework.TypeCommaStringSlice,
+			Description: `Scopes no workload token may carry besides rotation_scopes: list every scope whose allowed REST APIs include UserMgmt. Default: "all". A role, reader or config asking for one is refused, and a token granted with one is revoked.`,
+		},
+		"verify_tokens": {
+			Type:          framework.TypeString,
+			Description:   `How granted tokens are checked before they leave: "auto" checks a JWT's signature against the tenant's keys and its iss, aud, exp, sub and scope, and lets an opaque token or keys that cannot be found through with a warning; "enforce" refuses those too; "off" checks only the granted scope.`,
+			Default:       verifyTokensAuto,
+			AllowedValues: []any{verifyTokensAuto, verifyTokensEnforce, verifyTokensOff},
+		},
+		"token_audience": {
+			Type:        framework.TypeString,
+			Description: "The aud a token must carry. Empty: client_id (CyberArk's OAuth2 Client apps); OAuth2 Server apps may set another.",
+		},
+		"jwks_url": {
+			Type:        framework.TypeString,
+			Description: "Absolute URL of the key set that signs tokens, overriding <tenant_url>/oauth2/keys/<app_id> (and the discovery document's jwks_uri); needed to check tokens from a token_url endpoint.",
+		},
+		"verify_connection": {
+			Type:        framework.TypeBool,
+			Description: "Fetch one token with the new settings before storing them, and refuse the write if the tenant does. Not stored.",
+			Default:     true,
+		},
+	}
+	maps.Copy(fields, clientFieldSchemas())
+	automatedrotationutil.AddAutomatedRotationFieldsWithGroup(fields, "Rotation")
+	return fields
 }
 
 // writeResponses are the answers of a write or delete that returns no data: nothing,
@@ -407,12 +425,30 @@ func configReadFields() map[string]*framework.FieldSchema {
 }
 
 func (b *backend) pathConfigExists(ctx context.Context, req *logical.Request, _ *framework.FieldData) (bool, error) {
-	cfg, err := readConfig(ctx, req.Storage)
-	return cfg != nil, err
+	return b.clientExists(ctx, req, b.root)
 }
 
 func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
-	cfg, err := readConfig(ctx, req.Storage)
+	return b.readClient(ctx, req, b.root)
+}
+
+func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
+	return b.deleteClient(ctx, req, b.root)
+}
+
+func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	return b.writeClient(ctx, req, d, b.root)
+}
+
+func (b *backend) clientExists(ctx context.Context, req *logical.Request, c *credential) (bool, error) {
+	cfg, err := c.load(ctx, req.Storage)
+	return cfg != nil, err
+}
+
+// readClient answers a read of a client's config: config for the default client,
+// clients/<name> for the others.
+func (b *backend) readClient(ctx context.Context, req *logical.Request, c *credential) (*logical.Response, error) {
+	cfg, err := c.load(ctx, req.Storage)
 	if err != nil || cfg == nil {
 		return nil, err
 	}
@@ -448,7 +484,8 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 		"pinned_sub":                  cfg.PinnedSub,
 		"signing_keys":                b.keyStatus(cfg),
 	}
-	if err := b.root.addLoginStatus(ctx, req.Storage, cfg, data); err != nil {
+	cfg.addClientFields(c.name, data)
+	if err := c.addLoginStatus(ctx, req.Storage, cfg, data); err != nil {
 		return nil, err
 	}
 	cfg.PopulateSetAutomatedRotationData(data)
@@ -460,7 +497,7 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 	info.PopulateRotationInfo(data)
 	if cfg.Rotation.RotationID != "" {
 		// Vault's rotation manager holds the schedule and knows the next time.
-		if ri, err := b.System().GetRotationInformation(ctx, &rotation.RotationInfoRequest{ReqPath: configPath}); err == nil && ri != nil && !ri.NextVaultRotation.IsZero() {
+		if ri, err := b.System().GetRotationInformation(ctx, &rotation.RotationInfoRequest{ReqPath: c.key}); err == nil && ri != nil && !ri.NextVaultRotation.IsZero() {
 			data["next_vault_rotation"] = ri.NextVaultRotation.UTC()
 		}
 	}
@@ -480,8 +517,12 @@ func (b *backend) pathConfigRead(ctx context.Context, req *logical.Request, _ *f
 	return resp, nil
 }
 
-func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, _ *framework.FieldData) (*logical.Response, error) {
-	cfg, err := b.root.remove(ctx, req.Storage, req.MountPoint)
+// deleteClient deletes a client's config and secret.
+func (b *backend) deleteClient(ctx context.Context, req *logical.Request, c *credential) (*logical.Response, error) {
+	if resp, err := b.clientInUse(ctx, req.Storage, c.name); resp != nil || err != nil {
+		return resp, err
+	}
+	cfg, err := c.remove(ctx, req.Storage, req.MountPoint)
 	if err != nil {
 		return nil, err
 	}
@@ -494,11 +535,11 @@ func (b *backend) pathConfigDelete(ctx context.Context, req *logical.Request, _ 
 	return nil, nil
 }
 
-func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+// writeClient creates or updates a client's config.
+func (b *backend) writeClient(ctx context.Context, req *logical.Request, d *framework.FieldData, c *credential) (*logical.Response, error) {
 	if resp := unknownFields(req, d); resp != nil {
 		return resp, nil
 	}
-	c := b.root
 	c.mu.Lock()
 	defer c.mu.Unlock()
 
@@ -522,11 +563,16 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	copyGiven(d, cfg.fields())
 	cfg.TenantURL = strings.TrimRight(cfg.TenantURL, "/")
 	verify := d.Get("verify_connection").(bool)
-	in := configInput{creating: creating, raw: d.Raw, verify: verify, now: b.now()}
+	in := configInput{name: c.name, creating: creating, raw: d.Raw, verify: verify, now: b.now()}
 	if !creating {
 		in.old = &old
 	}
 	problems := cfg.validate(in)
+	links, err := b.checkClientLinks(ctx, req.Storage, c.name, cfg)
+	if err != nil {
+		return nil, err
+	}
+	problems = append(problems, links...)
 	if len(problems) == 0 && in.given("password_policy") && cfg.PasswordPolicy != "" {
 		// Only a name validate accepted is sent to Vault.
 		if _, err := b.samplePasswordPolicy(ctx, cfg.PasswordPolicy); err != nil {
@@ -545,7 +591,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	}
 	var warnings []string
 	if verify {
-		resp, err := b.verifyConfig(ctx, req.Storage, cfg)
+		resp, err := b.verifyConfig(ctx, req.Storage, c, cfg)
 		if resp != nil && resp.IsError() || err != nil {
 			return resp, err
 		}
@@ -555,7 +601,7 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	}
 	rescheduled := creating || rotationFieldsGiven(d)
 	if rescheduled {
-		if err := b.scheduleRotation(ctx, req, cfg); err != nil {
+		if err := c.scheduleRotation(ctx, req, cfg); err != nil {
 			return nil, err
 		}
 	}
@@ -568,11 +614,11 @@ func (b *backend) pathConfigWrite(ctx context.Context, req *logical.Request, d *
 	if err := c.operatorWrite(ctx, req.Storage, stored, cfg, secretGiven, verify); err != nil {
 		if rescheduled {
 			// Put Vault's rotation manager back as the stored config has it.
-			b.restoreRotationJob(ctx, req, &old, cfg)
+			c.restoreRotationJob(ctx, req, &old, cfg)
 		}
 		return nil, fmt.Errorf("storing config: %w", err)
 	}
-	b.armSchedule(cfg)
+	c.armSchedule(cfg)
 	if len(warnings) > 0 {
 		return &logical.Response{Warnings: warnings}, nil
 	}
@@ -647,6 +693,11 @@ func (c *cyberarkConfig) fields() map[string]any {
 		"rotation_window":             &c.RotationWindow,
 		"rotation_policy":             &c.RotationPolicy,
 		"disable_automated_rotation":  &c.DisableAutomatedRotation,
+		"rotation_method":             &c.RotationMethod,
+		"manager":                     &c.Manager,
+		"managed_clients":             &c.ManagedClients,
+		"management_scopes":           &c.ManagementScopes,
+		"allowed_roles":               &c.AllowedRoles,
 	}
 }
 
@@ -654,6 +705,7 @@ func (c *cyberarkConfig) fields() map[string]any {
 // tell a field left out from one given as 0 (which would mean "the default"), or a
 // duration the framework cut to 0 from "300ms".
 type configInput struct {
+	name     string // the client's
 	creating bool
 	raw      map[string]any  // the write's fields; nil checks a stored config as it is
 	old      *cyberarkConfig // the stored config an update changes
@@ -675,8 +727,9 @@ func (c *cyberarkConfig) validate(in configInput) fieldErrors {
 	problems = append(problems, c.checkLimits(in)...)
 	problems = append(problems, c.checkRotation(in)...)
 	problems = append(problems, c.checkTokenChecks()...)
+	problems = append(problems, c.checkClientFields(in)...)
 	scopesOK := true
-	for field, scopes := range map[string][]string{"scopes": c.Scopes, "rotation_scopes": c.RotationScopes, "denied_scopes": c.DeniedScopes} {
+	for field, scopes := range map[string][]string{"scopes": c.Scopes, "rotation_scopes": c.RotationScopes, "denied_scopes": c.DeniedScopes, "management_scopes": c.ManagementScopes} {
 		scopesOK = problems.check(field, checkScopes(scopes)) && scopesOK
 	}
 	if scopesOK {
@@ -684,6 +737,36 @@ func (c *cyberarkConfig) validate(in configInput) fieldErrors {
 		problems = append(problems, c.scopeConflicts()...)
 	}
 	sort.Strings(problems)
+	return problems
+}
+
+// checkClientFields checks how the client is rotated and who may use it.
+func (c *cyberarkConfig) checkClientFields(in configInput) fieldErrors {
+	var problems fieldErrors
+	switch c.RotationMethod {
+	case "", rotationSelf:
+		if c.Manager != "" {
+			problems.add("manager", "applies only with rotation_method=managed; set manager=\"\" or rotation_method=managed")
+		}
+	case rotationManaged:
+		switch {
+		case c.Manager == "":
+			problems.add("manager", "is required with rotation_method=managed: the client whose tokens reset this one's password")
+		case c.Manager == in.name:
+			problems.add("manager", "must be another client than this one")
+		case !problems.check("manager", checkRoleName(c.Manager)):
+		}
+		if len(c.ManagedClients) > 0 {
+			problems.add("managed_clients", "a managed client cannot manage others: a manager rotates its own secret")
+		}
+	default:
+		problems.add("rotation_method", "must be %q or %q, got %s", rotationSelf, rotationManaged, quoteShort(c.RotationMethod))
+	}
+	problems.check("managed_clients", checkNames(c.ManagedClients))
+	problems.check("allowed_roles", checkNames(c.AllowedRoles))
+	if len(c.ManagedClients) > 0 && len(c.ManagementScopes) == 0 {
+		problems.add("management_scopes", "is required with managed_clients: the scope whose tokens may call UserMgmt/ResetUserPassword")
+	}
 	return problems
 }
 
@@ -837,13 +920,13 @@ func (c *cyberarkConfig) checkTokenChecks() fieldErrors {
 
 // verifyConfig fetches one token with cfg before it is stored. A refusal by the tenant
 // is the writer's to fix (400); a tenant that cannot be reached is not (502).
-func (b *backend) verifyConfig(ctx context.Context, s logical.Storage, cfg *cyberarkConfig) (*logical.Response, error) {
+func (b *backend) verifyConfig(ctx context.Context, s logical.Storage, c *credential, cfg *cyberarkConfig) (*logical.Response, error) {
 	tc, err := b.newTenantClient(cfg, cfg.AppID)
 	if err != nil {
 		return logical.ErrorResponse("ca_cert: %s", err), nil
 	}
 	defer tc.Close()
-	tok, err := b.root.verify(ctx, s, cfg, tc)
+	tok, err := c.verify(ctx, s, cfg, tc)
 	if err != nil {
 		b.Logger().Warn("config not stored: verification grant failed", "token_endpoint", cfg.tokenEndpoint(cfg.AppID), "error", err)
 		var te *client.Error
@@ -858,7 +941,7 @@ func (b *backend) verifyConfig(ctx context.Context, s logical.Storage, cfg *cybe
 			fmt.Sprintf("verify_connection: could not get a token from the tenant, nothing was stored (set verify_connection=false to store anyway): %s", err))
 	}
 	if cfg.revokes() {
-		defer b.root.revokeQuietly(ctx, s, cfg, tc, tok.AccessToken) // the verification token has served
+		defer c.revokeQuietly(ctx, s, cfg, tc, tok.AccessToken) // the verification token has served
 	}
 	// The settings' own checks of tokens, now rather than at the first read; the
 	// token's sub is pinned, or must match the pinned one.

@@ -28,6 +28,9 @@ const (
 
 // roleEntry is a stored role: which token a read of token/<name> asks for.
 type roleEntry struct {
+	// Client names the client whose tokens the role hands out; empty is the default
+	// client (config), as in roles written before clients had names.
+	Client string   `json:"client,omitempty"`
 	Scopes []string `json:"scopes,omitempty"`
 	// AllowedScopes limits what a reader may ask for with the scope parameter. Nil means
 	// "the role's scopes", kept unresolved so that a later change of scopes carries over.
@@ -42,6 +45,14 @@ type roleEntry struct {
 	// LeaseFree answers token reads without a Vault lease (token_reuse only): the data
 	// says when to read again instead (ttl, rotation_period).
 	LeaseFree bool `json:"lease_free,omitempty"`
+}
+
+// client is the name of the client the role uses.
+func (r *roleEntry) client() string {
+	if r == nil || r.Client == "" {
+		return defaultClient
+	}
+	return r.Client
 }
 
 // reuseThreshold is how much life a cached token must have left to be handed out.
@@ -130,6 +141,10 @@ func pathRoles(b *backend) []*framework.Path {
 					Description: "Name of the role: lower-case letters, digits, '-', '_' and '.', starting and ending with a letter or digit, at most 128 characters. Other spellings are refused, never folded.",
 					Required:    true,
 				},
+				"client": {
+					Type:        framework.TypeString,
+					Description: "The client whose tokens the role hands out (clients/<name>); it must allow the role in its allowed_roles. Default: default, the client config holds.",
+				},
 				"scopes": {
 					Type:        framework.TypeCommaStringSlice,
 					Description: "Scopes the token asks for, as a list or comma-separated string. Empty: the config's scopes.",
@@ -216,6 +231,7 @@ func roleReadFields() map[string]*framework.FieldSchema {
 	return map[string]*framework.FieldSchema{
 		"scopes":                   list("Scopes the role asks for; empty: the config's."),
 		"allowed_scopes":           list("Scopes a reader may narrow to, or null for the effective scopes."),
+		"client":                   {Type: framework.TypeString, Description: "The client whose tokens the role hands out."},
 		"effective_scopes":         list("Scopes a token read of this role asks for, after the config's are applied."),
 		"effective_allowed_scopes": list("Scopes a reader may narrow to, after the config's are applied."),
 		"scopes_source":            str(`Where effective_scopes come from: "role" or "config".`),
@@ -268,7 +284,7 @@ func (b *backend) pathRoleRead(ctx context.Context, req *logical.Request, d *fra
 	if err != nil || r == nil {
 		return nil, err
 	}
-	cfg, err := readConfig(ctx, req.Storage)
+	cfg, err := readConfigAt(ctx, req.Storage, clientStorageKey(r.client()))
 	if err != nil {
 		return nil, err
 	}
@@ -284,6 +300,7 @@ func (b *backend) pathRoleRead(ctx context.Context, req *logical.Request, d *fra
 	resp = &logical.Response{Data: map[string]any{
 		"scopes":                   nonNil(r.Scopes),
 		"allowed_scopes":           allowed,
+		"client":                   r.client(),
 		"effective_scopes":         nonNil(rule.Scopes),
 		"effective_allowed_scopes": nonNil(rule.Allowed),
 		"scopes_source":            rule.ScopesFrom,
@@ -347,11 +364,24 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 		r = &roleEntry{ReuseMinRemaining: defaultReuseMinRemaining, ReuseMinFraction: defaultReuseMinFraction}
 	}
 	copyGiven(d, r.fields())
-	cfg, err := readConfig(ctx, req.Storage)
+	cfg, err := readConfigAt(ctx, req.Storage, clientStorageKey(r.client()))
 	if err != nil {
 		return nil, err
 	}
-	problems := r.validate(cfg)
+	problems := r.validate(name, cfg)
+	if len(problems) == 0 {
+		// Another client's rotation or management scope is no workload's either.
+		protected, err := b.allProtectedScopes(ctx, req.Storage)
+		if err != nil {
+			return nil, err
+		}
+		for _, sc := range slices.Concat(r.Scopes, r.AllowedScopes) {
+			if slices.Contains(protected, sc) {
+				problems = append(problems, rotationScopeRefusal("scopes", sc))
+				break
+			}
+		}
+	}
 	if resp := problems.response(); resp != nil {
 		return resp, nil
 	}
@@ -369,6 +399,7 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 // fields maps each request field a role write copies to where it is stored.
 func (r *roleEntry) fields() map[string]any {
 	return map[string]any{
+		"client":              &r.Client,
 		"scopes":              &r.Scopes,
 		"allowed_scopes":      &r.AllowedScopes,
 		"app_id":              &r.AppID,
@@ -383,8 +414,15 @@ func (r *roleEntry) fields() map[string]any {
 
 // validate is the one place a role is checked, against the config it would be read
 // with (nil when there is none yet).
-func (r *roleEntry) validate(cfg *cyberarkConfig) fieldErrors {
+func (r *roleEntry) validate(name string, cfg *cyberarkConfig) fieldErrors {
 	var problems fieldErrors
+	switch client := r.client(); {
+	case !problems.check("client", checkRoleName(client)):
+	case cfg == nil && client != defaultClient:
+		problems.add("client", "no client named %q: write clients/%s first", client, client)
+	case cfg != nil && !cfg.allowsRole(client, name):
+		problems.add("client", "client %q does not allow role %q: add the role (or a glob that matches it) to the client's allowed_roles first, as whoever may change that client decides", client, name)
+	}
 	scopesOK := problems.check("scopes", checkScopes(r.Scopes))
 	scopesOK = problems.check("allowed_scopes", checkScopes(r.AllowedScopes)) && scopesOK
 	if r.AppID != "" {

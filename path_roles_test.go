@@ -21,7 +21,7 @@ func TestRoleCRUD(t *testing.T) {
 	want := map[string]any{
 		"scopes": []string{"read"}, "allowed_scopes": nil, "app_id": "", "ttl": int64(600),
 		"effective_scopes": []string{"read"}, "effective_allowed_scopes": []string{"read"},
-		"scopes_source": "role", "allowed_scopes_source": "scopes",
+		"scopes_source": "role", "allowed_scopes_source": "scopes", "client": "default",
 		"revoke_tokens": nil, "token_reuse": false, "reuse_min_remaining": int64(300), "reuse_min_fraction": 0.1,
 		"lease_free": false,
 	}

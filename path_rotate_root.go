@@ -28,14 +28,7 @@ func pathRotateRoot(b *backend) *framework.Path {
 				ForwardPerformanceStandby:   true,
 				ForwardPerformanceSecondary: true,
 				Summary:                     "Rotate the client secret now: a new one is generated, changed at the tenant, checked and stored.",
-				Responses: map[int][]framework.Response{
-					http.StatusOK: {{
-						Description: "The secret was changed at the tenant and stored.",
-						Fields: map[string]*framework.FieldSchema{
-							"rotated_at": {Type: framework.TypeTime, Description: "When the new secret was stored, RFC 3339 in UTC."},
-						},
-					}},
-				},
+				Responses:                   rotateResponses(),
 			},
 		},
 		HelpSynopsis: "Rotate the client secret: Vault generates a new one and changes it at the tenant.",
@@ -49,11 +42,27 @@ config read shows the state (rotation_state).`,
 	}
 }
 
+func rotateResponses() map[int][]framework.Response {
+	return map[int][]framework.Response{
+		http.StatusOK: {{
+			Description: "The secret was changed at the tenant and stored.",
+			Fields: map[string]*framework.FieldSchema{
+				"rotated_at": {Type: framework.TypeTime, Description: "When the new secret was stored, RFC 3339 in UTC."},
+			},
+		}},
+	}
+}
+
 func (b *backend) pathRotateRootUpdate(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	if resp := unknownFields(req, d); resp != nil {
 		return resp, nil
 	}
-	cfg, err := b.rotateRoot(ctx, req.Storage, true)
+	return b.rotateNow(ctx, req, b.root)
+}
+
+// rotateNow is an operator's rotation of client c's secret.
+func (b *backend) rotateNow(ctx context.Context, req *logical.Request, c *credential) (*logical.Response, error) {
+	cfg, err := b.rotateClient(ctx, req.Storage, c, true)
 	var re *errRotation
 	var te *client.Error
 	var coded logical.HTTPCodedError

@@ -228,7 +228,7 @@ func TestRotateRootSurvivesFailureAtEachStep(t *testing.T) {
 						}
 					}
 				}
-				_, err := e.b.rotateRoot(t.Context(), s, true)
+				_, err := e.b.rotateClient(t.Context(), s, e.b.root, true)
 				done <- err
 			}()
 			if err := <-done; (err == nil) != tc.settledAtOnce {

@@ -147,22 +147,39 @@ const maxReadTries = 3
 // secret changed under it, it starts over with a new view.
 func (b *backend) readToken(ctx context.Context, req *logical.Request, name string, asked []string) (*logical.Response, error) {
 	for range maxReadTries {
-		epoch := b.root.gate.epochNow()
-		v, err := b.cache.view(ctx, req.Storage, name, "")
+		// The role names the client, whose epoch must be taken before the view the
+		// read works with, so that a password change in between is seen.
+		v, err := b.cache.view(ctx, req.Storage, "", name, "")
 		if err != nil {
 			return nil, err
 		}
+		c := b.credential(v.name)
+		epoch := c.gate.epochNow()
+		if v, err = b.cache.view(ctx, req.Storage, "", name, ""); err != nil {
+			return nil, err
+		}
 		switch {
-		case v.config == nil:
-			return logical.ErrorResponse("the engine is not configured: write %sconfig first", req.MountPoint), nil
+		case v.name != c.name:
+			continue // the role was rewritten to name another client
 		case name != "" && v.role == nil:
 			return logical.ErrorResponse("role: %q does not exist", name), nil
+		case v.config == nil && v.name == defaultClient:
+			return logical.ErrorResponse("the engine is not configured: write %sconfig first", req.MountPoint), nil
+		case v.config == nil:
+			return logical.ErrorResponse("client: role %q names client %q, which does not exist", name, v.name), nil
+		case name != "" && !v.config.allowsRole(v.name, name):
+			return logical.ErrorResponse("client: client %q does not allow role %q (its allowed_roles: [%s])", v.name, name, strings.Join(v.config.AllowedRoles, " ")), nil
+		}
+		if v.others, err = b.cache.othersProtected(ctx, v.name, func(ctx context.Context) (map[string][]string, error) {
+			return b.protectedByClient(ctx, req.Storage)
+		}); err != nil {
+			return nil, err
 		}
 		plan, resp := newTokenPlan(v, name, asked)
 		if resp != nil {
 			return resp, nil
 		}
-		tok, err := b.token(ctx, req.Storage, v, plan, epoch)
+		tok, err := b.token(ctx, req.Storage, c, v, plan, epoch)
 		var coded logical.HTTPCodedError
 		switch {
 		case errors.Is(err, errStaleView):
@@ -180,9 +197,9 @@ func (b *backend) readToken(ctx context.Context, req *logical.Request, name stri
 
 // token gets the plan's token: from the reuse cache or a grant shared with concurrent
 // readers for a role with token_reuse, else a grant of its own.
-func (b *backend) token(ctx context.Context, s logical.Storage, v *view, plan *tokenPlan, epoch uint64) (*client.Token, error) {
+func (b *backend) token(ctx context.Context, s logical.Storage, c *credential, v *view, plan *tokenPlan, epoch uint64) (*client.Token, error) {
 	grant := func(ctx context.Context) (*client.Token, error) {
-		tok, err := b.root.grantFor(ctx, s, v, epoch, plan.scopes)
+		tok, err := c.grantFor(ctx, s, v, epoch, plan.scopes)
 		if err != nil {
 			return nil, err
 		}
@@ -213,6 +230,7 @@ func (b *backend) token(ctx context.Context, s logical.Storage, v *view, plan *t
 
 // tokenPlan is what one token read asks the tenant for and how its lease behaves.
 type tokenPlan struct {
+	client string
 	role   string
 	appID  string
 	scopes []string
@@ -227,7 +245,7 @@ type tokenPlan struct {
 // config. A conflict in the settings or a scope the reader may not ask for is a 400.
 func newTokenPlan(v *view, name string, asked []string) (*tokenPlan, *logical.Response) {
 	cfg, role := v.config, v.role
-	p := &tokenPlan{role: name, appID: appFor(cfg, role)}
+	p := &tokenPlan{client: v.name, role: name, appID: appFor(cfg, role)}
 	if role != nil && role.AppID != "" && cfg.TokenURL != "" {
 		return nil, logical.ErrorResponse("app_id: role %q sets app_id, but the config's token_url replaces per-application endpoints; remove one of them", name)
 	}
@@ -240,7 +258,7 @@ func newTokenPlan(v *view, name string, asked []string) (*tokenPlan, *logical.Re
 		if err := checkScopes(asked); err != nil {
 			return nil, logical.ErrorResponse("scope: %s", err)
 		}
-		if s, ok := rotationScopeIn(asked, cfg.protectedScopes()); ok {
+		if s, ok := rotationScopeIn(asked, v.protectedScopes()); ok {
 			return nil, logical.ErrorResponse("%s", rotationScopeRefusal("scope", s))
 		}
 		for _, s := range asked {
@@ -252,7 +270,7 @@ func newTokenPlan(v *view, name string, asked []string) (*tokenPlan, *logical.Re
 	}
 	// Settings written before the guardrails, or a rotation scope set after a role's
 	// scopes: refused at the read as at a write.
-	if s, ok := rotationScopeIn(p.scopes, cfg.protectedScopes()); ok {
+	if s, ok := rotationScopeIn(p.scopes, v.protectedScopes()); ok {
 		field := "scopes"
 		if rule.ScopesFrom == "role" {
 			field = fmt.Sprintf("role %q: scopes", name)
@@ -280,12 +298,12 @@ func newTokenPlan(v *view, name string, asked []string) (*tokenPlan, *logical.Re
 	return p, nil
 }
 
-// reuseKey identifies what a token was granted for: the same app and scope set get the
-// same token. The client is the config's, and a config write empties the cache.
+// reuseKey identifies what a token was granted for: the same client, app and scope set
+// get the same token. A write of the client's config empties its part of the cache.
 func (p *tokenPlan) reuseKey() string {
 	set := slices.Clone(p.scopes)
 	slices.Sort(set)
-	return p.appID + "\n" + strings.Join(slices.Compact(set), " ")
+	return clientKey(p.client, p.appID+"\n"+strings.Join(slices.Compact(set), " "))
 }
 
 // tokenLease wraps a token in a non-renewable lease that ends before the token does,
@@ -329,6 +347,9 @@ func (b *backend) tokenLease(v *view, p *tokenPlan, tok *client.Token) (*logical
 		// lease that revokes, what revocation at the tenant needs. Vault keeps it
 		// encrypted in its storage, as it keeps the response data itself.
 		internal := map[string]any{"role": p.role, "reused": p.reuse, "revoke": p.revoke}
+		if p.client != defaultClient {
+			internal["client"] = p.client // leases of earlier releases name none: default
+		}
 		if p.revoke {
 			internal["app_id"] = p.appID
 			internal["client_id"] = v.config.ClientID

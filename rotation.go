@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/go-secure-stdlib/strutil"
 	"github.com/hashicorp/vault/sdk/helper/consts"
 	"github.com/hashicorp/vault/sdk/logical"
 	"github.com/hashicorp/vault/sdk/rotation"
@@ -34,6 +35,7 @@ const (
 	readSettleInterval = 10 * time.Second
 
 	changePasswordPath = "/UserMgmt/ChangeUserPassword" //nolint:gosec // an API path, not a credential
+	resetPasswordPath  = "/UserMgmt/ResetUserPassword"  //nolint:gosec // an API path, not a credential
 
 	rotationStateOK         = "ok"
 	rotationStatePending    = "pending"
@@ -119,6 +121,14 @@ func (c *cyberarkConfig) changePasswordURL() string {
 	return strings.TrimRight(c.TenantURL, "/") + changePasswordPath
 }
 
+// resetPasswordURL is where a manager sets a managed user's password.
+func (c *cyberarkConfig) resetPasswordURL() string {
+	if c.TenantURL == "" {
+		return ""
+	}
+	return strings.TrimRight(c.TenantURL, "/") + resetPasswordPath
+}
+
 // withSecret is a copy of c that authenticates with secret.
 func (c *cyberarkConfig) withSecret(secret string) *cyberarkConfig {
 	cp := *c
@@ -170,10 +180,12 @@ type credential struct {
 	key  string
 	mu   sync.Mutex
 	gate *gate
+	// sched fires the credential's scheduled rotations (schedule.go).
+	sched *scheduler
 }
 
 func newCredential(b *backend, name, key string) *credential {
-	return &credential{b: b, name: name, key: key, gate: newGate(failedLoginsPrefix + name)}
+	return &credential{b: b, name: name, key: key, gate: newGate(failedLoginsPrefix + name), sched: newScheduler()}
 }
 
 func (c *credential) load(ctx context.Context, s logical.Storage) (*cyberarkConfig, error) {
@@ -186,7 +198,7 @@ func (c *credential) store(ctx context.Context, s logical.Storage, cfg *cyberark
 	if err := c.put(ctx, s, cfg); err != nil {
 		return err
 	}
-	c.b.cache.resetConfig()
+	c.b.cache.resetClient(c.name)
 	return nil
 }
 
@@ -197,7 +209,7 @@ func (c *credential) storeState(ctx context.Context, s logical.Storage, cfg *cyb
 	if err := c.put(ctx, s, cfg); err != nil {
 		return err
 	}
-	c.b.cache.refreshConfig()
+	c.b.cache.refreshClient(c.name)
 	return nil
 }
 
@@ -339,7 +351,7 @@ func (c *credential) remove(ctx context.Context, s logical.Storage, mountPoint s
 	if err := s.Delete(ctx, c.key); err != nil {
 		return nil, fmt.Errorf("deleting config: %w", err)
 	}
-	c.b.cache.resetConfig()
+	c.b.cache.resetClient(c.name)
 	if cfg != nil && cfg.Rotation.RotationID != "" {
 		// After the delete: a job left behind finds no config and rotates nothing,
 		// while a config left behind would name a job that no longer runs.
@@ -347,7 +359,7 @@ func (c *credential) remove(ctx context.Context, s logical.Storage, mountPoint s
 			c.b.Logger().Error("config deleted, but its rotation job could not be removed from Vault's rotation manager", "error", err)
 		}
 	}
-	c.b.armSchedule(nil)
+	c.armSchedule(nil)
 	return cfg, nil
 }
 
@@ -646,7 +658,9 @@ func (c *credential) rotate(ctx context.Context, s logical.Storage, why rotation
 		return nil, &errRotation{"the engine is not configured: write the config first"}
 	case cfg.changePasswordURL() == "":
 		return nil, &errRotation{"rotation needs tenant_url: the secret is changed through the tenant's UserMgmt/ChangeUserPassword"}
-	case len(cfg.RotationScopes) == 0:
+	case cfg.managed() && cfg.PinnedSub == "":
+		return nil, &errRotation{"rotation of a managed client needs its service user's ID, which a verified write pins (pinned_sub): write its client_secret with verify_connection=true"}
+	case !cfg.managed() && len(cfg.RotationScopes) == 0:
 		return nil, &errRotation{"rotation needs rotation_scopes: the scope whose token may call UserMgmt/ChangeUserPassword, which no workload token may carry; without it the change would be authorised by the same default grant workloads get"}
 	case !c.b.WriteSafeReplicationState():
 		return nil, errors.New("root rotation runs only on the node that writes storage (the active node of the primary cluster)")
@@ -708,7 +722,11 @@ func (c *credential) change(ctx context.Context, s logical.Storage, cfg *cyberar
 	defer end()
 
 	// Step 2: a token for the change, then the change, sent once. total_timeout bounds
-	// both, as it bounds every call.
+	// both, as it bounds every call. A managed client's password is reset with its
+	// manager's token instead.
+	if cfg.managed() {
+		return c.reset(ctx, s, cfg, current, secret)
+	}
 	var bearer *client.Token
 	err = c.call(ctx, s, cfg, callOwner, 0, "change", func() (err error) {
 		bearer, err = c.b.grant(ctx, current, cfg.RotationScopes)
@@ -742,6 +760,53 @@ func (c *credential) change(ctx context.Context, s logical.Storage, cfg *cyberar
 		c.revokeQuietly(ctx, s, cfg, kept, bearer.AccessToken)
 		kept.Close()
 	}
+	return c.settled(cfg, serr, secret)
+}
+
+// reset is change for a managed client: its manager's token, asked for with the
+// manager's management_scopes through the manager's gate and budget, resets the
+// password through ResetUserPassword; then the managed client's own grant shows which
+// secret the tenant accepts, as after a change. The manager's secret is not touched,
+// so its lock is not taken.
+func (c *credential) reset(ctx context.Context, s logical.Storage, cfg *cyberarkConfig, current *client.Client, secret string) (*cyberarkConfig, error) {
+	m := c.b.credential(cfg.Manager)
+	mcfg, err := m.load(ctx, s)
+	switch {
+	case err != nil:
+		return nil, c.abandon(ctx, s, cfg, fmt.Errorf("reading the manager client %q: %w", cfg.Manager, err))
+	case mcfg == nil || !strutil.StrListContainsGlob(mcfg.ManagedClients, c.name) || len(mcfg.ManagementScopes) == 0:
+		return nil, c.abandon(ctx, s, cfg, &errRotation{fmt.Sprintf("the manager client %q does not exist, does not list %q in managed_clients, or sets no management_scopes", cfg.Manager, c.name)})
+	}
+	mc, err := c.b.newTenantClient(mcfg, mcfg.AppID)
+	if err != nil {
+		return nil, c.abandon(ctx, s, cfg, err)
+	}
+	defer mc.Close()
+	var bearer *client.Token
+	err = m.call(ctx, s, mcfg, callRead, m.gate.epochNow(), "manage", func() (err error) {
+		bearer, err = c.b.grant(ctx, mc, mcfg.ManagementScopes)
+		return err
+	})
+	if err != nil {
+		return nil, c.abandon(ctx, s, cfg, fmt.Errorf("getting the manager's token to reset the password: %w", err))
+	}
+	defer m.revokeQuietly(ctx, s, mcfg, mc, bearer.AccessToken)
+	err = current.SendPasswordReset(ctx, cfg.resetPasswordURL(), bearer.AccessToken, cfg.PinnedSub, secret)
+	c.b.rotationStep("tenant_changed")
+	switch {
+	case err == nil:
+		c.changeSent(cfg)
+	case errors.Is(err, client.ErrOutcomeUnknown):
+		c.b.Logger().Warn("root rotation: no answer from the tenant to the reset; finding out which secret it accepts", "client", c.name, "error", err)
+	default:
+		return nil, c.abandon(ctx, s, cfg, err)
+	}
+	cfg, serr := c.settle(ctx, s, cfg, settleAfterChange)
+	return c.settled(cfg, serr, secret)
+}
+
+// settled says how a rotation whose change was sent ended, from the settle after it.
+func (c *credential) settled(cfg *cyberarkConfig, serr error, secret string) (*cyberarkConfig, error) {
 	switch {
 	case serr != nil:
 		return nil, logical.CodedError(http.StatusConflict, fmt.Sprintf(
@@ -775,16 +840,15 @@ func (c *credential) abandon(ctx context.Context, s logical.Storage, cfg *cybera
 	return fmt.Errorf("the secret stays as it was: %w", err)
 }
 
-// rotateRoot is a rotation asked for by an operator or Vault's rotation manager: the
+// rotateClient is a rotation asked for by an operator or Vault's rotation manager: the
 // owner lock, the rotation, its metric, and the schedule re-armed.
-func (b *backend) rotateRoot(ctx context.Context, s logical.Storage, manual bool) (*cyberarkConfig, error) {
-	c := b.root
+func (b *backend) rotateClient(ctx context.Context, s logical.Storage, c *credential, manual bool) (*cyberarkConfig, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	cfg, err := c.rotate(ctx, s, rotationTrigger{manual: manual})
 	b.countRotation(err)
 	if err == nil {
-		b.armSchedule(cfg)
+		c.armSchedule(cfg)
 	}
 	return cfg, err
 }

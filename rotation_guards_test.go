@@ -37,7 +37,7 @@ func TestScheduledRotationOnceWhenTimerAndPeriodicMeet(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_ = e.b.rotateIfDue(t.Context(), bs)
+			_ = e.b.root.rotateIfDue(t.Context(), bs)
 		}()
 	}
 	wg.Wait()

@@ -407,7 +407,7 @@ func (h *history) advance() error {
 
 func (h *history) fireTimer() error {
 	h.logf("the rotation timer fires")
-	h.scheduled(func() { _ = h.b.rotateIfDue(context.Background(), h.storage) })
+	h.scheduled(func() { _ = h.b.root.rotateIfDue(context.Background(), h.storage) })
 	return nil
 }
 
@@ -444,7 +444,7 @@ func (h *history) holdChange() error {
 			if d := h.stored().Rotation.NextRotation; !d.IsZero() && !d.After(h.clock.Now()) {
 				due = d
 			}
-			err = h.b.rotateIfDue(context.Background(), h.storage)
+			err = h.b.root.rotateIfDue(context.Background(), h.storage)
 		})
 	} else {
 		_, err = h.call(logical.UpdateOperation, "config/rotate-root", nil)
@@ -502,9 +502,9 @@ func (h *history) crash() error {
 	go func() {
 		defer close(done)
 		if scheduled {
-			_ = b.rotateIfDue(context.Background(), h.storage)
+			_ = b.root.rotateIfDue(context.Background(), h.storage)
 		} else {
-			_, _ = b.rotateRoot(context.Background(), h.storage, true)
+			_, _ = b.rotateClient(context.Background(), h.storage, b.root, true)
 		}
 	}()
 	if scheduled {
@@ -599,7 +599,7 @@ func (h *history) leaderChange() error {
 	old.Clean(context.Background())
 	if h.rng.IntN(2) == 0 {
 		h.logf("the new leader's timer fires at once")
-		h.scheduled(func() { _ = h.b.rotateIfDue(context.Background(), h.storage) })
+		h.scheduled(func() { _ = h.b.root.rotateIfDue(context.Background(), h.storage) })
 	}
 	return nil
 }

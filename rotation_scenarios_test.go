@@ -27,7 +27,7 @@ func crashAfter(t *testing.T, e *testEnv, step string) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_, _ = e.b.rotateRoot(t.Context(), e.storage, true)
+		_, _ = e.b.rotateClient(t.Context(), e.storage, e.b.root, true)
 	}()
 	<-done
 	e.b.afterRotationStep = nil
@@ -262,7 +262,7 @@ func TestScenarioD2RestartAfterScheduledCrashRotatesOnce(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = e.b.rotateIfDue(t.Context(), e.storage)
+		_ = e.b.root.rotateIfDue(t.Context(), e.storage)
 	}()
 	<-done
 	e.emu.AddFaults(emulator.Fault{Endpoint: "token", Status: 503, Times: 1}) // the start's check fails once

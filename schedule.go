@@ -136,7 +136,8 @@ func (sc *scheduler) stop(limit time.Duration) {
 
 // armSchedule sets the timer from the stored config: the due time, or the retry
 // time of a failed rotation if that is later.
-func (b *backend) armSchedule(cfg *cyberarkConfig) {
+func (c *credential) armSchedule(cfg *cyberarkConfig) {
+	b := c.b
 	var due time.Time
 	if cfg != nil && !cfg.Rotation.NextRotation.IsZero() {
 		due = cfg.Rotation.NextRotation
@@ -144,10 +145,10 @@ func (b *backend) armSchedule(cfg *cyberarkConfig) {
 			due = cfg.Rotation.RetryAt
 		}
 	}
-	b.schedule.arm(due, b.now(), func(ctx context.Context) {
+	c.sched.arm(due, b.now(), func(ctx context.Context) {
 		ctx, cancel := context.WithTimeout(ctx, 2*maxTotalTimeout)
 		defer cancel()
-		_ = b.rotateIfDue(ctx, b.storage) // it logs its own failures
+		_ = c.rotateIfDue(ctx, b.storage) // it logs its own failures
 	})
 }
 
@@ -158,27 +159,27 @@ func (b *backend) armSchedule(cfg *cyberarkConfig) {
 // the rotation checks again, after settling an earlier one, that it is still due. A
 // failure holds the next try back, doubling each time, without moving the due time;
 // an unresolved rotation is left to the operator.
-func (b *backend) rotateIfDue(ctx context.Context, s logical.Storage) error {
+func (c *credential) rotateIfDue(ctx context.Context, s logical.Storage) error {
+	b := c.b
 	if s == nil || !b.WriteSafeReplicationState() {
 		return nil
 	}
-	c := b.root
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	cfg, err := c.load(ctx, s)
 	if err != nil || cfg == nil {
 		if err != nil {
-			b.schedule.holdOff(b.now().Add(rotationRetryDelay))
+			c.sched.holdOff(b.now().Add(rotationRetryDelay))
 		}
 		return err
 	}
 	defer func() {
 		cfg, err := c.load(ctx, s)
 		if err != nil {
-			b.Logger().Warn("could not read the config to re-arm the rotation timer; the periodic function checks the schedule", "error", err)
+			b.Logger().Warn("could not read the config to re-arm the rotation timer; the periodic function checks the schedule", "client", c.name, "error", err)
 			return
 		}
-		b.armSchedule(cfg)
+		c.armSchedule(cfg)
 	}()
 	now := b.now()
 	due := cfg.Rotation.NextRotation
@@ -188,30 +189,30 @@ func (b *backend) rotateIfDue(ctx context.Context, s logical.Storage) error {
 	case cfg.Rotation.Unresolved:
 		// Each try would be failed logins: the operator fixes the user first, and the
 		// timer waits a while after that too.
-		b.schedule.holdOff(now.Add(rotationRetryDelay))
+		c.sched.holdOff(now.Add(rotationRetryDelay))
 		return nil
 	case cfg.RotationSchedule != "" && cfg.RotationWindow > 0 && now.After(due.Add(cfg.RotationWindow)):
-		b.Logger().Warn("scheduled root rotation skipped: its window passed", "due", due.UTC(), "rotation_window", cfg.RotationWindow)
+		b.Logger().Warn("scheduled root rotation skipped: its window passed", "client", c.name, "due", due.UTC(), "rotation_window", cfg.RotationWindow)
 		if err := c.windowPassed(ctx, s, cfg, now); err != nil {
-			b.schedule.holdOff(now.Add(rotationRetryDelay))
+			c.sched.holdOff(now.Add(rotationRetryDelay))
 			return err
 		}
 		return nil
 	}
-	b.Logger().Info("scheduled root rotation", "due", due.UTC())
+	b.Logger().Info("scheduled root rotation", "client", c.name, "due", due.UTC())
 	_, rerr := c.rotate(ctx, s, rotationTrigger{due: due})
 	b.countRotation(rerr)
 	if rerr == nil || errors.Is(rerr, errNotDue) {
-		b.schedule.holdOff(time.Time{})
+		c.sched.holdOff(time.Time{})
 		return nil
 	}
 	if cfg, err = c.load(ctx, s); err != nil || cfg == nil {
-		b.schedule.holdOff(now.Add(rotationRetryDelay))
+		c.sched.holdOff(now.Add(rotationRetryDelay))
 		return errors.Join(rerr, err)
 	}
 	retry, serr := c.failed(ctx, s, cfg, now, true, rerr)
-	b.schedule.holdOff(retry)
-	b.Logger().Error("scheduled root rotation failed", "error", rerr, "failures_in_a_row", cfg.Rotation.Failures, "next_try", retry.UTC())
+	c.sched.holdOff(retry)
+	b.Logger().Error("scheduled root rotation failed", "client", c.name, "error", rerr, "failures_in_a_row", cfg.Rotation.Failures, "next_try", retry.UTC())
 	if serr != nil {
 		return errors.Join(rerr, fmt.Errorf("storing the next try's time: %w", serr))
 	}
@@ -227,10 +228,11 @@ func (c *credential) windowPassed(ctx context.Context, s logical.Storage, cfg *c
 
 // scheduleRotation hands the rotation schedule to Vault's rotation manager where there
 // is one (Vault Enterprise), and otherwise to the engine's own scheduler.
-func (b *backend) scheduleRotation(ctx context.Context, req *logical.Request, cfg *cyberarkConfig) error {
+func (c *credential) scheduleRotation(ctx context.Context, req *logical.Request, cfg *cyberarkConfig) error {
+	b := c.b
 	if cfg.ShouldDeregisterRotationJob() {
 		if cfg.Rotation.RotationID != "" {
-			err := b.System().DeregisterRotationJob(ctx, &rotation.RotationJobDeregisterRequest{MountPoint: req.MountPoint, ReqPath: configPath})
+			err := b.System().DeregisterRotationJob(ctx, &rotation.RotationJobDeregisterRequest{MountPoint: req.MountPoint, ReqPath: c.key})
 			if err != nil {
 				return fmt.Errorf("removing the rotation job from Vault's rotation manager: %w", err)
 			}
@@ -239,9 +241,9 @@ func (b *backend) scheduleRotation(ctx context.Context, req *logical.Request, cf
 		return nil
 	}
 	id, err := b.System().RegisterRotationJob(ctx, &rotation.RotationJobConfigureRequest{
-		Name:             "root",
+		Name:             c.jobName(),
 		MountPoint:       req.MountPoint,
-		ReqPath:          configPath,
+		ReqPath:          c.key,
 		RotationSchedule: cfg.RotationSchedule,
 		RotationWindow:   cfg.RotationWindow,
 		RotationPeriod:   cfg.RotationPeriod,
@@ -272,19 +274,29 @@ func rotationManagerMissing(err error) bool {
 // restoreRotationJob puts Vault's rotation manager back as old (the stored config) has
 // it, after a write that changed the job failed to store next. Best effort: it logs
 // what it cannot undo.
-func (b *backend) restoreRotationJob(ctx context.Context, req *logical.Request, old, next *cyberarkConfig) {
+func (c *credential) restoreRotationJob(ctx context.Context, req *logical.Request, old, next *cyberarkConfig) {
+	b := c.b
 	var err error
 	switch {
 	case old.Rotation.RotationID != "":
 		_, err = b.System().RegisterRotationJob(ctx, &rotation.RotationJobConfigureRequest{
-			Name: "root", MountPoint: req.MountPoint, ReqPath: configPath,
+			Name: c.jobName(), MountPoint: req.MountPoint, ReqPath: c.key,
 			RotationSchedule: old.RotationSchedule, RotationWindow: old.RotationWindow,
 			RotationPeriod: old.RotationPeriod, RotationPolicy: old.RotationPolicy,
 		})
 	case next.Rotation.RotationID != "":
-		err = b.System().DeregisterRotationJob(ctx, &rotation.RotationJobDeregisterRequest{MountPoint: req.MountPoint, ReqPath: configPath})
+		err = b.System().DeregisterRotationJob(ctx, &rotation.RotationJobDeregisterRequest{MountPoint: req.MountPoint, ReqPath: c.key})
 	}
 	if err != nil {
 		b.Logger().Error("the config was not stored, and Vault's rotation manager could not be put back as it has it", "error", err)
 	}
+}
+
+// jobName names the credential's job in Vault's rotation manager: "root" for the
+// default client, as earlier releases registered it.
+func (c *credential) jobName() string {
+	if c.name == defaultClient {
+		return "root"
+	}
+	return "client-" + c.name
 }

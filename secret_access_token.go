@@ -1,6 +1,7 @@
 package cyberark
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -78,6 +79,9 @@ func (b *backend) accessTokenRevoke(ctx context.Context, req *logical.Request, _
 	token, _ := data["access_token"].(string)
 	appID, _ := data["app_id"].(string)
 	clientID, _ := data["client_id"].(string)
+	clientName, _ := data["client"].(string)
+	clientName = cmp.Or(clientName, defaultClient) // leases of earlier releases name none
+	c := b.credential(clientName)
 	endpoint, _ := data["revoke_endpoint"].(string)
 	expiresAt := time.Unix(int64Of(data["expires_at"]), 0)
 	now := b.now()
@@ -104,8 +108,8 @@ func (b *backend) accessTokenRevoke(ctx context.Context, req *logical.Request, _
 	start := time.Now()
 	err := errStaleView
 	for try := 0; try < maxReadTries && errors.Is(err, errStaleView); try++ {
-		epoch := b.root.gate.epochNow()
-		if v, err = b.cache.view(ctx, req.Storage, "", appID); err != nil {
+		epoch := c.gate.epochNow()
+		if v, err = b.cache.view(ctx, req.Storage, clientName, "", appID); err != nil {
 			return nil, err
 		}
 		if v.config == nil || v.config.ClientID != clientID || v.config.revokeEndpoint(appID) != endpoint {
@@ -117,7 +121,7 @@ func (b *backend) accessTokenRevoke(ctx context.Context, req *logical.Request, _
 		}
 		// Through the credential's gate: a revocation during a password change waits
 		// for it and uses the secret the tenant then accepts.
-		err = b.root.revoke(ctx, req.Storage, v, epoch, token)
+		err = c.revoke(ctx, req.Storage, v, epoch, token)
 	}
 	b.measure(metricRevokeLatency, start, outcome(err))
 	var te *client.Error

@@ -56,7 +56,7 @@ var defaultDeniedScopes = []string{"all"}
 // other scope whose allowed REST APIs include UserMgmt. The engine cannot see what a
 // scope allows at the tenant; what it is told, it holds.
 func (c *cyberarkConfig) protectedScopes() []string {
-	return append(slices.Clone(c.RotationScopes), c.deniedScopes()...)
+	return slices.Concat(c.RotationScopes, c.ManagementScopes, c.deniedScopes())
 }
 
 // deniedScopes is denied_scopes as it applies.
@@ -139,7 +139,7 @@ func (b *backend) checkGranted(ctx context.Context, s logical.Storage, v *view, 
 		// verify_tokens says, for the rotation scope at least.
 		granted = append(granted, tok.Claims.Strings("scope")...)
 	}
-	rot, isRot := rotationScopeIn(granted, cfg.protectedScopes())
+	rot, isRot := rotationScopeIn(granted, v.protectedScopes())
 	switch {
 	case isRot:
 		b.count(metricScopeCheck, "result", "rotation_scope")
@@ -165,7 +165,8 @@ func (b *backend) revokeRefused(ctx context.Context, s logical.Storage, v *view,
 		b.Logger().Warn("a token the engine refused to hand out cannot be revoked (no revocation endpoint); it stays valid until it expires", "expires_at", tok.Expiry.UTC())
 		return
 	}
-	if err := b.root.revoke(ctx, s, v, b.root.gate.epochNow(), tok.AccessToken); err != nil {
+	c := b.credential(v.name)
+	if err := c.revoke(ctx, s, v, c.gate.epochNow(), tok.AccessToken); err != nil {
 		b.Logger().Error("could not revoke a token the engine refused to hand out; it stays valid until it expires", "expires_at", tok.Expiry.UTC(), "error", err)
 	}
 }

@@ -82,7 +82,7 @@ func TestRotationNeedsWorkloadScopes(t *testing.T) {
 	if err := e.storage.Put(t.Context(), entry); err != nil {
 		t.Fatal(err)
 	}
-	e.b.cache.resetConfig()
+	e.b.cache.resetClient(defaultClient)
 	resp, err = e.request(t, logical.ReadOperation, "token", nil)
 	assertBadRequest(t, resp, err, "scopes")
 }
@@ -331,7 +331,7 @@ func BenchmarkTokenCheck(b *testing.B) {
 	e := newTestEnv(b)
 	e.configure(b)
 	tok := e.mustRequest(b, logical.ReadOperation, "token", nil)
-	v, err := e.b.cache.view(b.Context(), e.storage, "", "")
+	v, err := e.b.cache.view(b.Context(), e.storage, "", "", "")
 	if err != nil {
 		b.Fatal(err)
 	}

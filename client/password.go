@@ -101,12 +101,36 @@ func (c *Client) SendPasswordChange(ctx context.Context, changeURL, bearer, newS
 	return c.changePassword(ctx, changeURL, bearer, newSecret)
 }
 
-func (c *Client) changePassword(ctx context.Context, changeURL, bearer, newSecret string) (err error) {
+// SendPasswordReset sets another user's password, as its manager, at resetURL:
+// CyberArk Identity's UserMgmt/ResetUserPassword with the user's UUID. bearer is a
+// token of the manager whose scope allows the call; the Client is the managed user's,
+// so that its current secret is redacted too. The same rules hold as for a change:
+// sent once, never retried, ErrOutcomeUnknown when the tenant may have applied it.
+func (c *Client) SendPasswordReset(ctx context.Context, resetURL, bearer, userID, newSecret string) error {
+	switch {
+	case resetURL == "":
+		return errors.New("no password reset endpoint is configured")
+	case userID == "":
+		return errors.New("the managed user's ID is not known")
+	case newSecret == "" || newSecret == c.cfg.ClientSecret:
+		return errors.New("the new password must differ from the current one")
+	case bearer == "":
+		return errors.New("no bearer token to reset the password with")
+	}
+	return c.sendManagement(ctx, resetURL, bearer, newSecret, map[string]string{"ID": userID, "newPassword": newSecret})
+}
+
+func (c *Client) changePassword(ctx context.Context, changeURL, bearer, newSecret string) error {
+	return c.sendManagement(ctx, changeURL, bearer, newSecret, map[string]string{"oldPassword": c.cfg.ClientSecret, "newPassword": newSecret})
+}
+
+// sendManagement sends one password call of the management API, once.
+func (c *Client) sendManagement(ctx context.Context, changeURL, bearer, newSecret string, fields map[string]string) (err error) {
 	secrets := c.sensitive(append(sensitiveForms(newSecret), sensitiveForms(bearer)...)...)
 	// The fields are redacted as they are read, but an error's text is more: quoting an
 	// excerpt adds backslashes, which can complete a secret that holds one.
 	defer func() { err = redact(err, secrets) }()
-	body, err := json.Marshal(map[string]string{"oldPassword": c.cfg.ClientSecret, "newPassword": newSecret})
+	body, err := json.Marshal(fields)
 	if err != nil {
 		return fmt.Errorf("encoding the password change: %w", err)
 	}
