@@ -436,9 +436,9 @@ func (g *gate) endChange() {
 
 // countFailedLogin records a refusal in the metrics: what kind of call it was, and how
 // many refusals the window now holds.
-func (b *backend) countFailedLogin(call string, inWindow int) {
-	b.metrics.IncrCounterWithLabels(metricFailedLogin, 1, []metrics.Label{{Name: "call", Value: call}})
-	b.metrics.SetGauge(metricFailedLoginsInWindow, float32(inWindow))
+func (b *backend) countFailedLogin(client, call string, inWindow int) {
+	b.countFor(metricFailedLogin, client, "call", call)
+	b.metrics.SetGaugeWithLabels(metricFailedLoginsInWindow, float32(inWindow), []metrics.Label{{Name: "client", Value: client}})
 }
 
 // addLoginStatus adds the failed-login count to a config read.

@@ -13,8 +13,9 @@ import (
 	"github.com/idsec-labs/vault-plugin-secrets-cyberark/client"
 )
 
-// Metric names. Labels are few and bounded (an outcome or result word); tenant URLs,
-// client IDs, role names and tokens never become labels.
+// Metric names. Labels are few and bounded (an outcome or result word, and the name
+// of the mount's client); tenant URLs, client IDs, role names and tokens never become
+// labels.
 var (
 	metricGrant         = []string{"cyberark", "grant"}
 	metricGrantDuration = []string{"cyberark", "grant", "duration"}
@@ -79,6 +80,12 @@ func (globalSink) AddSampleWithLabels(key []string, val float32, labels []metric
 
 func (b *backend) count(key []string, label, value string) {
 	b.metrics.IncrCounterWithLabels(key, 1, []metrics.Label{{Name: label, Value: value}})
+}
+
+// countFor counts for one client: its name is the operator's, one of a few, never
+// the tenant's words.
+func (b *backend) countFor(key []string, client, label, value string) {
+	b.metrics.IncrCounterWithLabels(key, 1, []metrics.Label{{Name: "client", Value: client}, {Name: label, Value: value}})
 }
 
 func (b *backend) measure(key []string, start time.Time, outcome string) {

@@ -222,7 +222,7 @@ func (b *backend) token(ctx context.Context, s logical.Storage, c *credential, v
 		if hit {
 			result = "hit"
 		}
-		b.count(metricReuse, "result", result)
+		b.countFor(metricReuse, plan.client, "result", result)
 		return tok, err
 	}
 	return grant(ctx)
@@ -429,11 +429,11 @@ func leaseFreeTiming(role *roleEntry, tok *client.Token, now time.Time) (ttlSeco
 }
 
 // grant performs one client-credentials grant and records its outcome.
-func (b *backend) grant(ctx context.Context, c *client.Client, scopes []string) (*client.Token, error) {
+func (b *backend) grant(ctx context.Context, name string, c *client.Client, scopes []string) (*client.Token, error) {
 	start := time.Now()
 	tok, err := c.Token(ctx, scopes)
 	result := outcome(err)
-	b.count(metricGrant, "outcome", result)
+	b.countFor(metricGrant, name, "outcome", result)
 	b.measure(metricGrantDuration, start, result)
 	// No log line per grant: the plugin logs at trace for Vault to filter, so each line
 	// would be JSON written to a pipe and parsed by Vault on every uncached read, to be

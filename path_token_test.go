@@ -331,10 +331,10 @@ func TestTokenReuseThresholdAndLease(t *testing.T) {
 	if g := e.emu.Stats().Grants; g != 2 {
 		t.Errorf("grants = %d, want 2", g)
 	}
-	if hits, misses := counter(sink, "test.cyberark.reuse;result=hit"), counter(sink, "test.cyberark.reuse;result=miss"); hits != 1 || misses != 2 {
+	if hits, misses := counter(sink, "test.cyberark.reuse;client=default;result=hit"), counter(sink, "test.cyberark.reuse;client=default;result=miss"); hits != 1 || misses != 2 {
 		t.Errorf("reuse metrics: hits=%d misses=%d, want 1 and 2", hits, misses)
 	}
-	if n := counter(sink, "test.cyberark.grant;outcome=success"); n != 3 {
+	if n := counter(sink, "test.cyberark.grant;client=default;outcome=success"); n != 3 {
 		t.Errorf("grant success metric = %d, want 3 (the config's verification and two reads)", n)
 	}
 }
@@ -388,10 +388,10 @@ func TestTokenMetricsByOutcome(t *testing.T) {
 	e.emu.AddFaults(emulator.Fault{Endpoint: "token", Times: 1, Status: 503})
 	_, _ = e.request(t, logical.ReadOperation, "token", nil)
 	for name, want := range map[string]int{
-		"test.cyberark.grant;outcome=success":      3, // two config writes' verifications, and one read
-		"test.cyberark.grant;outcome=rate_limited": 1,
-		"test.cyberark.grant;outcome=refused":      1,
-		"test.cyberark.grant;outcome=tenant_error": 1,
+		"test.cyberark.grant;client=default;outcome=success":      3, // two config writes' verifications, and one read
+		"test.cyberark.grant;client=default;outcome=rate_limited": 1,
+		"test.cyberark.grant;client=default;outcome=refused":      1,
+		"test.cyberark.grant;client=default;outcome=tenant_error": 1,
 	} {
 		if got := counter(sink, name); got != want {
 			t.Errorf("%s = %d, want %d", name, got, want)

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/go-metrics"
 	"github.com/hashicorp/go-secure-stdlib/strutil"
 	"github.com/hashicorp/vault/sdk/helper/consts"
 	"github.com/hashicorp/vault/sdk/logical"
@@ -332,7 +333,7 @@ func (c *credential) operatorWrite(ctx context.Context, s logical.Storage, old, 
 		if err := c.gate.reset(ctx, s); err != nil {
 			c.b.Logger().Error("the config was stored, but the failed-login count could not be reset", "credential", c.name, "error", err)
 		} else {
-			c.b.metrics.SetGauge(metricFailedLoginsInWindow, 0)
+			c.b.metrics.SetGaugeWithLabels(metricFailedLoginsInWindow, 0, []metrics.Label{{Name: "client", Value: c.name}})
 		}
 	}
 	return nil
@@ -372,14 +373,14 @@ func (c *credential) call(ctx context.Context, s logical.Storage, cfg *cyberarkC
 	if err != nil {
 		var spent *budgetSpentError
 		if errors.As(err, &spent) {
-			c.b.count(metricLoginBudget, "call", what)
+			c.b.countFor(metricLoginBudget, c.name, "call", what)
 		}
 		return err
 	}
 	err = fn()
 	refused, n, storeErrs := t.done(ctx, s, l, err, c.b.now(), c.b.WriteSafeReplicationState())
 	if refused {
-		c.b.countFailedLogin(what, n)
+		c.b.countFailedLogin(c.name, what, n)
 		c.b.Logger().Warn("the tenant refused the engine's credentials: a failed login towards locking the service user",
 			"credential", c.name, "call", what, "refused_in_window", n, "max_failed_logins", l.max, "error", err)
 	}
@@ -403,7 +404,7 @@ func (c *credential) accepts(ctx context.Context, s logical.Storage, cfg *cybera
 	defer tc.Close()
 	var tok *client.Token
 	err = c.call(ctx, s, cfg, callOwner, 0, "check", func() (err error) {
-		tok, err = c.b.grant(ctx, tc, probe.Scopes)
+		tok, err = c.b.grant(ctx, c.name, tc, probe.Scopes)
 		return err
 	})
 	var te *client.Error
@@ -425,7 +426,7 @@ func (c *credential) accepts(ctx context.Context, s logical.Storage, cfg *cybera
 func (c *credential) verify(ctx context.Context, s logical.Storage, cfg *cyberarkConfig, tc *client.Client) (*client.Token, error) {
 	var tok *client.Token
 	err := c.call(ctx, s, cfg, callOperator, 0, "verify", func() (err error) {
-		tok, err = c.b.grant(ctx, tc, cfg.Scopes)
+		tok, err = c.b.grant(ctx, c.name, tc, cfg.Scopes)
 		return err
 	})
 	return tok, err
@@ -559,7 +560,7 @@ func (c *credential) settle(ctx context.Context, s logical.Storage, cfg *cyberar
 	switch {
 	case currentWorks && graceOver:
 		c.b.Logger().Warn("root rotation: the tenant still accepts the current secret; the new one was dropped", "credential", c.name)
-		c.b.count(metricRotation, "outcome", "kept_current")
+		c.b.countFor(metricRotation, c.name, "outcome", "kept_current")
 		return cfg, c.drop(ctx, s, cfg, "the tenant never took the new secret and still accepts the current one")
 	case currentWorks:
 		return cfg, c.checked(ctx, s, cfg, now, full, false, "the tenant accepts the current secret and not yet the new one; both are kept until "+
@@ -568,7 +569,7 @@ func (c *credential) settle(ctx context.Context, s logical.Storage, cfg *cyberar
 		if !r.Unresolved {
 			c.b.Logger().Error("root rotation unresolved: the tenant refuses both the current and the new secret; both are kept. Check the service user at the tenant, then write the secret it accepts to config (client_secret)",
 				"credential", c.name, "pending_since", r.PendingSince)
-			c.b.count(metricRotation, "outcome", "unresolved")
+			c.b.countFor(metricRotation, c.name, "outcome", "unresolved")
 		}
 		if err := c.unresolved(ctx, s, cfg, now, full); err != nil {
 			return cfg, fmt.Errorf("recording the rotation's state: %w", err)
@@ -729,7 +730,7 @@ func (c *credential) change(ctx context.Context, s logical.Storage, cfg *cyberar
 	}
 	var bearer *client.Token
 	err = c.call(ctx, s, cfg, callOwner, 0, "change", func() (err error) {
-		bearer, err = c.b.grant(ctx, current, cfg.RotationScopes)
+		bearer, err = c.b.grant(ctx, c.name, current, cfg.RotationScopes)
 		return err
 	})
 	if err != nil {
@@ -784,7 +785,7 @@ func (c *credential) reset(ctx context.Context, s logical.Storage, cfg *cyberark
 	defer mc.Close()
 	var bearer *client.Token
 	err = m.call(ctx, s, mcfg, callRead, m.gate.epochNow(), "manage", func() (err error) {
-		bearer, err = c.b.grant(ctx, mc, mcfg.ManagementScopes)
+		bearer, err = c.b.grant(ctx, m.name, mc, mcfg.ManagementScopes)
 		return err
 	})
 	if err != nil {
@@ -846,7 +847,7 @@ func (b *backend) rotateClient(ctx context.Context, s logical.Storage, c *creden
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	cfg, err := c.rotate(ctx, s, rotationTrigger{manual: manual})
-	b.countRotation(err)
+	b.countRotation(c.name, err)
 	if err == nil {
 		c.armSchedule(cfg)
 	}
@@ -854,16 +855,16 @@ func (b *backend) rotateClient(ctx context.Context, s logical.Storage, c *creden
 }
 
 // countRotation counts every rotation, manual or scheduled, by how it ended.
-func (b *backend) countRotation(err error) {
+func (b *backend) countRotation(client string, err error) {
 	var coded logical.HTTPCodedError
 	switch {
 	case err == nil:
-		b.count(metricRotation, "outcome", "success")
+		b.countFor(metricRotation, client, "outcome", "success")
 	case errors.Is(err, errNotDue):
 	case errors.As(err, &coded) && coded.Code() == http.StatusConflict:
-		b.count(metricRotation, "outcome", "unsettled")
+		b.countFor(metricRotation, client, "outcome", "unsettled")
 	default:
-		b.count(metricRotation, "outcome", "failed")
+		b.countFor(metricRotation, client, "outcome", "failed")
 	}
 }
 
@@ -880,7 +881,7 @@ func (b *backend) rotationStep(step string) {
 func (c *credential) grantFor(ctx context.Context, s logical.Storage, v *view, epoch uint64, scopes []string) (*client.Token, error) {
 	var tok *client.Token
 	err := c.call(ctx, s, v.config, callRead, epoch, "read", func() (err error) {
-		tok, err = c.b.grant(ctx, v.client, scopes)
+		tok, err = c.b.grant(ctx, c.name, v.client, scopes)
 		return err
 	})
 	var te *client.Error

@@ -481,8 +481,8 @@ func TestEveryRotationIsCounted(t *testing.T) {
 	_ = e.b.periodic(t.Context(), &logical.Request{Storage: e.storage}) // scheduled, fails
 	clock.Advance(rotationRetryDelay + time.Second)
 	_ = e.b.periodic(t.Context(), &logical.Request{Storage: e.storage}) // scheduled, succeeds
-	success := counter(sink, "test.cyberark.rotation;outcome=success")
-	failed := counter(sink, "test.cyberark.rotation;outcome=failed")
+	success := counter(sink, "test.cyberark.rotation;client=default;outcome=success")
+	failed := counter(sink, "test.cyberark.rotation;client=default;outcome=failed")
 	if success != 2 || failed != 2 {
 		t.Errorf("rotation metric: %d successes and %d failures, want 2 and 2 (a manual and a scheduled of each)", success, failed)
 	}

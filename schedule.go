@@ -201,7 +201,7 @@ func (c *credential) rotateIfDue(ctx context.Context, s logical.Storage) error {
 	}
 	b.Logger().Info("scheduled root rotation", "client", c.name, "due", due.UTC())
 	_, rerr := c.rotate(ctx, s, rotationTrigger{due: due})
-	b.countRotation(rerr)
+	b.countRotation(c.name, rerr)
 	if rerr == nil || errors.Is(rerr, errNotDue) {
 		c.sched.holdOff(time.Time{})
 		return nil
