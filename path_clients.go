@@ -94,7 +94,7 @@ func clientFieldSchemas() map[string]*framework.FieldSchema {
 }
 
 func pathClients(b *backend) []*framework.Path {
-	nameField := &framework.FieldSchema{Type: framework.TypeString, Description: "Name of the client: lower-case letters, digits, '-', '_' and '.'. \"default\" is the client config holds."}
+	nameField := &framework.FieldSchema{Type: framework.TypeString, Description: "Name of the client: lower-case letters, digits, '-', '_' and '.'. Not \"default\", the client config holds."}
 	fields := configWriteFields()
 	fields["name"] = nameField
 	write := &framework.PathOperation{
@@ -113,7 +113,7 @@ func pathClients(b *backend) []*framework.Path {
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.ListOperation: &framework.PathOperation{
 					Callback: b.pathClientList,
-					Summary:  "List the clients, default among them when config is set.",
+					Summary:  "List the clients stored under clients/ (the default client is config).",
 				},
 			},
 			HelpSynopsis: "List the mount's clients.",
@@ -154,7 +154,7 @@ func pathClients(b *backend) []*framework.Path {
 			HelpDescription: `Takes every field config takes, and a client's own: rotation_method and
 manager (a managed client is rotated through its manager's ResetUserPassword),
 managed_clients and management_scopes (on a manager), and allowed_roles (which roles
-may use it). clients/default is config. Tokens of a client come from reading
+may use it). The default client is config's, at config only. Tokens of a client come from reading
 token/<role> of a role that names it (client=<name>).`,
 		},
 		{
@@ -175,11 +175,16 @@ token/<role> of a role that names it (client=<name>).`,
 	}
 }
 
-// clientNamed is the credential of the client a path names, in canonical form.
+// clientNamed is the credential of the client a path names, in canonical form. The
+// default client has one path only, config: Vault policies match paths exactly, and a
+// second path to it would escape a policy written for config.
 func (b *backend) clientNamed(d *framework.FieldData) (*credential, *logical.Response) {
 	name, resp := roleName(d, "name")
 	if resp != nil {
 		return nil, resp
+	}
+	if name == defaultClient {
+		return nil, logical.ErrorResponse("name: %q is the client config holds; read and write it at config (and config/rotate-root)", defaultClient)
 	}
 	return b.credential(name), nil
 }
@@ -207,11 +212,6 @@ func (b *backend) pathClientList(ctx context.Context, req *logical.Request, _ *f
 	names, err := req.Storage.List(ctx, clientsPrefix)
 	if err != nil {
 		return nil, err
-	}
-	if cfg, err := b.root.load(ctx, req.Storage); err != nil {
-		return nil, err
-	} else if cfg != nil {
-		names = append(names, defaultClient)
 	}
 	sort.Strings(names)
 	return logical.ListResponse(names), nil

@@ -103,7 +103,7 @@ func TestClientsServeTheirOwnUsers(t *testing.T) {
 	}
 
 	list := e.mustRequest(t, logical.ListOperation, "clients/", nil).Data["keys"].([]string)
-	if strings.Join(list, ",") != "default,mgr,team-a,team-b" {
+	if strings.Join(list, ",") != "mgr,team-a,team-b" {
 		t.Errorf("clients/ lists %v", list)
 	}
 	read := e.mustRequest(t, logical.ReadOperation, "clients/team-b", nil)
@@ -112,9 +112,9 @@ func TestClientsServeTheirOwnUsers(t *testing.T) {
 		t.Errorf("clients/team-b read: rotation_method %v, manager %v, secret shown %v",
 			read.Data["rotation_method"], read.Data["manager"], strings.Contains(string(raw), teamBSecret))
 	}
-	if def := e.mustRequest(t, logical.ReadOperation, "clients/default", nil); def.Data["client_id"] != testClientID {
-		t.Errorf("clients/default is not config: client_id %v", def.Data["client_id"])
-	}
+	// The default client has one path: a policy on config must hold.
+	resp, err := e.request(t, logical.ReadOperation, "clients/default", nil)
+	assertBadRequest(t, resp, err, "name")
 }
 
 // decodeBasic splits a Basic Authorization header.
@@ -224,6 +224,12 @@ func TestManagerMustAllow(t *testing.T) {
 	resp, err = e.request(t, logical.CreateOperation, "clients/team-e", e.clientData(testAppID, teamAUser, teamASecret,
 		map[string]any{"rotation_method": "managed"}))
 	assertBadRequest(t, resp, err, "manager")
+	// The sub its write pins is whom the manager resets: it must be the tenant's word.
+	resp, err = e.request(t, logical.UpdateOperation, "clients/team-b", map[string]any{
+		"token_url": e.url + "/oauth2/token/" + otherApp, "client_secret": teamBSecret})
+	assertBadRequest(t, resp, err, "rotation_method")
+	resp, err = e.request(t, logical.UpdateOperation, "clients/team-b", map[string]any{"verify_tokens": "off"})
+	assertBadRequest(t, resp, err, "verify_tokens")
 }
 
 // TestManagementScopeNeverReachesAWorkload: the manager's scope is protected for every

@@ -759,6 +759,14 @@ func (c *cyberarkConfig) checkClientFields(in configInput) fieldErrors {
 		if len(c.ManagedClients) > 0 {
 			problems.add("managed_clients", "a managed client cannot manage others: a manager rotates its own secret")
 		}
+		// Its manager resets the user whose sub the verified write pins: that token
+		// must come from the tenant itself and be checked against the tenant's keys.
+		if c.TokenURL != "" || c.JWKSURL != "" {
+			problems.add("rotation_method", "managed needs tokens from the tenant's own endpoint, checked against its own keys: remove token_url and jwks_url")
+		}
+		if c.VerifyTokens == verifyTokensOff {
+			problems.add("verify_tokens", "must not be off for a managed client: the token of its verified write names the user its manager resets")
+		}
 	default:
 		problems.add("rotation_method", "must be %q or %q, got %s", rotationSelf, rotationManaged, quoteShort(c.RotationMethod))
 	}

@@ -275,6 +275,11 @@ func (b *backend) keys(ctx context.Context, cfg *cyberarkConfig, tc *client.Clie
 func (b *backend) verifyToken(ctx context.Context, v *view, asked []string, tok *client.Token) (warning string, err error) {
 	cfg := v.config
 	mode := cmp.Or(cfg.VerifyTokens, verifyTokensAuto)
+	if cfg.managed() {
+		// The sub a managed client's verified write pins is whom its manager resets:
+		// only a token the tenant's own keys vouch for may name it.
+		mode = verifyTokensEnforce
+	}
 	if mode == verifyTokensOff {
 		return "", nil
 	}
