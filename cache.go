@@ -47,15 +47,16 @@ type cache struct {
 	// grants lets concurrent misses for one reused token share one grant.
 	grants singleflight.Group
 
-	// protected is every client's protected scopes, by client name, of generation
-	// protectedGen (othersProtected).
+	// protected is the password-changing scopes by application key, of generation
+	// protectedGen (appProtected).
 	protected    map[string][]string
 	protectedGen uint64
 }
 
-// othersProtected returns the protected scopes of every client but name, read from
-// storage once per generation: token reads hold each token against them.
-func (c *cache) othersProtected(ctx context.Context, name string, load func(context.Context) (map[string][]string, error)) ([]string, error) {
+// appProtected returns the rotation and management scopes that any client asks for at
+// the application key, read from storage once per generation: token reads hold each
+// token against them.
+func (c *cache) appProtected(ctx context.Context, key string, load func(context.Context) (map[string][]string, error)) ([]string, error) {
 	c.mu.RLock()
 	all, gen := c.protected, c.gen
 	fresh := all != nil && c.protectedGen == gen
@@ -71,13 +72,7 @@ func (c *cache) othersProtected(ctx context.Context, name string, load func(cont
 		}
 		c.mu.Unlock()
 	}
-	var out []string
-	for other, scopes := range all {
-		if other != name {
-			out = append(out, scopes...)
-		}
-	}
-	return out, nil
+	return all[key], nil
 }
 
 // view is what one request works with: settings that were current together. Its
@@ -88,13 +83,14 @@ type view struct {
 	config *cyberarkConfig // nil: the client is not configured
 	role   *roleEntry      // nil: no role was named, or it does not exist
 	client *client.Client  // nil when config or a named role is missing
-	// others are the other clients' rotation, management and denied scopes, when the
-	// read has looked them up (cache.othersProtected).
+	// others are the rotation and management scopes every client asks for at the
+	// read's application, when the read has looked them up (cache.appProtected).
 	others []string
 }
 
 // protectedScopes are the scopes no token of this view may carry: its own client's
-// rotation, management and denied scopes, and every other client's.
+// rotation, management and denied scopes, and every other client's rotation and
+// management scopes at the same application.
 func (v *view) protectedScopes() []string {
 	return append(v.config.protectedScopes(), v.others...)
 }

@@ -60,7 +60,7 @@ var errorClasses = []errorClass{
 	{section: "Config writes: other fields", status: 400, shape: "client_secret: must be given again in the same write, because …",
 		about: "The write moves where the secret or tokens go (`tenant_url`, `token_url`, `revoke_url`, `client_id`, `client_auth`, `ca_cert`, an `app_id` that moves an endpoint), so that a writer who cannot read the secret cannot send it elsewhere. Fix: include `client_secret` in the same write.",
 		op:    logical.UpdateOperation, path: "config", data: map[string]any{"client_id": "svc-other@tenant.example"}},
-	{section: "Config writes: other fields", status: 400, shape: `scopes: "rotate" is a rotation scope or a denied scope …`,
+	{section: "Config writes: other fields", status: 400, shape: `scopes: "rotate" is a rotation, management or denied scope …`,
 		about: "A config's `scopes`, a role's `scopes` or `allowed_scopes`, or a reader's `scope` names a scope of `rotation_scopes` or `denied_scopes` (default `all`), compared without case: a workload token with it could change the engine's own password. Fix: give workloads scopes that do not allow `UserMgmt` APIs.",
 		op:    logical.UpdateOperation, path: "config", data: map[string]any{"scopes": "read,rotate"}},
 	{section: "Config writes: other fields", status: 400, shape: "scopes: is required while rotation_scopes is set: …",

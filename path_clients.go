@@ -3,7 +3,6 @@ package cyberark
 import (
 	"context"
 	"fmt"
-	"maps"
 	"net/http"
 	"slices"
 	"sort"
@@ -299,15 +298,38 @@ func (b *backend) checkClientLinks(ctx context.Context, s logical.Storage, name 
 			problems.add("manager", "client %q is on another tenant (%s)", cfg.Manager, mgr.TenantURL)
 		}
 	}
-	protected := map[string]bool{}
-	for _, other := range others {
-		for _, sc := range other.protectedScopes() {
-			protected[sc] = true
+	for other, o := range others {
+		if o.Manager == name && strings.TrimRight(o.TenantURL, "/") != strings.TrimRight(cfg.TenantURL, "/") {
+			problems.add("tenant_url", "client %q, which this one manages, is on %s: a manager's token never goes to another tenant; move or delete that client first", other, o.TenantURL)
 		}
 	}
-	for _, sc := range slices.Concat(cfg.Scopes) {
-		if protected[sc] {
-			problems.add("scopes", "%q is another client's rotation, management or denied scope, which no workload token may carry", sc)
+	// On one application, a client's workload scopes and another's password-changing
+	// scopes must not meet: the one would get tokens that change the other's password,
+	// or could stop the other's reads by declaring its scopes protected.
+	key := appKey(cfg.TenantURL, cfg.AppID)
+	mine := slices.Concat(cfg.RotationScopes, cfg.ManagementScopes)
+	for other, o := range others {
+		if appKey(o.TenantURL, o.AppID) != key {
+			continue
+		}
+		for _, sc := range cfg.Scopes {
+			if slices.Contains(o.RotationScopes, sc) || slices.Contains(o.ManagementScopes, sc) {
+				problems.add("scopes", "%q is client %q's rotation or management scope on the same application, which no workload token may carry", sc, other)
+			}
+		}
+		for _, sc := range mine {
+			if slices.Contains(o.Scopes, sc) {
+				problems.add("rotation_scopes", "%q is a workload scope of client %q on the same application: it cannot also be a scope that changes passwords", sc, other)
+			}
+		}
+	}
+	used, err := b.roleScopesByApp(ctx, s, others, name)
+	if err != nil {
+		return nil, err
+	}
+	for _, sc := range mine {
+		if role, ok := used[key][sc]; ok {
+			problems.add("rotation_scopes", "%q is a scope of role %q on the same application: it cannot also be a scope that changes passwords", sc, role)
 		}
 	}
 	return problems, nil
@@ -323,31 +345,58 @@ func checkNames(names []string) error {
 	return nil
 }
 
-// protectedByClient is each client's rotation, management and denied scopes.
-func (b *backend) protectedByClient(ctx context.Context, s logical.Storage) (map[string][]string, error) {
+// appKey names an application of a tenant: scopes are an application's, so one
+// client's rotation or management scope is another's concern only on the same one.
+func appKey(tenantURL, appID string) string {
+	return strings.ToLower(strings.TrimRight(tenantURL, "/")) + "\n" + strings.ToLower(appID)
+}
+
+// grantScopes are the scopes of a client's grants that may change a password: its
+// rotation and management scopes, by the application they are asked for at.
+func (b *backend) grantScopes(ctx context.Context, s logical.Storage) (map[string][]string, error) {
 	configs, err := b.storedConfigs(ctx, s)
 	if err != nil {
 		return nil, err
 	}
-	out := make(map[string][]string, len(configs))
-	for name, cfg := range configs {
-		out[name] = cfg.protectedScopes()
+	out := map[string][]string{}
+	for _, cfg := range configs {
+		key := appKey(cfg.TenantURL, cfg.AppID)
+		out[key] = append(out[key], slices.Concat(cfg.RotationScopes, cfg.ManagementScopes)...)
 	}
 	return out, nil
 }
 
-// allProtectedScopes is every client's rotation, management and denied scopes: no
-// workload token of any client may carry one.
-func (b *backend) allProtectedScopes(ctx context.Context, s logical.Storage) ([]string, error) {
-	configs, err := b.storedConfigs(ctx, s)
+// appProtectedScopes are the rotation and management scopes any client asks for at
+// the application key: no workload token from there may carry one.
+func (b *backend) appProtectedScopes(ctx context.Context, s logical.Storage, key string) ([]string, error) {
+	all, err := b.grantScopes(ctx, s)
+	return all[key], err
+}
+
+// roleScopesByApp maps each application key to the scopes the roles of other clients
+// than name ask for or allow there, and one role that does.
+func (b *backend) roleScopesByApp(ctx context.Context, s logical.Storage, configs map[string]*cyberarkConfig, name string) (map[string]map[string]string, error) {
+	roles, err := s.List(ctx, rolePrefix)
 	if err != nil {
 		return nil, err
 	}
-	set := map[string]bool{}
-	for _, cfg := range configs {
-		for _, sc := range cfg.protectedScopes() {
-			set[sc] = true
+	out := map[string]map[string]string{}
+	for _, r := range roles {
+		role, err := readRole(ctx, s, r)
+		if err != nil {
+			return nil, err
+		}
+		if role == nil || role.client() == name || configs[role.client()] == nil {
+			continue
+		}
+		cfg := configs[role.client()]
+		key := appKey(cfg.TenantURL, appFor(cfg, role))
+		if out[key] == nil {
+			out[key] = map[string]string{}
+		}
+		for _, sc := range slices.Concat(role.Scopes, role.AllowedScopes) {
+			out[key][sc] = r
 		}
 	}
-	return slices.Sorted(maps.Keys(set)), nil
+	return out, nil
 }

@@ -369,9 +369,9 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 		return nil, err
 	}
 	problems := r.validate(name, cfg)
-	if len(problems) == 0 {
+	if len(problems) == 0 && cfg != nil {
 		// Another client's rotation or management scope is no workload's either.
-		protected, err := b.allProtectedScopes(ctx, req.Storage)
+		protected, err := b.appProtectedScopes(ctx, req.Storage, appKey(cfg.TenantURL, appFor(cfg, r)))
 		if err != nil {
 			return nil, err
 		}

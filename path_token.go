@@ -170,8 +170,8 @@ func (b *backend) readToken(ctx context.Context, req *logical.Request, name stri
 		case name != "" && !v.config.allowsRole(v.name, name):
 			return logical.ErrorResponse("client: client %q does not allow role %q (its allowed_roles: [%s])", v.name, name, strings.Join(v.config.AllowedRoles, " ")), nil
 		}
-		if v.others, err = b.cache.othersProtected(ctx, v.name, func(ctx context.Context) (map[string][]string, error) {
-			return b.protectedByClient(ctx, req.Storage)
+		if v.others, err = b.cache.appProtected(ctx, appKey(v.config.TenantURL, appFor(v.config, v.role)), func(ctx context.Context) (map[string][]string, error) {
+			return b.grantScopes(ctx, req.Storage)
 		}); err != nil {
 			return nil, err
 		}

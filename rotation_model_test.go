@@ -25,7 +25,9 @@ import (
 // The model test: seeded, reproducible histories of events over the engine (in-memory
 // storage, a fake clock, the emulated tenant on its clock), with the invariants that a
 // security team relies on checked after every event. A failing seed prints its
-// history; -model.seed=N replays it alone, logging each event.
+// history; -model.seed=N replays it alone, logging each event. One history in four
+// (seed%4 == 0) rotates a managed client through its manager's reset instead of the
+// default client's own change (rotation_model_managed_test.go).
 var (
 	modelHistories = flag.Int("model.histories", 0, "histories the model test runs (0: 2000; 150 under the race detector or -short)")
 	modelSeed      = flag.Uint64("model.seed", 0, "replay this one history of the model test, logging its events")
@@ -43,8 +45,9 @@ func TestRotationModel(t *testing.T) {
 		}
 		defer h.close()
 		h.trace = t.Logf
+		t.Logf("seed %d: a history of the %s client", *modelSeed, h.name)
 		if err := h.run(); err != nil {
-			t.Fatalf("seed %d: %v\nengine log:\n%s", *modelSeed, err, h.logs.String())
+			t.Fatalf("seed %d (%s client): %v\nengine log:\n%s", *modelSeed, h.name, err, h.logs.String())
 		}
 		return
 	case n == 0 && (testing.Short() || raceDetector):
@@ -56,7 +59,7 @@ func TestRotationModel(t *testing.T) {
 	}
 	start := time.Now()
 	seeds := make(chan uint64)
-	var ran, events atomic.Int64
+	var ran, managed, events atomic.Int64
 	var mu sync.Mutex
 	var failures []string
 	var wg sync.WaitGroup
@@ -75,11 +78,14 @@ func TestRotationModel(t *testing.T) {
 				err = h.run()
 				h.close()
 				ran.Add(1)
+				if h.managed {
+					managed.Add(1)
+				}
 				events.Add(int64(len(h.events)))
 				if err != nil {
 					mu.Lock()
-					failures = append(failures, fmt.Sprintf("seed %d: %v (replay: go test -run 'TestRotationModel$' -model.seed=%d -v .)\nhistory:\n  %s",
-						seed, err, seed, strings.Join(h.events, "\n  ")))
+					failures = append(failures, fmt.Sprintf("seed %d (%s client): %v (replay: go test -run 'TestRotationModel$' -model.seed=%d -v .)\nhistory:\n  %s",
+						seed, h.name, err, seed, strings.Join(h.events, "\n  ")))
 					mu.Unlock()
 				}
 			}
@@ -97,7 +103,8 @@ func TestRotationModel(t *testing.T) {
 	}
 	close(seeds)
 	wg.Wait()
-	t.Logf("%d histories, %d events, in %s; %d broke an invariant", ran.Load(), events.Load(), time.Since(start).Round(time.Millisecond), len(failures))
+	t.Logf("%d histories (%d of a self-rotated client, %d of a managed one), %d events, in %s; %d broke an invariant",
+		ran.Load(), ran.Load()-managed.Load(), managed.Load(), events.Load(), time.Since(start).Round(time.Millisecond), len(failures))
 	for _, f := range failures {
 		t.Error(f)
 	}
@@ -118,10 +125,20 @@ type history struct {
 	logs    *syncBuffer
 	b       *backend
 
+	// The client the history rotates: the default one (config), which changes its own
+	// password, or, in one history in four, a managed client, which its manager resets
+	// (managedTarget).
+	target
+	// managedSeen is how many of the tenant's requests checkManaged has looked at, and
+	// mgmtSeen how many password calls (Stats.ManagementRequests) it had seen then.
+	managedSeen int
+	mgmtSeen    int64
+
 	// oob is a password an administrator set at the tenant that Vault was not told of.
 	oob string
 	// held is the secret of a change the tenant holds unanswered, and since when; the
-	// model lands or discards it within the grace, as a real request ends by then.
+	// model lands or discards it within the grace, as a real request ends by then. For a
+	// managed client the model holds the reset itself (holdReset).
 	held      string
 	heldSince time.Time
 	heldDue   time.Time // the due time it serves, for a scheduled rotation
@@ -153,6 +170,12 @@ var modelKey = sync.OnceValue(func() *rsa.PrivateKey {
 func newHistory(seed uint64, n int) (*history, error) {
 	// A seeded generator, so that a seed replays its history; nothing secret comes of it.
 	h := &history{seed: seed, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), n: n, servedDue: map[time.Time]int{}} //nolint:gosec // reproducible by design
+	// The kind of history follows from the seed alone, so that a seed replays as the
+	// same kind whatever else changes.
+	h.target = selfTarget()
+	if seed%4 == 0 {
+		h.target = managedTarget(h.rng.IntN(2) == 0)
+	}
 	cfg := emulator.Config{
 		SigningKey: modelKey(),
 		ExpiresIn:  3600,
@@ -169,6 +192,9 @@ func newHistory(seed uint64, n int) (*history, error) {
 		Lockout:           &emulator.LockoutPolicy{Threshold: defaultMaxFailedLogins + 1, Window: defaultFailedLoginWindow, Duration: time.Hour, ResetOnSuccess: true},
 		IgnoreOldPassword: h.rng.IntN(2) == 0,
 	}
+	if h.managed {
+		h.managedApps(&cfg)
+	}
 	emu, err := emulator.New(cfg)
 	if err != nil {
 		return nil, err
@@ -184,16 +210,31 @@ func newHistory(seed uint64, n int) (*history, error) {
 		return nil, err
 	}
 	data := map[string]any{
-		"tenant_url": h.srv.URL, "app_id": testAppID, "client_id": testClientID, "client_secret": testClientSecret,
-		"scopes": "read", "rotation_scopes": rotateScope, "max_retries": 0, "request_timeout": 2, "total_timeout": 3,
+		"tenant_url": h.srv.URL, "app_id": h.appID, "client_id": h.userID, "client_secret": h.initialSecret,
+		"scopes": "read", "max_retries": 0, "request_timeout": 2, "total_timeout": 3,
+	}
+	if h.managed {
+		data["rotation_method"], data["manager"], data["allowed_roles"] = rotationManaged, modelManager, modelManagedRole
+		if err := h.writeManager(); err != nil {
+			h.close()
+			return nil, err
+		}
+	} else {
+		data["rotation_scopes"] = rotateScope
 	}
 	if h.rng.IntN(2) == 0 {
 		h.period = []time.Duration{time.Hour, 6 * time.Hour, 20 * time.Minute}[h.rng.IntN(3)]
 		data["rotation_period"] = int(h.period.Seconds())
 	}
-	if _, err := h.call(logical.CreateOperation, "config", data); err != nil {
+	if _, err := h.call(logical.CreateOperation, h.path, data); err != nil {
 		h.close()
 		return nil, err
+	}
+	if h.managed {
+		if _, err := h.call(logical.CreateOperation, "roles/"+modelManagedRole, map[string]any{"client": h.name, "scopes": "read"}); err != nil {
+			h.close()
+			return nil, err
+		}
 	}
 	h.emu.Reset()
 	return h, nil
@@ -229,7 +270,7 @@ func (h *history) call(op logical.Operation, path string, data map[string]any) (
 	if err == nil && resp != nil && resp.IsError() {
 		err = resp.Error()
 	}
-	if path == "config" && op != logical.ReadOperation && data["verify_connection"] != false {
+	if path == h.path && op != logical.ReadOperation && data["verify_connection"] != false {
 		switch {
 		case err == nil:
 			// A verified write restarts the engine's count; the strict count restarts
@@ -240,7 +281,7 @@ func (h *history) call(op logical.Operation, path string, data map[string]any) (
 			// The operator's own verification, always allowed: the budget does not
 			// cover it, so neither does the strict count.
 			h.operatorRefusals++
-			h.failedSeen = h.emu.Stats().FailedLogins
+			h.failedSeen = h.failedLogins()
 		}
 	}
 	return resp, err
@@ -256,7 +297,7 @@ func (h *history) advanceClock(d time.Duration) {
 // countFailures adds the tenant's failed logins since the last look, at the clock's
 // time (which does not move within an event).
 func (h *history) countFailures() {
-	n := h.emu.Stats().FailedLogins
+	n := h.failedLogins()
 	for range n - h.failedSeen {
 		h.failTimes = append(h.failTimes, h.clock.Now())
 	}
@@ -264,9 +305,9 @@ func (h *history) countFailures() {
 }
 
 func (h *history) logf(format string, args ...any) {
-	rec, _ := h.b.root.gate.status(context.Background(), h.storage.Storage)
+	rec, _ := h.cred().gate.status(context.Background(), h.storage.Storage)
 	line := fmt.Sprintf("%s  [engine %d in window, tenant %d failed logins, state %s]  %s", h.clock.Now().Format("15:04:05"),
-		rec.inWindow(h.clock.Now(), defaultFailedLoginWindow), h.emu.Stats().FailedLogins, h.stored().Rotation.status(), fmt.Sprintf(format, args...))
+		rec.inWindow(h.clock.Now(), defaultFailedLoginWindow), h.failedLogins(), h.stored().Rotation.status(), fmt.Sprintf(format, args...))
 	h.events = append(h.events, line)
 	if h.trace != nil {
 		h.trace("%s", line)
@@ -274,7 +315,7 @@ func (h *history) logf(format string, args ...any) {
 }
 
 func (h *history) stored() *cyberarkConfig {
-	cfg, err := readConfig(context.Background(), h.storage.Storage)
+	cfg, err := readConfigAt(context.Background(), h.storage.Storage, h.key)
 	if err != nil || cfg == nil {
 		return &cyberarkConfig{}
 	}
@@ -284,8 +325,8 @@ func (h *history) stored() *cyberarkConfig {
 // tenantSecret is the secret the tenant accepts, among those the model knows of.
 func (h *history) tenantSecret() string {
 	cfg := h.stored()
-	for _, s := range []string{cfg.ClientSecret, cfg.Rotation.PendingSecret, h.oob, h.held, testClientSecret} {
-		if s != "" && h.emu.ClientSecretIs(testClientID, s) {
+	for _, s := range []string{cfg.ClientSecret, cfg.Rotation.PendingSecret, h.oob, h.held, h.initialSecret} {
+		if s != "" && h.emu.ClientSecretIs(h.userID, s) {
 			return s
 		}
 	}
@@ -342,6 +383,7 @@ func (h *history) step() error {
 		{5, h.fireTimer},
 		{10, h.rotateRoot},
 		{4, h.lostAnswer},
+		{3, h.changeFault},
 		{5, h.holdChange},
 		{5, h.land},
 		{4, h.crash},
@@ -374,7 +416,7 @@ func (h *history) reads() error {
 	codes := make([]string, 0, n)
 	for range n {
 		start := time.Now()
-		resp, err := h.call(logical.ReadOperation, "token", nil)
+		resp, err := h.call(logical.ReadOperation, h.tokenPath, nil)
 		if d := time.Since(start); d > modelReadBound {
 			return fmt.Errorf("a token read took %s, over its bound of %s", d, modelReadBound)
 		}
@@ -407,21 +449,66 @@ func (h *history) advance() error {
 
 func (h *history) fireTimer() error {
 	h.logf("the rotation timer fires")
-	h.scheduled(func() { _ = h.b.root.rotateIfDue(context.Background(), h.storage) })
+	h.scheduled(func() { _ = h.cred().rotateIfDue(context.Background(), h.storage) })
 	return nil
 }
 
 func (h *history) rotateRoot() error {
-	_, err := h.call(logical.UpdateOperation, "config/rotate-root", nil)
+	_, err := h.call(logical.UpdateOperation, h.rotatePath, nil)
 	h.logf("rotate-root: %s %s", errorCode(err), shortErr(err))
 	return nil
 }
 
 func (h *history) lostAnswer() error {
-	h.emu.AddFaults(emulator.Fault{Endpoint: "change_password", ApplyFirst: true, DropConnection: true, Times: 1})
-	_, err := h.call(logical.UpdateOperation, "config/rotate-root", nil)
+	h.emu.AddFaults(emulator.Fault{Endpoint: h.changeEndpoint, ApplyFirst: true, DropConnection: true, Times: 1})
+	_, err := h.call(logical.UpdateOperation, h.rotatePath, nil)
 	h.emu.ClearFaults()
 	h.logf("rotate-root, the change's answer lost: %s %s", errorCode(err), shortErr(err))
+	return nil
+}
+
+// rotation runs one rotation: half the time a scheduled one, once the clock has moved
+// on by up to an hour, else an operator's rotate-root. due is the due time a scheduled
+// one serves.
+func (h *history) rotation() (due time.Time, err error) {
+	if h.rng.IntN(2) == 0 {
+		h.scheduled(func() {
+			h.advanceClock(time.Duration(h.rng.IntN(int(time.Hour))))
+			h.expireHeld()
+			if d := h.stored().Rotation.NextRotation; !d.IsZero() && !d.After(h.clock.Now()) {
+				due = d
+			}
+			err = h.cred().rotateIfDue(context.Background(), h.storage)
+		})
+		return due, err
+	}
+	_, err = h.call(logical.UpdateOperation, h.rotatePath, nil)
+	return due, err
+}
+
+// changeFault: the tenant answers a rotation's change (a managed client's reset) with
+// an error or a garbled answer, before acting on it or after (ApplyFirst), when the
+// engine cannot know the outcome.
+func (h *history) changeFault() error {
+	faults := []struct {
+		what string
+		f    emulator.Fault
+	}{
+		{"a refusal (success false), not made", emulator.Fault{Body: `{"success":false,"Message":"injected refusal"}`}},
+		{"429, not made", emulator.Fault{Status: 429}},
+		{"503, not made", emulator.Fault{Status: 503}},
+		{"a dropped connection, not made", emulator.Fault{DropConnection: true}},
+		{"500, made", emulator.Fault{Status: 500, ApplyFirst: true}},
+		{"a cut-off answer, made", emulator.Fault{MalformedJSON: true, ApplyFirst: true}},
+		{"200 without an envelope, made", emulator.Fault{Body: "{}", ApplyFirst: true}},
+	}
+	pick := faults[h.rng.IntN(len(faults))]
+	f := pick.f
+	f.Endpoint, f.Times = h.changeEndpoint, 1
+	h.emu.AddFaults(f)
+	_, err := h.rotation()
+	h.emu.ClearFaults()
+	h.logf("rotation whose %s the tenant answers with %s: %s %s", h.changeEndpoint, pick.what, errorCode(err), shortErr(err))
 	return nil
 }
 
@@ -429,26 +516,17 @@ func (h *history) holdChange() error {
 	if h.held != "" {
 		return h.rotateRoot()
 	}
+	if h.managed {
+		return h.holdReset()
+	}
 	h.emu.AddFaults(emulator.Fault{Endpoint: "change_password", Hold: true, Times: 1})
 	pendingBefore := h.stored().Rotation.PendingSecret
-	var err error
 	h.b.afterRotationStep = func(step string) {
 		if step == "stored_pending" {
 			h.held = h.stored().Rotation.PendingSecret
 		}
 	}
-	due := time.Time{}
-	if h.rng.IntN(2) == 0 {
-		h.scheduled(func() {
-			h.advanceClock(time.Duration(h.rng.IntN(int(time.Hour))))
-			if d := h.stored().Rotation.NextRotation; !d.IsZero() && !d.After(h.clock.Now()) {
-				due = d
-			}
-			err = h.b.root.rotateIfDue(context.Background(), h.storage)
-		})
-	} else {
-		_, err = h.call(logical.UpdateOperation, "config/rotate-root", nil)
-	}
+	due, err := h.rotation()
 	h.b.afterRotationStep = nil
 	h.emu.ClearFaults()
 	if h.emu.HeldChanges() == 0 {
@@ -468,14 +546,21 @@ func (h *history) land() error {
 		return h.tick()
 	}
 	h.advanceClock(time.Duration(h.rng.IntN(int(pendingGrace - h.clock.Now().Sub(h.heldSince)))))
-	before := h.emu.Stats().PasswordChanges
-	n := h.emu.LandHeldChanges()
-	if d := h.emu.Stats().PasswordChanges - before; d > 0 && !h.heldDue.IsZero() {
-		h.servedDue[h.heldDue] += int(d)
+	var applied int
+	if h.managed {
+		// A reset needs no old password: it lands whatever the password is now.
+		if err := h.emu.SetClientSecret(h.appID, h.userID, h.held); err != nil {
+			return err
+		}
+		applied = 1
+	} else {
+		applied = h.emu.LandHeldChanges()
 	}
-	h.logf("the held change lands (%d applied)", h.emu.Stats().PasswordChanges-before)
+	if applied > 0 && !h.heldDue.IsZero() {
+		h.servedDue[h.heldDue] += applied
+	}
+	h.logf("the held change lands (%d applied)", applied)
 	h.held, h.heldDue = "", time.Time{}
-	_ = n
 	return nil
 }
 
@@ -491,7 +576,7 @@ func (h *history) expireHeld() {
 
 func (h *history) crash() error {
 	step := []string{"stored_pending", "tenant_changed"}[h.rng.IntN(2)]
-	b := h.b
+	b, c := h.b, h.cred()
 	b.afterRotationStep = func(s string) {
 		if s == step {
 			runtime.Goexit()
@@ -502,9 +587,9 @@ func (h *history) crash() error {
 	go func() {
 		defer close(done)
 		if scheduled {
-			_ = b.root.rotateIfDue(context.Background(), h.storage)
+			_ = c.rotateIfDue(context.Background(), h.storage)
 		} else {
-			_, _ = b.rotateClient(context.Background(), h.storage, b.root, true)
+			_, _ = b.rotateClient(context.Background(), h.storage, c, true)
 		}
 	}()
 	if scheduled {
@@ -523,11 +608,11 @@ func (h *history) storageFault() error {
 	var err error
 	switch what {
 	case "rotate-root":
-		_, err = h.call(logical.UpdateOperation, "config/rotate-root", nil)
+		_, err = h.call(logical.UpdateOperation, h.rotatePath, nil)
 	case "read":
-		_, err = h.call(logical.ReadOperation, "token", nil)
+		_, err = h.call(logical.ReadOperation, h.tokenPath, nil)
 	case "write":
-		_, err = h.call(logical.UpdateOperation, "config", map[string]any{"max_retries": h.rng.IntN(2)})
+		_, err = h.call(logical.UpdateOperation, h.path, map[string]any{"max_retries": h.rng.IntN(2)})
 	case "periodic":
 		h.scheduled(func() { err = h.b.periodic(context.Background(), &logical.Request{Storage: h.storage}) })
 	}
@@ -540,10 +625,10 @@ func (h *history) storageFault() error {
 // when the tenant accepts it.
 func (h *history) writeCurrent() error {
 	cfg := h.stored()
-	if !h.emu.ClientSecretIs(testClientID, cfg.ClientSecret) {
+	if !h.emu.ClientSecretIs(h.userID, cfg.ClientSecret) {
 		return h.writeOther()
 	}
-	_, err := h.call(logical.UpdateOperation, "config", map[string]any{"client_secret": cfg.ClientSecret})
+	_, err := h.call(logical.UpdateOperation, h.path, map[string]any{"client_secret": cfg.ClientSecret})
 	h.logf("config write of the current secret: %s %s", errorCode(err), shortErr(err))
 	return nil
 }
@@ -561,7 +646,7 @@ func (h *history) writeOther() error {
 	default:
 		data = map[string]any{"scopes": "read"}
 	}
-	_, err := h.call(logical.UpdateOperation, "config", data)
+	_, err := h.call(logical.UpdateOperation, h.path, data)
 	if err == nil && h.oob != "" {
 		h.oob = ""
 	}
@@ -577,7 +662,7 @@ func (h *history) outOfBand() error {
 	// An administrator's password replaces whatever the schedule's changes set: a
 	// due time whose change it overwrote may be served again.
 	clear(h.servedDue)
-	if err := h.emu.SetClientSecret(testAppID, testClientID, h.oob); err != nil {
+	if err := h.emu.SetClientSecret(h.appID, h.userID, h.oob); err != nil {
 		return err
 	}
 	h.logf("an administrator sets another password at the tenant")
@@ -599,7 +684,7 @@ func (h *history) leaderChange() error {
 	old.Clean(context.Background())
 	if h.rng.IntN(2) == 0 {
 		h.logf("the new leader's timer fires at once")
-		h.scheduled(func() { _ = h.b.root.rotateIfDue(context.Background(), h.storage) })
+		h.scheduled(func() { _ = h.cred().rotateIfDue(context.Background(), h.storage) })
 	}
 	return nil
 }
@@ -669,7 +754,7 @@ func (h *history) check() error {
 				n, defaultFailedLoginWindow, t0.Format("15:04:05"), strings.Join(at, " "))
 		}
 	}
-	if st := h.emu.Stats(); st.Lockouts > 0 && h.operatorRefusals == 0 {
+	if st := h.emu.ClientStats(h.userID); st.Lockouts > 0 && h.operatorRefusals == 0 {
 		return fmt.Errorf("LOCKED OUT: the engine caused %d failed logins in all, and the tenant locked the user", st.FailedLogins)
 	}
 	for due, n := range h.servedDue {
@@ -682,6 +767,9 @@ func (h *history) check() error {
 	default:
 		return fmt.Errorf("unknown rotation state %q", s)
 	}
+	if h.managed {
+		return h.checkManaged()
+	}
 	return nil
 }
 
@@ -689,7 +777,7 @@ func (h *history) check() error {
 func (h *history) checkLogs() error {
 	logs := h.logs.String()
 	cfg := h.stored()
-	for _, s := range []string{testClientSecret, cfg.ClientSecret, cfg.Rotation.PendingSecret, h.oob} {
+	for _, s := range []string{h.initialSecret, cfg.ClientSecret, cfg.Rotation.PendingSecret, h.oob, h.held, mgrSecret} {
 		if s != "" && strings.Contains(logs, s) {
 			return errors.New("a client secret appears in the log")
 		}

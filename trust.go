@@ -69,7 +69,7 @@ func (c *cyberarkConfig) deniedScopes() []string {
 
 // rotationScopeRefusal is the 400's reason for a protected scope asked for a workload.
 func rotationScopeRefusal(field, scope string) string {
-	return fmt.Sprintf("%s: %q is a rotation scope or a denied scope (rotation_scopes, denied_scopes): a token with it may change the engine's own password, so no token read may ask for it; give workloads scopes that do not allow UserMgmt APIs", field, scope)
+	return fmt.Sprintf("%s: %q is a rotation, management or denied scope (rotation_scopes, management_scopes, denied_scopes, of this client or of another on the same application): a token with it may change a password the engine holds, so no token read may ask for it; give workloads scopes that do not allow UserMgmt APIs", field, scope)
 }
 
 // scopeConflicts are the config's own scope problems: a workload scope that is a

@@ -27,7 +27,7 @@ func TestRotationScopeNeverAskedForWorkloads(t *testing.T) {
 		t.Helper()
 		resp, err := e.request(t, op, path, data)
 		assertBadRequest(t, resp, err, field)
-		if !strings.Contains(resp.Error().Error(), "rotation scope or a denied scope") {
+		if !strings.Contains(resp.Error().Error(), "is a rotation, management or denied scope") {
 			t.Errorf("%s %v: %v, want it to say it is a rotation scope", path, data, resp.Error())
 		}
 	}

@@ -70,8 +70,11 @@ func TestMetricsPath(t *testing.T) {
 	for name, f := range families {
 		for _, m := range f.GetMetric() {
 			for _, l := range m.GetLabel() {
-				if l.GetName() != "outcome" && l.GetName() != "result" {
-					t.Errorf("%s has the label %s; only outcome and result are allowed", name, l.GetName())
+				switch {
+				case l.GetName() == "client" && l.GetValue() != "default":
+					t.Errorf("%s has client=%q; the mount has only the default client", name, l.GetValue())
+				case l.GetName() != "outcome" && l.GetName() != "result" && l.GetName() != "client" && l.GetName() != "call":
+					t.Errorf("%s has the label %s; only outcome, result, call and client are allowed", name, l.GetName())
 				}
 			}
 		}

@@ -193,6 +193,9 @@ type ClientStats struct {
 type Request struct {
 	Time   time.Time
 	Method string
+	// Host is the host (and port) the request was sent to, from r.Host: tells apart
+	// requests that reached the same emulator under different names.
+	Host string
 	// Path is r.URL.Path as received, in its original case.
 	Path   string
 	Header http.Header
@@ -705,6 +708,7 @@ func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rec := Request{
 		Time:   e.now(),
 		Method: r.Method,
+		Host:   r.Host,
 		Path:   r.URL.Path,
 		Header: r.Header.Clone(),
 		Body:   body,

@@ -678,6 +678,9 @@ func TestRequestsRecorded(t *testing.T) {
 		t.Fatalf("%d requests recorded, want 1", len(reqs))
 	}
 	r := reqs[0]
+	if want := strings.TrimPrefix(strings.TrimPrefix(f.srv.URL, "https://"), "http://"); r.Host != want {
+		t.Errorf("recorded host %q, want %q, the one the request was sent to", r.Host, want)
+	}
 	if r.Method != http.MethodPost || r.Path != "/OAuth2/Token/"+testApp || r.Header.Get("Authorization") != auth ||
 		r.Form.Get("scope") != "read" || string(r.Body) != "grant_type=client_credentials&scope=read" || r.Time.IsZero() {
 		t.Errorf("recorded %s %s at %v, form scope %q, Authorization as sent: %v, body as sent: %v",
