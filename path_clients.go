@@ -111,8 +111,15 @@ func pathClients(b *backend) []*framework.Path {
 			DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix, OperationSuffix: "clients"},
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.ListOperation: &framework.PathOperation{
-					Callback: b.pathClientList,
-					Summary:  "List the clients stored under clients/ (the default client is config).",
+					Callback:     b.pathClientList,
+					DisplayAttrs: &framework.DisplayAttributes{OperationVerb: "list"},
+					Summary:      "List the clients stored under clients/ (the default client is config).",
+					Responses: map[int][]framework.Response{
+						http.StatusOK: {{Description: "The client names.", Fields: map[string]*framework.FieldSchema{
+							"keys": {Type: framework.TypeStringSlice, Description: "The names of the clients, sorted."},
+						}}},
+						http.StatusNotFound: {{Description: "No client is stored under clients/."}},
+					},
 				},
 			},
 			HelpSynopsis: "List the mount's clients.",
@@ -314,7 +321,7 @@ func (b *backend) checkClientLinks(ctx context.Context, s logical.Storage, name 
 		}
 		for _, sc := range cfg.Scopes {
 			if slices.Contains(o.RotationScopes, sc) || slices.Contains(o.ManagementScopes, sc) {
-				problems.add("scopes", "%q is client %q's rotation or management scope on the same application, which no workload token may carry", sc, other)
+				problems = append(problems, rotationScopeRefusal("scopes", sc)+fmt.Sprintf(" (client %q's)", other))
 			}
 		}
 		for _, sc := range mine {

@@ -353,7 +353,9 @@ func checkGrantsKeepApart(t *testing.T, e *env, tm *teams) {
 				i+1, u.client, whose, len(g.password), shortHash(g.password))
 		}
 		for _, sc := range strings.Fields(g.scope) {
-			if owner, ok := scopeOwner[sc]; ok && owner != g.id {
+			// A protected scope is its application's: asked for at another app, the
+			// tenant refuses it as unknown, and no token carries it.
+			if owner, ok := scopeOwner[sc]; ok && owner != g.id && strings.EqualFold(byID[owner].app, g.app) {
 				t.Errorf("grant #%d: client %s asked for %q, the protected scope of %s", i+1, u.client, sc, byID[owner].client)
 			}
 		}
@@ -457,8 +459,9 @@ func TestClientsServeTheirOwnUsers(t *testing.T) {
 	}
 	checkReads("after the rotations")
 
-	// No role or reader gets a rotation or management scope, of its own client or
-	// another's.
+	// No role or reader gets a rotation or management scope, of its own client or of
+	// another's on the same application. Scopes are an application's: team-a's
+	// rotate-a means nothing at team-b's app, where the tenant refuses it as unknown.
 	s, err = write("roles/team-b-m", map[string]any{"client": "team-b", "scopes": manageScope})
 	l.expect("root", "roles/team-b-m client=team-b scopes=manage (mgr's management scope)", s, err, http.StatusBadRequest, protectedWords, "scopes")
 	s, err = write("roles/team-b-n", map[string]any{"client": "team-b", "scopes": "read", "allowed_scopes": "read," + manageScope})
@@ -466,19 +469,16 @@ func TestClientsServeTheirOwnUsers(t *testing.T) {
 	s, err = write("roles/team-a-r", map[string]any{"client": "team-a", "scopes": rotateAScope})
 	l.expect("root", "roles/team-a-r client=team-a scopes=rotate-a (its rotation scope)", s, err, http.StatusBadRequest, protectedWords, "scopes")
 	s, err = write("roles/team-b-r", map[string]any{"client": "team-b", "scopes": rotateAScope})
-	l.expect("root", "roles/team-b-r client=team-b scopes=rotate-a (team-a's rotation scope)", s, err, http.StatusBadRequest, protectedWords)
-	s, err = write("roles/default-m", map[string]any{"scopes": manageScope})
-	l.expect("root", "roles/default-m (default client) scopes=manage", s, err, http.StatusBadRequest, protectedWords)
-	s, err = write("roles/team-a-m", map[string]any{"client": "team-a", "scopes": "read", "allowed_scopes": "read," + manageScope})
-	l.expect("root", "roles/team-a-m client=team-a allowed_scopes=read,manage", s, err, http.StatusBadRequest, protectedWords)
+	l.expect("root", "roles/team-b-r client=team-b scopes=rotate-a (team-a's rotation scope, another app)", s, err, http.StatusNoContent)
+	if _, err := c.Logical().DeleteWithContext(e.ctx, mountPath+"/roles/team-b-r"); err != nil {
+		t.Fatal(err)
+	}
 	s, err = read("token/team-b-app", map[string][]string{"scope": {manageScope}})
 	l.expect("root", "read token/team-b-app scope=manage", s, err, http.StatusBadRequest, protectedWords, "scope")
 	s, err = read("token/team-a-app", map[string][]string{"scope": {rotateAScope}})
 	l.expect("root", "read token/team-a-app scope=rotate-a", s, err, http.StatusBadRequest, protectedWords, "scope")
-	s, err = write("clients/team-a", map[string]any{"scopes": "read," + manageScope})
-	l.expect("root", "clients/team-a scopes=read,manage (mgr's management scope)", s, err, http.StatusBadRequest, protectedWords, "scopes")
-	s, err = write("config", map[string]any{"scopes": "read," + rotateAScope})
-	l.expect("root", "config scopes=read,rotate-a (team-a's rotation scope)", s, err, http.StatusBadRequest, protectedWords, "scopes")
+	s, err = write("clients/team-b", map[string]any{"scopes": "read," + manageScope})
+	l.expect("root", "clients/team-b scopes=read,manage (mgr's management scope, same app)", s, err, http.StatusBadRequest, protectedWords, "scopes")
 
 	// The links: a role may use a client that allows it, and only while it does; a
 	// client is managed only by a manager that lists it; a client in use stays.
@@ -525,7 +525,7 @@ func TestClientsServeTheirOwnUsers(t *testing.T) {
 // changes.
 func TestClientsRotateOnTheirOwnSchedules(t *testing.T) {
 	t.Parallel()
-	const periodA, periodB = 5 * time.Second, 6 * time.Second
+	const periodA, periodB, periodDefault = 5 * time.Second, 6 * time.Second, 7 * time.Second
 	if _, err := vaultproc.Children(1, pluginName); err != nil {
 		t.Skipf("cannot list processes here: %v", err)
 	}
@@ -536,6 +536,9 @@ func TestClientsRotateOnTheirOwnSchedules(t *testing.T) {
 	start := time.Now()
 	tm.write(e, map[string]any{"rotation_period": periodA.String(), "max_retries": 0},
 		map[string]any{"rotation_period": periodB.String(), "max_retries": 0})
+	// The default client rotates itself too, on a schedule of its own: two self-rotated
+	// clients and one managed in one mount.
+	writeClient(e, "config", map[string]any{"rotation_period": periodDefault.String()})
 	dueA := nextRotationTime(t, readClientConfig(t, e, "team-a"))
 	dueB := nextRotationTime(t, readClientConfig(t, e, "team-b"))
 	t.Logf("next_vault_rotation: team-a %s, team-b %s after the first write",
@@ -594,10 +597,10 @@ func TestClientsRotateOnTheirOwnSchedules(t *testing.T) {
 		return n
 	}
 	reads := 0
-	deadline := restartedAt.Add(2 * periodB)
-	for rotatedSince(tm.a) == 0 || rotatedSince(tm.b) == 0 {
+	deadline := restartedAt.Add(2 * periodDefault)
+	for rotatedSince(tm.a) == 0 || rotatedSince(tm.b) == 0 || rotatedSince(tm.def) == 0 {
 		if time.Now().After(deadline) {
-			t.Fatalf("%s after the restart team-a has rotated %d times and team-b %d, want each at least once", 2*periodB, rotatedSince(tm.a), rotatedSince(tm.b))
+			t.Fatalf("%s after the restart team-a has rotated %d times, team-b %d and the default client %d, want each at least once", 2*periodDefault, rotatedSince(tm.a), rotatedSince(tm.b), rotatedSince(tm.def))
 		}
 		readTeamToken(t, e, c, "team-a-app", tm.a, nil)
 		readTeamToken(t, e, c, "team-b-app", tm.b, nil)
@@ -605,15 +608,18 @@ func TestClientsRotateOnTheirOwnSchedules(t *testing.T) {
 		time.Sleep(400 * time.Millisecond)
 	}
 	// The schedules end, so the last checks see settled secrets.
-	for _, name := range []string{"team-a", "team-b"} {
-		writeClient(e, "clients/"+name, map[string]any{"disable_automated_rotation": true})
+	for _, path := range []string{"clients/team-a", "clients/team-b", "config"} {
+		writeClient(e, path, map[string]any{"disable_automated_rotation": true})
 	}
 	sets := passwordSets(t, e)
 	var offsets []string
 	for _, p := range sets {
 		who := "team-a change"
-		if p.reset {
+		switch {
+		case p.reset:
 			who = "team-b reset"
+		case p.target == tm.def.id:
+			who = "default change"
 		}
 		offsets = append(offsets, who+" at "+p.at.Sub(start).Round(time.Millisecond).String())
 	}
@@ -624,6 +630,10 @@ func TestClientsRotateOnTheirOwnSchedules(t *testing.T) {
 	// user; none for the manager, whose secret is the one it started with.
 	for i, p := range sets {
 		switch {
+		case !p.reset && p.target == tm.def.id:
+			if p.bearerAud != tm.def.id || p.bearerScope != rotationScope {
+				t.Errorf("password call #%d: a change of the default client's user by %s with scope %q, want its own with %q", i+1, p.bearerAud, p.bearerScope, rotationScope)
+			}
 		case !p.reset && (p.bearerAud != tm.a.id || p.bearerScope != rotateAScope):
 			t.Errorf("password call #%d: a change by %s with scope %q, want team-a's user with %q", i+1, p.bearerAud, p.bearerScope, rotateAScope)
 		case p.reset && (p.bearerAud != tm.mgr.id || p.bearerScope != manageScope || p.target != tm.b.uuid):
@@ -882,10 +892,10 @@ func TestClientPoliciesKeepTeamsApart(t *testing.T) {
 	l.expect("team-a", "update roles/team-a-app client=team-b", s, err, http.StatusBadRequest, "client")
 	s, err = write("clients/team-a", map[string]any{"rotation_method": "managed", "manager": "mgr"})
 	l.expect("team-a", "update clients/team-a rotation_method=managed manager=mgr", s, err, http.StatusBadRequest, "manager")
+	// mgr's management scope is team-b's app's: at team-a's app the tenant knows no such
+	// scope, and the engine lets the tenant say so.
 	s, err = write("clients/team-a", map[string]any{"scopes": "read," + manageScope})
-	l.expect("team-a", "update clients/team-a scopes=read,manage", s, err, http.StatusBadRequest, protectedWords)
-	s, err = write("roles/team-a-m", map[string]any{"client": "team-a", "scopes": manageScope})
-	l.expect("team-a", "write roles/team-a-m client=team-a scopes=manage", s, err, http.StatusBadRequest, protectedWords)
+	l.expect("team-a", "update clients/team-a scopes=read,manage (unknown at its app)", s, err, http.StatusBadRequest, "invalid_scope")
 	s, err = write("roles/team-a-r", map[string]any{"client": "team-a", "scopes": rotateAScope})
 	l.expect("team-a", "write roles/team-a-r client=team-a scopes=rotate-a", s, err, http.StatusBadRequest, protectedWords)
 	s, err = teamA.Logical().DeleteWithContext(e.ctx, mountPath+"/clients/team-a")

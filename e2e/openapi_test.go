@@ -41,6 +41,13 @@ func TestOpenAPI(t *testing.T) {
 		}
 		return s.Data
 	}
+	// A second client of the same user, so that clients/<name> reads answer with data;
+	// written before the rotation changes the user's password.
+	second := e.tenant.configData()
+	second["allowed_roles"] = "full"
+	if _, err := e.client.Logical().WriteWithContext(e.ctx, mountPath+"/clients/second", second); err != nil {
+		t.Fatalf("writing clients/second: %v", err)
+	}
 	rotated, err := e.rotateRoot(e.ctx)
 	if err != nil || rotated == nil {
 		t.Fatalf("rotate-root: %v", err)
@@ -49,12 +56,21 @@ func TestOpenAPI(t *testing.T) {
 	if err != nil || list == nil {
 		t.Fatalf("listing roles: %v", err)
 	}
+	clients, err := e.client.Logical().ListWithContext(e.ctx, mountPath+"/clients")
+	if err != nil || clients == nil {
+		t.Fatalf("listing clients: %v", err)
+	}
 	ops := []openapiOp{
 		{"/config", "get", data("config")},
 		{"/config", "post", nil},
 		{"/config", "delete", nil},
 		{"/config/rotate-root", "post", rotated.Data},
 		{"/roles/", "get", list.Data},
+		{"/clients/", "get", clients.Data},
+		{"/clients/{name}", "get", data("clients/second")},
+		{"/clients/{name}", "post", nil},
+		{"/clients/{name}", "delete", nil},
+		{"/clients/{name}/rotate-root", "post", nil},
 		{"/roles/{name}", "get", data("roles/full")},
 		{"/roles/{name}", "post", nil},
 		{"/roles/{name}", "delete", nil},
