@@ -40,7 +40,8 @@ MODEL_HISTORIES ?= 100000
 model:
 	go test -count=1 -timeout 0 -run 'TestRotationModel$$' -model.histories=$(MODEL_HISTORIES) -v . | grep -E 'histories|^(---|ok|FAIL)|seed|history|  '
 
-# End-to-end tests only: real Vault servers and Vault Agents.
+# End-to-end tests only, on scripts/vault-build.sh's default Vault (VAULT_VERSION=1.21.2 make e2e
+# for the other): real Vault servers and Vault Agents.
 e2e:
 	bin="$$(scripts/vault-build.sh)" && VAULT_BIN="$$bin" E2E_REQUIRED=1 go test -race -count=1 ./e2e/...
 

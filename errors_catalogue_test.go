@@ -257,7 +257,7 @@ func TestErrorCatalogue(t *testing.T) {
 	want := doc[:i+len(begin)] + renderCatalogue(examples) + doc[j:]
 	switch {
 	case *updateCatalogue:
-		if err := os.WriteFile(file, []byte(want), 0o644); err != nil {
+		if err := os.WriteFile(file, []byte(want), 0o644); err != nil { //nolint:gosec // a file of the repository, read by everyone
 			t.Fatal(err)
 		}
 	case want != doc:

@@ -115,7 +115,7 @@ func TestChangePasswordOutcomes(t *testing.T) {
 		{"bearer token reflected in a proxy page", func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "text/html")
 			w.WriteHeader(http.StatusBadRequest)
-			_, _ = io.WriteString(w, "<html>bad header: Authorization: "+r.Header.Get("Authorization")+"</html>")
+			_, _ = io.WriteString(w, "<html>bad header: Authorization: "+r.Header.Get("Authorization")+"</html>") //nolint:gosec // a proxy page that reflects the header, on purpose
 		}, false, "HTTP 400", false},
 	}
 	for _, tc := range cases {

@@ -1,9 +1,19 @@
 #!/usr/bin/env bash
 # The project's test command (README): fetches Go modules, builds or reuses the pinned
-# Vault, runs the demo once, then runs every test with the race detector. End-to-end tests start their own
-# Vault servers, Vault Agents and tenant emulators and stop them when they finish.
+# Vaults, runs the demo once, then runs every test with the race detector, and the
+# end-to-end tests once per Vault version. End-to-end tests start their own Vault
+# servers, Vault Agents and tenant emulators and stop them when they finish.
+#
+# The Vaults are every version in scripts/vault-build.sh's table (1.19.5, the LTS, and
+# 1.21.2), each built once and cached. VAULT_VERSION=1.21.2 runs the end-to-end tests on
+# that version only (or on a list: VAULT_VERSION='1.19.5 1.21.2'); VAULT_BIN=/path/to/vault
+# on that binary only. The demo runs once, on the first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+prog="test"
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+need_exec VAULT_BIN
 
 # -race needs cgo, and cgo a C compiler.
 if ! command -v "$(go env CC)" >/dev/null 2>&1; then
@@ -11,11 +21,25 @@ if ! command -v "$(go env CC)" >/dev/null 2>&1; then
   exit 1
 fi
 go mod download
-if [[ -z "${VAULT_BIN:-}" ]]; then
-  VAULT_BIN="$(scripts/vault-build.sh)"
+vault_bins=()
+if [[ -n "${VAULT_BIN:-}" ]]; then
+  vault_bins=("$VAULT_BIN")
+else
+  # vault-build.sh checks each version; "--versions" is its table, the LTS first. One
+  # build after the other: a cold build takes both cores for minutes.
+  version_list="${VAULT_VERSION:-}"
+  [[ -n "$version_list" ]] || version_list="$(scripts/vault-build.sh --versions)"
+  read -ra versions <<<"$version_list"
+  for version in "${versions[@]}"; do
+    bin="$(VAULT_VERSION="$version" scripts/vault-build.sh)"
+    vault_bins+=("$bin")
+  done
 fi
+for bin in "${vault_bins[@]}"; do
+  echo "test: using $("$bin" version) at $bin"
+done
+VAULT_BIN="${vault_bins[0]}"
 export VAULT_BIN
-echo "test: using $("$VAULT_BIN" version) at $VAULT_BIN"
 
 # E2E_REQUIRED turns a missing Vault into a failure instead of a skip.
 export E2E_REQUIRED=1
@@ -39,9 +63,22 @@ echo "demo: ok ($(grep '^lease_duration' "$demo_log" | tr -s ' '))"
 # invariant check; it prints "N histories". make model runs many more.
 go test -count=1 -run 'TestRotationModel$' -v . | grep -E 'histories|^(---|ok|FAIL)|seed'
 
-# The unit tests first, then the end-to-end tests on their own, last, so that the test
-# runner's own summary closes the output: run side by side, the race-detecting unit
-# suite slows the Raft cluster test's elections on 2 cores.
+# The unit tests first, then the end-to-end tests on their own, last: run side by side,
+# the race-detecting unit suite slows the Raft cluster test's elections on 2 cores. One
+# Vault version after the other, for the same reason; a failure on one still lets the
+# next run, and the summary of each closes the output.
 mapfile -t unit_packages < <(go list ./... | grep -v '/e2e$')
 go test -race -count=1 -timeout 30m "$@" "${unit_packages[@]}"
-go test -race -count=1 -timeout 30m "$@" ./e2e/...
+summary=()
+failed=0
+for bin in "${vault_bins[@]}"; do
+  version="$("$bin" version | cut -d, -f1)"
+  echo "test: end-to-end tests on $version"
+  start=$SECONDS
+  status=ok
+  VAULT_BIN="$bin" go test -race -count=1 -timeout 30m "$@" ./e2e/... || status=FAILED
+  [[ "$status" == ok ]] || failed=1
+  summary+=("test: end-to-end on $version: $status ($((SECONDS - start)) s)")
+done
+printf '%s\n' "${summary[@]}"
+exit "$failed"
