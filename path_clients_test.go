@@ -1,6 +1,7 @@
 package cyberark
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"os"
@@ -119,7 +120,7 @@ func TestClientsServeTheirOwnUsers(t *testing.T) {
 
 // decodeBasic splits a Basic Authorization header.
 func decodeBasic(h string) (user, secret string, ok bool) {
-	r, _ := http.NewRequest(http.MethodGet, "/", nil)
+	r, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, "/", nil)
 	r.Header.Set("Authorization", h)
 	return r.BasicAuth()
 }
@@ -256,7 +257,7 @@ func TestConfigOfThePreviousReleaseServesTokens(t *testing.T) {
 	// The user whose sub the stored config pinned.
 	e := newTestEnvWith(t, func(c *emulator.Config) { c.Apps[0].Clients[0].UUID = "6736e903-8a5d-4e49-a744-b374d8777c2c" })
 	for key, file := range map[string]string{"config": "testdata/previous-release/config.json", "roles/legacy": "testdata/previous-release/role.json"} {
-		b, err := os.ReadFile(file)
+		b, err := os.ReadFile(file) //nolint:gosec // one of the two fixtures named above
 		if err != nil {
 			t.Fatal(err)
 		}
