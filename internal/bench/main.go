@@ -23,12 +23,12 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/idsec-labs/vault-plugin-secrets-cyberark/internal/vaultproc"
 )
 
 type options struct {
@@ -57,19 +57,7 @@ func main() {
 	flag.StringVar(&o.profileDir, "profile-dir", "", "profile the engine under load into this `directory` instead of measuring")
 	flag.StringVar(&o.only, "only", "", "comma-separated scenario `keys` to run (development; the report needs all)")
 	flag.Parse()
-	if err := o.check(); err != nil {
-		fmt.Fprintln(os.Stderr, "bench:", err)
-		os.Exit(2)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, o)
-	// Signals stay caught until here, so that a second Ctrl-C cannot cut the cleanup
-	// short and leave a Vault behind.
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench:", err)
-		os.Exit(1)
-	}
+	vaultproc.Main("bench", o.check, func(ctx context.Context) error { return run(ctx, o) })
 }
 
 func (o options) check() error {

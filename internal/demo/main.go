@@ -19,10 +19,8 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/hashicorp/vault/api"
@@ -54,19 +52,7 @@ func main() {
 	flag.BoolVar(&o.once, "once", false, "stop after printing, instead of waiting for Ctrl-C")
 	flag.StringVar(&o.moduleRoot, "module-root", ".", "the repository's root `directory`")
 	flag.Parse()
-	if err := o.check(); err != nil {
-		fmt.Fprintln(os.Stderr, "demo:", err)
-		os.Exit(2)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, o)
-	// Signals stay caught until here, so that a second Ctrl-C cannot cut the cleanup
-	// short and leave a Vault behind.
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "demo:", err)
-		os.Exit(1)
-	}
+	vaultproc.Main("demo", o.check, func(ctx context.Context) error { return run(ctx, o) })
 }
 
 func (o options) check() error {
