@@ -114,6 +114,8 @@ type backend struct {
 	afterRotationStep func(step string)
 
 	revokeFailures *failureCounter
+	// tracker holds readers of reused tokens until the periodic function stores them.
+	tracker *tracker
 	// keyCache holds the tenant's token signing keys (trust.go).
 	keyCache *keyCache
 
@@ -136,6 +138,7 @@ func newBackend() *backend {
 		metrics:        m,
 		promRegistry:   registry,
 		revokeFailures: newFailureCounter(),
+		tracker:        newTracker(),
 		keyCache:       newKeyCache(),
 		creds:          make(map[string]*credential),
 		now:            time.Now,
@@ -147,11 +150,12 @@ func newBackend() *backend {
 		Help:        strings.TrimSpace(backendHelp),
 		BackendType: logical.TypeLogical,
 		PathsSpecial: &logical.Paths{
-			SealWrapStorage: []string{configPath, clientsPrefix},
+			SealWrapStorage: []string{configPath, clientsPrefix, tokensPrefix},
 		},
 		Paths: framework.PathAppend(
 			[]*framework.Path{pathConfig(b), pathRotateRoot(b), pathMetrics(b)},
 			pathClients(b),
+			pathTokens(b),
 			pathRoles(b),
 			pathToken(b),
 		),
@@ -275,6 +279,9 @@ func (b *backend) periodic(ctx context.Context, req *logical.Request) error {
 			b.Logger().Error("could not settle an interrupted root rotation", "client", c.name, "error", err)
 		}
 		errs = append(errs, c.rotateIfDue(ctx, req.Storage))
+	}
+	if err := b.flushTracked(ctx, req.Storage); err != nil {
+		b.Logger().Error("could not store the readers of tracked tokens or prune expired records", "error", err)
 	}
 	return errors.Join(append(errs, lerr)...)
 }

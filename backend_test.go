@@ -233,8 +233,8 @@ func TestFactoryReportsVersionAndSealWrapsConfig(t *testing.T) {
 	if got := e.b.PluginVersion().Version; got != Version {
 		t.Errorf("PluginVersion = %q, want %q", got, Version)
 	}
-	if got := e.b.SpecialPaths().SealWrapStorage; len(got) != 2 || got[0] != "config" || got[1] != "clients/" {
-		t.Errorf("SealWrapStorage = %v, want [config clients/]", got)
+	if got := e.b.SpecialPaths().SealWrapStorage; len(got) != 3 || got[0] != "config" || got[1] != "clients/" || got[2] != "tokens/" {
+		t.Errorf("SealWrapStorage = %v, want [config clients/ tokens/]", got)
 	}
 }
 

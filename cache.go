@@ -306,3 +306,14 @@ func (c *cache) resetAll() {
 	c.clients = make(map[string]*client.Client)
 	c.tokens = make(map[string]*client.Token)
 }
+
+// dropToken removes a token from the reuse cache wherever it is held: it was revoked.
+func (c *cache) dropToken(accessToken string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for key, tok := range c.tokens {
+		if tok.AccessToken == accessToken {
+			delete(c.tokens, key)
+		}
+	}
+}

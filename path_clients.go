@@ -55,6 +55,7 @@ func (c *cyberarkConfig) addClientFields(name string, data map[string]any) {
 	data["managed_clients"] = nonNil(c.ManagedClients)
 	data["management_scopes"] = nonNil(c.ManagementScopes)
 	data["allowed_roles"] = nonNil(c.AllowedRoles)
+	data["track_tokens"] = c.TrackTokens
 }
 
 func cmpOr(a, b string) string {
@@ -84,6 +85,10 @@ func clientFieldSchemas() map[string]*framework.FieldSchema {
 		"management_scopes": {
 			Type:        framework.TypeCommaStringSlice,
 			Description: "Scopes asked for in this client's grant that resets a managed client's password: one whose allowed REST APIs include UserMgmt/ResetUserPassword. No workload token may carry them.",
+		},
+		"track_tokens": {
+			Type:        framework.TypeBool,
+			Description: "Record every token handed out (its SHA-256, role, reader's entity and token accessor, request ID, issue and expiry; readers of a reused token, up to 16) for tokens/lookup and tokens/revoke. One storage write per grant, none per reused read.",
 		},
 		"allowed_roles": {
 			Type:        framework.TypeCommaStringSlice,

@@ -104,6 +104,8 @@ type cyberarkConfig struct {
 	ManagementScopes []string `json:"management_scopes,omitempty"`
 	// AllowedRoles (names or globs) may get tokens of this client (allowsRole).
 	AllowedRoles []string `json:"allowed_roles,omitempty"`
+	// TrackTokens records every handed-out token for tokens/lookup and tokens/revoke.
+	TrackTokens bool `json:"track_tokens,omitempty"`
 	automatedrotationutil.AutomatedRotationParams
 	Rotation rotationState `json:"rotation"`
 }
@@ -411,6 +413,7 @@ func configReadFields() map[string]*framework.FieldSchema {
 		"managed_clients":             list("Clients (names or globs) this one may rotate as their manager."),
 		"management_scopes":           list("Scopes of this client's grant that resets a managed client's password."),
 		"allowed_roles":               list("Roles (names or globs) that may use this client; empty on the default client: every role."),
+		"track_tokens":                {Type: framework.TypeBool, Description: "Whether every handed-out token is recorded for tokens/lookup and tokens/revoke."},
 		"signing_keys":                str(`Whether the config's token signing keys were found: "found", "not fetched yet", or why not.`),
 		"failed_logins":               num("Refused logins the engine caused within the current window."),
 		"failed_logins_total":         num("Refused logins since the stored credentials were last verified by a config write."),
@@ -704,6 +707,7 @@ func (c *cyberarkConfig) fields() map[string]any {
 		"managed_clients":             &c.ManagedClients,
 		"management_scopes":           &c.ManagementScopes,
 		"allowed_roles":               &c.AllowedRoles,
+		"track_tokens":                &c.TrackTokens,
 	}
 }
 

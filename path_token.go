@@ -179,7 +179,8 @@ func (b *backend) readToken(ctx context.Context, req *logical.Request, name stri
 		if resp != nil {
 			return resp, nil
 		}
-		tok, err := b.token(ctx, req.Storage, c, v, plan, epoch)
+		reader := readerOf(req, b.now())
+		tok, err := b.token(ctx, req.Storage, c, v, plan, epoch, reader)
 		var coded logical.HTTPCodedError
 		switch {
 		case errors.Is(err, errStaleView):
@@ -197,7 +198,8 @@ func (b *backend) readToken(ctx context.Context, req *logical.Request, name stri
 
 // token gets the plan's token: from the reuse cache or a grant shared with concurrent
 // readers for a role with token_reuse, else a grant of its own.
-func (b *backend) token(ctx context.Context, s logical.Storage, c *credential, v *view, plan *tokenPlan, epoch uint64) (*client.Token, error) {
+func (b *backend) token(ctx context.Context, s logical.Storage, c *credential, v *view, plan *tokenPlan, epoch uint64, reader tokenReader) (*client.Token, error) {
+	tracked := false // this request's own grant was recorded
 	grant := func(ctx context.Context) (*client.Token, error) {
 		tok, err := c.grantFor(ctx, s, v, epoch, plan.scopes)
 		if err != nil {
@@ -212,6 +214,14 @@ func (b *backend) token(ctx context.Context, s logical.Storage, c *credential, v
 			b.Logger().Error("a granted token failed its check and was not handed out", "role", plan.role, "app_id", plan.appID, "error", err)
 			return nil, logical.CodedError(http.StatusConflict, fmt.Sprintf("the tenant's token failed a check and was not handed out (it was revoked): %s", err))
 		}
+		if v.config.TrackTokens {
+			// Before the token leaves: a token no record names never leaves.
+			if err := b.track(ctx, s, plan, tok, reader); err != nil {
+				b.revokeRefused(ctx, s, v, tok)
+				return nil, err
+			}
+			tracked = true
+		}
 		return tok, nil
 	}
 	if plan.reuse {
@@ -223,6 +233,11 @@ func (b *backend) token(ctx context.Context, s logical.Storage, c *credential, v
 			result = "hit"
 		}
 		b.countFor(metricReuse, plan.client, "result", result)
+		if err == nil && v.config.TrackTokens && !tracked {
+			// Another read's grant, or the reuse cache: the reader is stored with the
+			// periodic function's next flush, not with a write of its own.
+			b.tracker.addReader(tok.SHA256, reader)
+		}
 		return tok, err
 	}
 	return grant(ctx)
@@ -349,6 +364,9 @@ func (b *backend) tokenLease(v *view, p *tokenPlan, tok *client.Token) (*logical
 		internal := map[string]any{"role": p.role, "reused": p.reuse, "revoke": p.revoke}
 		if p.client != defaultClient {
 			internal["client"] = p.client // leases of earlier releases name none: default
+		}
+		if v.config.TrackTokens {
+			internal["tracked"] = true // its end asks the record whether tokens/revoke did it
 		}
 		if p.revoke {
 			internal["app_id"] = p.appID

@@ -1,0 +1,117 @@
+package cyberark
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/vault/sdk/logical"
+)
+
+// TestTrackedTokenLookupAndRevoke: with track_tokens, a grant is recorded with its
+// reader, a reused read adds its reader at the periodic flush without a write of its
+// own, tokens/lookup answers by token or hash without the token, and tokens/revoke
+// revokes at the tenant, drops the token from the reuse cache and makes the lease's
+// end a no-op.
+func TestTrackedTokenLookupAndRevoke(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	data := e.configData()
+	data["scopes"] = "read"
+	data["track_tokens"] = true
+	e.mustRequest(t, logical.CreateOperation, "config", data)
+	e.mustRequest(t, logical.CreateOperation, "roles/shared", map[string]any{"token_reuse": true})
+
+	read := func(entity string) *logical.Response {
+		t.Helper()
+		resp, err := e.b.HandleRequest(t.Context(), &logical.Request{
+			Operation: logical.ReadOperation, Path: "token/shared", Storage: e.storage,
+			MountPoint: "cyberark/", EntityID: entity, ClientTokenAccessor: "acc-" + entity, ID: "req-" + entity,
+		})
+		if err != nil || resp.IsError() {
+			t.Fatalf("read as %s: %v %v", entity, resp.Error(), err)
+		}
+		return resp
+	}
+	first := read("alice")
+	writes := e.countingPuts(t, func() { read("bob") })
+	if writes != 0 {
+		t.Errorf("a reused read made %d storage writes, want 0", writes)
+	}
+	sha := first.Data["token_sha256"].(string)
+	if err := e.b.flushTracked(t.Context(), e.storage); err != nil {
+		t.Fatal(err)
+	}
+
+	look := e.mustRequest(t, logical.UpdateOperation, "tokens/lookup", map[string]any{"token_sha256": sha})
+	raw, _ := json.Marshal(look.Data)
+	if strings.Contains(string(raw), first.Data["access_token"].(string)) {
+		t.Fatal("tokens/lookup answered with the token")
+	}
+	readers := look.Data["readers"].([]map[string]any)
+	if look.Data["role"] != "shared" || look.Data["client"] != "default" || len(readers) != 2 ||
+		readers[0]["entity_id"] != "alice" || readers[1]["entity_id"] != "bob" || readers[1]["request_id"] != "req-bob" {
+		t.Errorf("lookup: role %v client %v readers %v", look.Data["role"], look.Data["client"], readers)
+	}
+	byToken := e.mustRequest(t, logical.UpdateOperation, "tokens/lookup", map[string]any{"token": first.Data["access_token"]})
+	if byToken.Data["token_sha256"] != sha {
+		t.Error("lookup by the token found another record")
+	}
+
+	e.mustRequest(t, logical.UpdateOperation, "tokens/revoke", map[string]any{"token_sha256": sha})
+	if !e.emu.Revoked(first.Data["access_token"].(string)) {
+		t.Fatal("tokens/revoke did not revoke the token at the tenant")
+	}
+	if again := read("carol"); again.Data["token_sha256"] == sha {
+		t.Error("the reuse cache handed out the revoked token")
+	}
+
+	// A lease on a revoked token ends without another revocation.
+	own := e.mustRequest(t, logical.ReadOperation, "token", nil)
+	e.mustRequest(t, logical.UpdateOperation, "tokens/revoke", map[string]any{"token": own.Data["access_token"]})
+	before := e.emu.Stats().RevokeRequests
+	if _, err := e.revoke(t, own.Secret); err != nil {
+		t.Fatal(err)
+	}
+	if e.emu.Stats().RevokeRequests != before {
+		t.Error("the lease's end asked the tenant again for a token tokens/revoke had revoked")
+	}
+}
+
+// TestTokensPathsRefuse: bad names and untracked tokens.
+func TestTokensPathsRefuse(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	e.configure(t)
+	resp, err := e.request(t, logical.UpdateOperation, "tokens/lookup", map[string]any{"token_sha256": "ABC"})
+	assertBadRequest(t, resp, err, "token_sha256")
+	tok := e.mustRequest(t, logical.ReadOperation, "token", nil).Data["access_token"].(string)
+	resp, err = e.request(t, logical.UpdateOperation, "tokens/revoke", map[string]any{"token": tok})
+	if err != nil || resp == nil || resp.Data[logical.HTTPStatusCode] != http.StatusNotFound {
+		t.Errorf("revoke of an untracked token: %v %v, want a 404", resp, err)
+	}
+}
+
+// putCounter counts storage writes.
+type putCounter struct {
+	logical.Storage
+	puts int
+}
+
+func (p *putCounter) Put(ctx context.Context, e *logical.StorageEntry) error {
+	p.puts++
+	return p.Storage.Put(ctx, e)
+}
+
+// countingPuts runs f with the env's storage counted, and says how many writes it made.
+func (e *testEnv) countingPuts(t *testing.T, f func()) int {
+	t.Helper()
+	inner := e.storage
+	counted := &putCounter{Storage: inner}
+	e.storage = counted
+	defer func() { e.storage = inner }()
+	f()
+	return counted.puts
+}
