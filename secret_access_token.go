@@ -90,14 +90,16 @@ func (b *backend) accessTokenRevoke(ctx context.Context, req *logical.Request, _
 		return nil, nil
 	}
 	fingerprint := sha256.Sum256([]byte(token))
-	if tracked, _ := data["tracked"].(bool); !tracked {
-		// No record to ask: the lease was issued without track_tokens.
-	} else if rec, err := readTokenRecord(ctx, req.Storage, hex.EncodeToString(fingerprint[:])); err != nil {
-		return nil, err
-	} else if rec != nil && !rec.RevokedAt.IsZero() {
-		// tokens/revoke did it already.
-		b.count(metricRevoke, "outcome", "revoked_before")
-		return nil, nil
+	// A lease issued with track_tokens asks its record whether tokens/revoke did it.
+	if tracked, _ := data["tracked"].(bool); tracked {
+		rec, err := readTokenRecord(ctx, req.Storage, hex.EncodeToString(fingerprint[:]))
+		if err != nil {
+			return nil, err
+		}
+		if rec != nil && !rec.RevokedAt.IsZero() {
+			b.count(metricRevoke, "outcome", "revoked_before")
+			return nil, nil
+		}
 	}
 	// Vault does not set the lease ID on a revocation request, so the lines name the
 	// lease by what it holds; the fingerprint matches no token that is not this one and
