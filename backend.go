@@ -96,7 +96,7 @@ type backend struct {
 	root *credential
 	// creds are the mount's clients by name, root among them, made when first named
 	// (credential): each owns its secret, its rotation state, schedule and budget.
-	credsMu sync.Mutex
+	credsMu sync.RWMutex
 	creds   map[string]*credential
 	// roleMu serialises role writes, so a partial update reads and writes a
 	// consistent role.
@@ -173,20 +173,27 @@ func newBackend() *backend {
 // credential is the client named name, made on first use. Its storage key is config
 // for the default client, clients/<name> for the others.
 func (b *backend) credential(name string) *credential {
+	// Every token read asks: a read lock, unless the client is new.
+	b.credsMu.RLock()
+	c := b.creds[name]
+	b.credsMu.RUnlock()
+	if c != nil {
+		return c
+	}
 	b.credsMu.Lock()
 	defer b.credsMu.Unlock()
 	if c := b.creds[name]; c != nil {
 		return c
 	}
-	c := newCredential(b, name, clientStorageKey(name))
+	c = newCredential(b, name, clientStorageKey(name))
 	b.creds[name] = c
 	return c
 }
 
 // knownCredentials are the credentials made so far, root first.
 func (b *backend) knownCredentials() []*credential {
-	b.credsMu.Lock()
-	defer b.credsMu.Unlock()
+	b.credsMu.RLock()
+	defer b.credsMu.RUnlock()
 	out := []*credential{b.root}
 	for name, c := range b.creds {
 		if name != defaultClient {

@@ -599,3 +599,8 @@ func TestReplicationStateAskedOncePerTTL(t *testing.T) {
 		t.Errorf("a role write after the node became a performance standby: %v, want logical.ErrReadOnly", err)
 	}
 }
+
+// readConfig reads the default client's stored config.
+func readConfig(ctx context.Context, s logical.Storage) (*cyberarkConfig, error) {
+	return readConfigAt(ctx, s, configPath)
+}

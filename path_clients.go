@@ -1,6 +1,7 @@
 package cyberark
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net/http"
@@ -50,7 +51,7 @@ func (c *cyberarkConfig) managed() bool {
 // others.
 func (c *cyberarkConfig) addClientFields(name string, data map[string]any) {
 	data["name"] = name
-	data["rotation_method"] = cmpOr(c.RotationMethod, rotationSelf)
+	data["rotation_method"] = cmp.Or(c.RotationMethod, rotationSelf)
 	data["manager"] = c.Manager
 	data["managed_clients"] = nonNil(c.ManagedClients)
 	data["management_scopes"] = nonNil(c.ManagementScopes)
@@ -58,11 +59,10 @@ func (c *cyberarkConfig) addClientFields(name string, data map[string]any) {
 	data["track_tokens"] = c.TrackTokens
 }
 
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
+// sameTenant says whether two clients are on one tenant: a manager's token, which may
+// reset passwords, never goes to another.
+func sameTenant(a, b *cyberarkConfig) bool {
+	return strings.TrimRight(a.TenantURL, "/") == strings.TrimRight(b.TenantURL, "/")
 }
 
 // clientFieldSchemas are the fields a client has beyond the config's first ones.
@@ -306,12 +306,12 @@ func (b *backend) checkClientLinks(ctx context.Context, s logical.Storage, name 
 			problems.add("manager", "client %q does not list %q in its managed_clients; add it there first, as whoever may change that client decides", cfg.Manager, name)
 		case len(mgr.ManagementScopes) == 0:
 			problems.add("manager", "client %q sets no management_scopes: the scope whose tokens may call UserMgmt/ResetUserPassword", cfg.Manager)
-		case strings.TrimRight(mgr.TenantURL, "/") != strings.TrimRight(cfg.TenantURL, "/"):
+		case !sameTenant(mgr, cfg):
 			problems.add("manager", "client %q is on another tenant (%s)", cfg.Manager, mgr.TenantURL)
 		}
 	}
 	for other, o := range others {
-		if o.Manager == name && strings.TrimRight(o.TenantURL, "/") != strings.TrimRight(cfg.TenantURL, "/") {
+		if o.Manager == name && !sameTenant(o, cfg) {
 			problems.add("tenant_url", "client %q, which this one manages, is on %s: a manager's token never goes to another tenant; move or delete that client first", other, o.TenantURL)
 		}
 	}

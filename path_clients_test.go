@@ -142,7 +142,8 @@ func TestAllowedRoles(t *testing.T) {
 	resp, err = e.request(t, logical.ReadOperation, "token/team-b-app", nil)
 	assertBadRequest(t, resp, err, "client")
 
-	// Without a default config no role reaches it; with one whose list is set, only those.
+	// Team A's role is not touched by team B's list; the default client, once its list
+	// is set, takes only the roles it names.
 	resp, err = e.request(t, logical.ReadOperation, "token/team-a-app", nil)
 	if err != nil || resp.IsError() {
 		t.Fatalf("team-a-app: %v %v", resp.Error(), err)
@@ -184,7 +185,10 @@ func TestManagedClientRotation(t *testing.T) {
 		t.Fatal("team B's password is unchanged at the tenant")
 	}
 	stored, err := readConfigAt(t.Context(), e.storage, "clients/team-b")
-	if err != nil || stored == nil || !e.emu.ClientSecretIs(teamBUser, stored.ClientSecret) || stored.Rotation.PendingSecret != "" {
+	if err != nil || stored == nil {
+		t.Fatalf("reading clients/team-b: %v", err)
+	}
+	if !e.emu.ClientSecretIs(teamBUser, stored.ClientSecret) || stored.Rotation.PendingSecret != "" {
 		t.Fatalf("the stored secret of team-b is not the one the tenant accepts (or the rotation is %q)", stored.Rotation.status())
 	}
 	if !e.emu.ClientSecretIs(mgrUser, mgrSecret) {

@@ -998,10 +998,6 @@ func (b *backend) newTenantClient(cfg *cyberarkConfig, appID string) (*client.Cl
 	})
 }
 
-func readConfig(ctx context.Context, s logical.Storage) (*cyberarkConfig, error) {
-	return readConfigAt(ctx, s, configPath)
-}
-
 // readConfigAt reads the config entry at key: a credential's own.
 func readConfigAt(ctx context.Context, s logical.Storage, key string) (*cyberarkConfig, error) {
 	entry, err := s.Get(ctx, key)

@@ -364,6 +364,10 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 		r = &roleEntry{ReuseMinRemaining: defaultReuseMinRemaining, ReuseMinFraction: defaultReuseMinFraction}
 	}
 	copyGiven(d, r.fields())
+	if err := checkRoleName(r.client()); err != nil {
+		// Before it names a storage key.
+		return logical.ErrorResponse("client: %s", err), nil
+	}
 	cfg, err := readConfigAt(ctx, req.Storage, clientStorageKey(r.client()))
 	if err != nil {
 		return nil, err
@@ -417,7 +421,6 @@ func (r *roleEntry) fields() map[string]any {
 func (r *roleEntry) validate(name string, cfg *cyberarkConfig) fieldErrors {
 	var problems fieldErrors
 	switch client := r.client(); {
-	case !problems.check("client", checkRoleName(client)):
 	case cfg == nil && client != defaultClient:
 		problems.add("client", "no client named %q: write clients/%s first", client, client)
 	case cfg != nil && !cfg.allowsRole(client, name):

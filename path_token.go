@@ -148,14 +148,19 @@ const maxReadTries = 3
 func (b *backend) readToken(ctx context.Context, req *logical.Request, name string, asked []string) (*logical.Response, error) {
 	for range maxReadTries {
 		// The role names the client, whose epoch must be taken before the view the
-		// read works with, so that a password change in between is seen.
+		// read works with, so that a password change in between is seen. A read
+		// without a role is the default client's.
+		c := b.root
+		if name != "" {
+			v, err := b.cache.view(ctx, req.Storage, "", name, "")
+			if err != nil {
+				return nil, err
+			}
+			c = b.credential(v.name)
+		}
+		epoch := c.gate.epochNow()
 		v, err := b.cache.view(ctx, req.Storage, "", name, "")
 		if err != nil {
-			return nil, err
-		}
-		c := b.credential(v.name)
-		epoch := c.gate.epochNow()
-		if v, err = b.cache.view(ctx, req.Storage, "", name, ""); err != nil {
 			return nil, err
 		}
 		switch {

@@ -777,7 +777,7 @@ func (c *credential) reset(ctx context.Context, s logical.Storage, cfg *cyberark
 		return nil, c.abandon(ctx, s, cfg, fmt.Errorf("reading the manager client %q: %w", cfg.Manager, err))
 	case mcfg == nil || !strutil.StrListContainsGlob(mcfg.ManagedClients, c.name) || len(mcfg.ManagementScopes) == 0:
 		return nil, c.abandon(ctx, s, cfg, &errRotation{fmt.Sprintf("the manager client %q does not exist, does not list %q in managed_clients, or sets no management_scopes", cfg.Manager, c.name)})
-	case strings.TrimRight(mcfg.TenantURL, "/") != strings.TrimRight(cfg.TenantURL, "/"):
+	case !sameTenant(mcfg, cfg):
 		// The manager's token may reset passwords: it never goes to another tenant.
 		return nil, c.abandon(ctx, s, cfg, &errRotation{fmt.Sprintf("the manager client %q is on another tenant than %q", cfg.Manager, c.name)})
 	}
