@@ -116,6 +116,8 @@ type backend struct {
 	revokeFailures *failureCounter
 	// tracker holds readers of reused tokens until the periodic function stores them.
 	tracker *tracker
+	// recordsMu serialises changes to stored token records (tokens.go).
+	recordsMu sync.Mutex
 	// keyCache holds the tenant's token signing keys (trust.go).
 	keyCache *keyCache
 
@@ -150,7 +152,7 @@ func newBackend() *backend {
 		Help:        strings.TrimSpace(backendHelp),
 		BackendType: logical.TypeLogical,
 		PathsSpecial: &logical.Paths{
-			SealWrapStorage: []string{configPath, clientsPrefix, tokensPrefix},
+			SealWrapStorage: []string{configPath, clientsPrefix, tokensPrefix, incidentsPrefix},
 		},
 		Paths: framework.PathAppend(
 			[]*framework.Path{pathConfig(b), pathRotateRoot(b), pathMetrics(b)},
@@ -230,6 +232,8 @@ func (b *backend) invalidate(_ context.Context, key string) {
 		b.credential(strings.TrimPrefix(key, failedLoginsPrefix)).gate.invalidate()
 	case strings.HasPrefix(key, rolePrefix):
 		b.cache.resetRole(strings.TrimPrefix(key, rolePrefix))
+	case strings.HasPrefix(key, incidentsPrefix):
+		b.credential(strings.TrimPrefix(key, incidentsPrefix)).forgetFrozen()
 	}
 }
 

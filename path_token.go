@@ -1,6 +1,7 @@
 package cyberark
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -175,6 +176,9 @@ func (b *backend) readToken(ctx context.Context, req *logical.Request, name stri
 		case name != "" && !v.config.allowsRole(v.name, name):
 			return logical.ErrorResponse("client: client %q does not allow role %q (its allowed_roles: [%s])", v.name, name, strings.Join(v.config.AllowedRoles, " ")), nil
 		}
+		if since, err := c.frozenSince(ctx, req.Storage); err != nil || !since.IsZero() {
+			return nil, cmp.Or(err, frozenError(c.name, since))
+		}
 		if v.others, err = b.cache.appProtected(ctx, appKey(v.config.TenantURL, appFor(v.config, v.role)), func(ctx context.Context) (map[string][]string, error) {
 			return b.grantScopes(ctx, req.Storage)
 		}); err != nil {
@@ -195,6 +199,14 @@ func (b *backend) readToken(ctx context.Context, req *logical.Request, name stri
 		case err != nil:
 			b.Logger().Error("token request failed", "role", name, "app_id", plan.appID, "error", err)
 			return nil, tenantFailure("getting a token", err)
+		}
+		if c.frozenNow() {
+			// Frozen while this grant was at the tenant: revoke-all may not have seen
+			// the token, so it never leaves.
+			b.cache.dropToken(tok.AccessToken)
+			b.revokeRefused(ctx, req.Storage, v, tok)
+			since, _ := c.frozenSince(ctx, req.Storage)
+			return nil, frozenError(c.name, since)
 		}
 		return b.tokenLease(v, plan, tok)
 	}

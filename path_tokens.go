@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/http"
 	"regexp"
@@ -53,7 +54,121 @@ func pathTokens(b *backend) []*framework.Path {
 			},
 			HelpSynopsis: "Revoke a leaked token at the tenant, by the token or its SHA-256; needs track_tokens.",
 		},
+		{
+			Pattern:      "tokens/revoke-all",
+			DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix},
+			Fields: map[string]*framework.FieldSchema{
+				"client": clientField,
+				"rotate": {Type: framework.TypeBool, Description: "Change the client's secret at the tenant first (once per incident)."},
+			},
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.UpdateOperation: op(b.pathTokensRevokeAll, "revoke-all", "Break glass: freeze a client's token reads, optionally rotate its secret, revoke every token the engine knows it handed out."),
+			},
+			HelpSynopsis: "Break glass for a client: freeze its reads, rotate, revoke every tracked and cached token. Safe to run again.",
+			HelpDescription: `Freezes the client's token reads (a 423 until tokens/unfreeze), rotates its secret
+if rotate=true and it was not rotated yet in this incident, then revokes at the tenant
+every live token it tracked (track_tokens) and every token its reuse cache holds, and
+empties its caches. Each step is in the answer and in the log at warn. A run that fails
+or is cut short keeps what it found to revoke: run it again to finish.`,
+		},
+		{
+			Pattern:      "tokens/unfreeze",
+			DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix},
+			Fields: map[string]*framework.FieldSchema{
+				"client": clientField,
+				"force":  {Type: framework.TypeBool, Description: "Unfreeze although tokens of the incident are not yet revoked: they stay valid until they expire."},
+			},
+			Operations: map[logical.Operation]framework.OperationHandler{
+				logical.UpdateOperation: op(b.pathTokensUnfreeze, "unfreeze", "Allow a frozen client's token reads again, once revoke-all has revoked everything it found."),
+			},
+			HelpSynopsis: "End an incident: allow a client's token reads again.",
+		},
 	}
+}
+
+// clientField names the client of an incident path; config's client is default.
+var clientField = &framework.FieldSchema{
+	Type:        framework.TypeString,
+	Description: "The client: default for the one config holds, or a name under clients/.",
+	Default:     defaultClient,
+}
+
+// incidentClient is the credential an incident path names, which must exist.
+func (b *backend) incidentClient(ctx context.Context, req *logical.Request, d *framework.FieldData) (*credential, *logical.Response, error) {
+	if resp := unknownFields(req, d); resp != nil {
+		return nil, resp, nil
+	}
+	name, resp := roleName(d, "client")
+	if resp != nil {
+		return nil, resp, nil
+	}
+	c := b.credential(name)
+	cfg, err := c.load(ctx, req.Storage)
+	if err != nil || cfg != nil {
+		return c, nil, err
+	}
+	if inc, err := readIncident(ctx, req.Storage, name); err != nil || inc != nil {
+		return c, nil, err // deleted during its incident: unfreeze still ends it
+	}
+	return nil, logical.ErrorResponse("client: %q does not exist", name), nil
+}
+
+func (b *backend) pathTokensRevokeAll(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	c, resp, err := b.incidentClient(ctx, req, d)
+	if c == nil || err != nil {
+		return resp, err
+	}
+	r, err := b.revokeAll(ctx, req, c, d.Get("rotate").(bool))
+	if err != nil {
+		return nil, err
+	}
+	inc := r.inc
+	resp = &logical.Response{Data: map[string]any{
+		"client":       c.name,
+		"frozen_since": inc.Since.UTC().Format(time.RFC3339),
+		"runs":         inc.Runs,
+		"rotated_at":   nil,
+		"steps":        r.steps,
+		"revoked":      inc.Revoked,
+		"expired":      inc.Expired,
+		"pending":      len(inc.Pending),
+		"complete":     r.failure == nil && len(inc.Pending) == 0,
+	}}
+	if !inc.RotatedAt.IsZero() {
+		resp.Data["rotated_at"] = inc.RotatedAt.UTC().Format(time.RFC3339)
+	}
+	if r.failure == nil {
+		return resp, nil
+	}
+	// Not finished: the answer still reports every step, with the status of what
+	// stopped it, and says to run it again.
+	resp.AddWarning("tokens/revoke-all did not finish; the client stays frozen; run it again to finish: " + r.failure.Error())
+	code := http.StatusBadGateway
+	var coded logical.HTTPCodedError
+	if errors.As(r.failure, &coded) {
+		code = coded.Code()
+	}
+	return logical.RespondWithStatusCode(resp, req, code)
+}
+
+func (b *backend) pathTokensUnfreeze(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	c, resp, err := b.incidentClient(ctx, req, d)
+	if c == nil || err != nil {
+		return resp, err
+	}
+	inc, err := b.unfreeze(ctx, req.Storage, c, d.Get("force").(bool))
+	if err != nil {
+		return nil, err
+	}
+	if inc == nil {
+		return logical.ErrorResponse("client: %q is not frozen", c.name), nil
+	}
+	return &logical.Response{Data: map[string]any{
+		"client":       c.name,
+		"frozen_since": inc.Since.UTC().Format(time.RFC3339),
+		"revoked":      inc.Revoked,
+		"left_valid":   len(inc.Pending),
+	}}, nil
 }
 
 // recordNamed finds the record of the token a request names.
@@ -116,25 +231,15 @@ func (b *backend) pathTokensRevoke(ctx context.Context, req *logical.Request, d 
 	if !rec.RevokedAt.IsZero() {
 		return nil, nil // revoked before: asking the tenant again changes nothing
 	}
-	c := b.credential(rec.Client)
-	v, err := b.cache.view(ctx, req.Storage, rec.Client, "", rec.AppID)
-	switch {
-	case err != nil:
-		return nil, err
-	case v.config == nil:
-		return logical.ErrorResponse("client: %q, whose token this is, no longer exists; the token stays valid until %s", rec.Client, rec.ExpiresAt.UTC().Format(time.RFC3339)), nil
-	case v.config.revokeEndpoint(rec.AppID) == "":
-		return logical.ErrorResponse("client: %q has no revocation endpoint (token_url without revoke_url); the token stays valid until %s", rec.Client, rec.ExpiresAt.UTC().Format(time.RFC3339)), nil
-	}
-	if err := c.revoke(ctx, req.Storage, v, c.gate.epochNow(), rec.AccessToken); err != nil {
-		return nil, tenantFailure("revoking the token", err)
-	}
-	// Gone from the reuse cache, so no reader gets it again; then on record, so that its
-	// leases end without asking the tenant.
-	b.cache.dropToken(rec.AccessToken)
-	rec.RevokedAt = b.now()
-	if err := putTokenRecord(ctx, req.Storage, rec); err != nil {
-		return nil, fmt.Errorf("the token was revoked at the tenant, but its record could not be stored: %w", err)
+	if err := b.revokeAt(ctx, req.Storage, b.credential(rec.Client), rec.AppID, rec.AccessToken, rec.SHA256); err != nil {
+		// A coded error crosses the plugin's gRPC only unwrapped: its code kept, its
+		// text told what it leaves valid.
+		code := http.StatusInternalServerError
+		var coded logical.HTTPCodedError
+		if errors.As(err, &coded) {
+			code = coded.Code()
+		}
+		return nil, logical.CodedError(code, fmt.Sprintf("%s; the token stays valid until %s", err, rec.ExpiresAt.UTC().Format(time.RFC3339)))
 	}
 	b.Logger().Warn("token revoked at the tenant by tokens/revoke", "client", rec.Client, "role", rec.Role, "token_sha256", rec.SHA256[:12])
 	return nil, nil

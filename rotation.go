@@ -183,6 +183,10 @@ type credential struct {
 	gate *gate
 	// sched fires the credential's scheduled rotations (schedule.go).
 	sched *scheduler
+	// freeze is the incident switch; incidentMu serialises tokens/revoke-all and
+	// tokens/unfreeze (incident.go).
+	freeze     freezeState
+	incidentMu sync.Mutex
 }
 
 func newCredential(b *backend, name, key string) *credential {

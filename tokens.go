@@ -121,13 +121,10 @@ func readTokenRecord(ctx context.Context, s logical.Storage, sha string) (*token
 func (b *backend) flushTracked(ctx context.Context, s logical.Storage) error {
 	var errs []error
 	for sha, readers := range b.tracker.take() {
-		rec, err := readTokenRecord(ctx, s, sha)
-		if err != nil || rec == nil {
-			errs = append(errs, err)
-			continue
-		}
-		rec.addReaders(readers...)
-		errs = append(errs, putTokenRecord(ctx, s, rec))
+		errs = append(errs, b.updateRecord(ctx, s, sha, func(rec *tokenRecord) bool {
+			rec.addReaders(readers...)
+			return true
+		}))
 	}
 	keys, err := s.List(ctx, tokensPrefix)
 	if err != nil {
@@ -150,4 +147,17 @@ func (b *backend) flushTracked(ctx context.Context, s logical.Storage) error {
 		}
 	}
 	return nil
+}
+
+// updateRecord changes a token's record, if it has one, under the records lock: the
+// periodic flush of readers and a revocation must not overwrite each other's change.
+// change says whether there is anything to store.
+func (b *backend) updateRecord(ctx context.Context, s logical.Storage, sha string, change func(*tokenRecord) bool) error {
+	b.recordsMu.Lock()
+	defer b.recordsMu.Unlock()
+	rec, err := readTokenRecord(ctx, s, sha)
+	if err != nil || rec == nil || !change(rec) {
+		return err
+	}
+	return putTokenRecord(ctx, s, rec)
 }

@@ -1,0 +1,189 @@
+package cyberark
+
+import (
+	"encoding/json"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/sdk/logical"
+
+	"github.com/idsec-labs/vault-plugin-secrets-cyberark/internal/emulator"
+)
+
+// statusOf is the HTTP status of an answer: a coded error's, a raw answer's, 400 for an
+// error response, else 200.
+func statusOf(resp *logical.Response, err error) int {
+	if coded, ok := err.(logical.HTTPCodedError); ok {
+		return coded.Code()
+	}
+	switch {
+	case err != nil:
+		return http.StatusInternalServerError
+	case resp != nil && resp.Data[logical.HTTPStatusCode] != nil:
+		return resp.Data[logical.HTTPStatusCode].(int)
+	case resp != nil && resp.IsError():
+		return http.StatusBadRequest
+	}
+	return http.StatusOK
+}
+
+// rawData decodes the data of an answer made with RespondWithStatusCode.
+func rawData(t *testing.T, resp *logical.Response) map[string]any {
+	t.Helper()
+	var body struct {
+		Data     map[string]any `json:"data"`
+		Warnings []string       `json:"warnings"`
+	}
+	if err := json.Unmarshal([]byte(resp.Data[logical.HTTPRawBody].(string)), &body); err != nil {
+		t.Fatal(err)
+	}
+	body.Data["warnings"] = body.Warnings
+	return body.Data
+}
+
+// TestRevokeAllBreaksGlass: revoke-all with rotate changes the secret, revokes the
+// tracked and the cached tokens at the tenant, refuses reads with a 423 naming the
+// switch until unfreeze, answers every step without a token, and a second run neither
+// rotates again nor finds anything left.
+func TestRevokeAllBreaksGlass(t *testing.T) {
+	t.Parallel()
+	e := newRotationEnv(t, nil)
+	e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"track_tokens": true})
+	e.mustRequest(t, logical.CreateOperation, "roles/shared", map[string]any{"token_reuse": true})
+	own := e.mustRequest(t, logical.ReadOperation, "token", nil).Data["access_token"].(string)
+	shared := e.mustRequest(t, logical.ReadOperation, "token/shared", nil).Data["access_token"].(string)
+	oldSecret := e.stored(t).ClientSecret
+
+	resp := e.mustRequest(t, logical.UpdateOperation, "tokens/revoke-all", map[string]any{"rotate": true})
+	if resp.Data["complete"] != true || resp.Data["revoked"] != 2 || resp.Data["pending"] != 0 || resp.Data["rotated_at"] == nil {
+		t.Fatalf("revoke-all: %v", resp.Data)
+	}
+	raw, _ := json.Marshal(resp.Data)
+	for _, tok := range []string{own, shared} {
+		if strings.Contains(string(raw), tok) {
+			t.Fatal("revoke-all answered with a token")
+		}
+		if !e.emu.Revoked(tok) {
+			t.Error("a token handed out before revoke-all is still valid at the tenant")
+		}
+	}
+	if e.stored(t).ClientSecret == oldSecret {
+		t.Error("rotate=true left the secret unchanged")
+	}
+	steps := resp.Data["steps"].([]incidentStep)
+	if len(steps) != 3+1 || steps[0].Step != "freeze" || steps[1].Step != "rotate" || steps[2].Step != "gather" || steps[3].Step != "revoke" {
+		t.Errorf("steps: %+v", steps)
+	}
+
+	for _, path := range []string{"token", "token/shared"} {
+		resp, err := e.request(t, logical.ReadOperation, path, nil)
+		if statusOf(resp, err) != http.StatusLocked || !strings.Contains(err.Error(), "tokens/unfreeze") {
+			t.Fatalf("read of %s while frozen: status %d, %v; want a 423 naming tokens/unfreeze", path, statusOf(resp, err), err)
+		}
+	}
+	grants := e.emu.Stats().Grants
+	again := e.mustRequest(t, logical.UpdateOperation, "tokens/revoke-all", map[string]any{"rotate": true})
+	if again.Data["runs"] != 2 || again.Data["revoked"] != 2 || again.Data["steps"].([]incidentStep)[1].Outcome != "skipped" {
+		t.Errorf("second run: %v", again.Data)
+	}
+	if e.emu.Stats().Grants != grants {
+		t.Error("a run after a rotation rotated again")
+	}
+	un := e.mustRequest(t, logical.UpdateOperation, "tokens/unfreeze", nil)
+	if un.Data["revoked"] != 2 || un.Data["left_valid"] != 0 {
+		t.Errorf("unfreeze: %v", un.Data)
+	}
+	e.assertWorkingSecret(t)
+	resp, err := e.request(t, logical.UpdateOperation, "tokens/unfreeze", nil)
+	assertBadRequest(t, resp, err, "client")
+}
+
+// TestRevokeAllFinishesAfterAKill: a run the tenant fails half-way keeps what it found,
+// the client stays frozen across a restart of the plugin (which forgets the reuse
+// cache), unfreeze refuses while tokens are pending, and a second run revokes the
+// cached token the first one found.
+func TestRevokeAllFinishesAfterAKill(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	data := e.configData()
+	data["scopes"] = "read"
+	e.mustRequest(t, logical.CreateOperation, "config", data) // track_tokens off
+	e.mustRequest(t, logical.CreateOperation, "roles/shared", map[string]any{"token_reuse": true})
+	shared := e.mustRequest(t, logical.ReadOperation, "token/shared", nil).Data["access_token"].(string)
+
+	e.emu.AddFaults(emulator.Fault{Endpoint: "revoke", Status: http.StatusServiceUnavailable})
+	resp, err := e.request(t, logical.UpdateOperation, "tokens/revoke-all", nil)
+	if statusOf(resp, err) != http.StatusBadGateway {
+		t.Fatalf("revoke-all with the tenant failing: status %d, %v; want a 502 with the steps", statusOf(resp, err), err)
+	}
+	first := rawData(t, resp)
+	if first["complete"] != false || first["pending"] != float64(1) || !strings.Contains(strings.Join(first["warnings"].([]string), " "), "run it again") {
+		t.Fatalf("first run: %v", first)
+	}
+	if e.emu.Revoked(shared) {
+		t.Fatal("the fault let the revocation through")
+	}
+
+	e.emu.ClearFaults()
+	e.restart(t)
+	resp, err = e.request(t, logical.ReadOperation, "token/shared", nil)
+	if statusOf(resp, err) != http.StatusLocked {
+		t.Fatalf("read after a restart mid-incident: status %d, %v; want 423", statusOf(resp, err), err)
+	}
+	resp, err = e.request(t, logical.UpdateOperation, "tokens/unfreeze", nil)
+	if statusOf(resp, err) != http.StatusConflict || !strings.Contains(err.Error(), "force=true") {
+		t.Fatalf("unfreeze with a token pending: status %d, %v; want a 409", statusOf(resp, err), err)
+	}
+	second := e.mustRequest(t, logical.UpdateOperation, "tokens/revoke-all", nil)
+	if second.Data["complete"] != true || second.Data["revoked"] != 1 || !e.emu.Revoked(shared) {
+		t.Fatalf("second run: %v, revoked at the tenant: %v", second.Data, e.emu.Revoked(shared))
+	}
+	e.mustRequest(t, logical.UpdateOperation, "tokens/unfreeze", nil)
+	if next := e.mustRequest(t, logical.ReadOperation, "token/shared", nil); next.Data["access_token"] == shared {
+		t.Error("the revoked token was handed out again")
+	}
+}
+
+// TestFreezeCatchesAGrantInFlight: a read whose grant is at the tenant when the client
+// freezes does not hand its token out, and the token is revoked.
+func TestFreezeCatchesAGrantInFlight(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	e.configure(t)
+	e.emu.AddFaults(emulator.Fault{Endpoint: "token", Delay: 2 * time.Second, Times: 1})
+	var (
+		wg   sync.WaitGroup
+		resp *logical.Response
+		err  error
+	)
+	wg.Go(func() { resp, err = e.request(t, logical.ReadOperation, "token", nil) })
+	for e.emu.Stats().TokenRequests == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	e.mustRequest(t, logical.UpdateOperation, "tokens/revoke-all", nil)
+	wg.Wait()
+	if statusOf(resp, err) != http.StatusLocked {
+		// Never the answer itself: it would print the token.
+		t.Fatalf("a read whose grant was in flight at the freeze: status %d, %v; want 423", statusOf(resp, err), err)
+	}
+	issued := e.emu.Issued()
+	if len(issued) != 1 || !e.emu.Revoked(issued[0]) {
+		t.Errorf("the grant in flight was not revoked (%d issued)", len(issued))
+	}
+}
+
+// TestRevokeAllRefuses: an unknown client, a bad name, and a client that is not frozen.
+func TestRevokeAllRefuses(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	e.configure(t)
+	resp, err := e.request(t, logical.UpdateOperation, "tokens/revoke-all", map[string]any{"client": "nope"})
+	assertBadRequest(t, resp, err, "client")
+	resp, err = e.request(t, logical.UpdateOperation, "tokens/revoke-all", map[string]any{"client": "Default"})
+	assertBadRequest(t, resp, err, "client")
+	resp, err = e.request(t, logical.UpdateOperation, "tokens/unfreeze", nil)
+	assertBadRequest(t, resp, err, "client")
+}
