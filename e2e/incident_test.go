@@ -1,0 +1,235 @@
+package e2e
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/api"
+
+	"github.com/idsec-labs/vault-plugin-secrets-cyberark/internal/emulator"
+)
+
+// readerPolicy lets a workload read tokens, and nothing under tokens/.
+const readerPolicy = `path "cyberark/token/*" { capabilities = ["read"] }`
+
+// userLogin is a userpass user logged in: its Vault client and identity.
+type userLogin struct {
+	client   *api.Client
+	entityID string
+	accessor string
+}
+
+// addUser creates a userpass user with the reader policy and logs it in, which makes
+// its entity.
+func (e *env) addUser(name string) userLogin {
+	e.t.Helper()
+	pw := randomHex(e.t, 12)
+	if _, err := e.client.Logical().WriteWithContext(e.ctx, "auth/userpass/users/"+name, map[string]any{"password": pw, "token_policies": "reader"}); err != nil {
+		e.t.Fatalf("creating user %s: %v", name, err)
+	}
+	login, err := e.client.Logical().WriteWithContext(e.ctx, "auth/userpass/login/"+name, map[string]any{"password": pw})
+	if err != nil || login == nil || login.Auth == nil {
+		e.t.Fatalf("logging in as %s: %v", name, err)
+	}
+	return userLogin{
+		client:   newClient(e.t, e.vault.addr, login.Auth.ClientToken),
+		entityID: login.Auth.EntityID,
+		accessor: login.Auth.Accessor,
+	}
+}
+
+// withUserpass enables userpass and the reader policy.
+func (e *env) withUserpass() {
+	e.t.Helper()
+	if err := e.client.Sys().EnableAuthWithOptionsWithContext(e.ctx, "userpass", &api.EnableAuthOptions{Type: "userpass"}); err != nil {
+		e.t.Fatalf("enabling userpass: %v", err)
+	}
+	if err := e.client.Sys().PutPolicyWithContext(e.ctx, "reader", readerPolicy); err != nil {
+		e.t.Fatalf("writing the reader policy: %v", err)
+	}
+}
+
+func (e *env) write(path string, data map[string]any) (*api.Secret, error) {
+	return e.client.Logical().WriteWithContext(e.ctx, mountPath+"/"+path, data)
+}
+
+func (e *env) mustWrite(path string, data map[string]any) *api.Secret {
+	e.t.Helper()
+	s, err := e.write(path, data)
+	if err != nil {
+		e.t.Fatalf("writing %s: %v", path, err)
+	}
+	return s
+}
+
+// TestIncidentResponse plays the runbook in a real Vault with a file audit device: a
+// leaked token is traced by tokens/lookup to its role, entity, accessor and request, and
+// tokens/revoke makes the tenant refuse it; a workload's token cannot reach tokens/;
+// tokens/revoke-all, its plugin killed half-way, is run again and leaves no tracked or
+// cached token valid, with reads refused until tokens/unfreeze; with tracking off, the
+// audit-hash runbook finds the same facts in the audit log.
+func TestIncidentResponse(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 3600, withAuditLog())
+	data := e.tenant.configData()
+	data["track_tokens"] = true
+	e.mustWrite("config", data)
+	e.writeRole("app", nil)
+	e.writeRole("shared", map[string]any{"token_reuse": true})
+	e.withUserpass()
+	alice := e.addUser("alice")
+
+	// Tracked: lookup names who got it, and revoke ends it at the tenant.
+	leaked := e.readTokenAs(alice.client, "token/app", nil)
+	tok := accessToken(t, leaked)
+	look := e.mustWrite("tokens/lookup", map[string]any{"token": tok})
+	readers, _ := look.Data["readers"].([]any)
+	if look.Data["role"] != "app" || len(readers) != 1 {
+		t.Fatalf("tokens/lookup: role %v, %d readers", look.Data["role"], len(readers))
+	}
+	r := readers[0].(map[string]any)
+	if r["entity_id"] != alice.entityID || r["token_accessor"] != alice.accessor || r["request_id"] != leaked.RequestID {
+		t.Errorf("tokens/lookup reader %v, want entity %s, accessor %s, request %s", r, alice.entityID, alice.accessor, leaked.RequestID)
+	}
+	noSecretsIn(t, e, "the tokens/lookup answer", look)
+	e.mustWrite("tokens/revoke", map[string]any{"token_sha256": look.Data["token_sha256"]})
+	if !e.tenant.emu.Revoked(tok) {
+		t.Fatal("tokens/revoke: the tenant still accepts the token")
+	}
+
+	// The workload's own token cannot look up, revoke or freeze.
+	for _, path := range []string{"tokens/lookup", "tokens/revoke", "tokens/revoke-all", "tokens/unfreeze"} {
+		_, err := alice.client.Logical().WriteWithContext(e.ctx, mountPath+"/"+path, map[string]any{"token": tok})
+		if re := responseError(t, err); re.StatusCode != http.StatusForbidden {
+			t.Errorf("%s with a reader's token: %d, want 403", path, re.StatusCode)
+		}
+	}
+
+	e.revokeAllKilledHalfWay(alice)
+	e.auditHashRunbook(alice)
+}
+
+// revokeAllKilledHalfWay: the tenant holds the revocations back, the plugin is killed
+// while they are at the tenant, and a second run finishes.
+func (e *env) revokeAllKilledHalfWay(alice userLogin) {
+	t := e.t
+	own := accessToken(t, e.readTokenAs(alice.client, "token/app", nil))
+	shared := accessToken(t, e.readTokenAs(alice.client, "token/shared", nil))
+	before := e.tenant.emu.Stats().RevokeRequests
+	e.tenant.emu.AddFaults(emulator.Fault{Endpoint: "revoke", Delay: 20 * time.Second})
+	go func() { _, _ = e.write("tokens/revoke-all", nil) }() // its answer is lost with the plugin
+	waitFor(t, 30*time.Second, "both revocations to reach the tenant", func() bool {
+		return e.tenant.emu.Stats().RevokeRequests >= before+2
+	})
+	e.tenant.emu.ClearFaults()
+	killPlugin(t, e)
+	if e.tenant.emu.Revoked(own) || e.tenant.emu.Revoked(shared) {
+		t.Fatal("a held revocation was made: the run was not cut half-way")
+	}
+	_, err := alice.client.Logical().ReadWithContext(e.ctx, mountPath+"/token/shared")
+	if re := responseError(t, err); re.StatusCode != http.StatusLocked {
+		t.Fatalf("read after the killed run: %d %v, want 423", re.StatusCode, re.Errors)
+	}
+
+	again := e.mustWrite("tokens/revoke-all", nil)
+	if again.Data["complete"] != true {
+		t.Fatalf("the second run did not finish: %v", again.Data)
+	}
+	noSecretsIn(t, e, "the revoke-all answer", again)
+	for name, tok := range map[string]string{"tracked": own, "cached": shared} {
+		if !e.tenant.emu.Revoked(tok) {
+			t.Errorf("the %s token is still valid at the tenant after revoke-all", name)
+		}
+	}
+	_, err = alice.client.Logical().ReadWithContext(e.ctx, mountPath+"/token/app")
+	if re := responseError(t, err); re.StatusCode != http.StatusLocked {
+		t.Fatalf("read while frozen: %d, want 423", re.StatusCode)
+	}
+	e.mustWrite("tokens/unfreeze", nil)
+	if next := accessToken(t, e.readTokenAs(alice.client, "token/shared", nil)); next == shared {
+		t.Error("the revoked shared token was handed out again")
+	}
+}
+
+// auditHashRunbook: with tracking off, tokens/lookup knows nothing, and the runbook's
+// way (sys/audit-hash of the leaked token, then the audit entry whose response holds
+// that hash) finds the role's path, the entity and the request.
+func (e *env) auditHashRunbook(alice userLogin) {
+	t := e.t
+	data := e.tenant.configData()
+	data["track_tokens"] = false
+	e.mustWrite("config", data)
+	leaked := e.readTokenAs(alice.client, "token/app", nil)
+	tok := accessToken(t, leaked)
+	_, err := e.write("tokens/lookup", map[string]any{"token": tok})
+	if re := responseError(t, err); re.StatusCode != http.StatusNotFound {
+		t.Fatalf("lookup with tracking off: %d, want 404", re.StatusCode)
+	}
+
+	hashed, err := e.client.Sys().AuditHashWithContext(e.ctx, "file", tok)
+	if err != nil {
+		t.Fatalf("sys/audit-hash: %v", err)
+	}
+	sum := sha256.Sum256([]byte(tok))
+	var found *auditEntry
+	waitFor(t, 10*time.Second, "the read's response in the audit log", func() bool {
+		found = findAuditResponse(t, e.vault.auditPath, hashed)
+		return found != nil
+	})
+	if found.Request.Path != mountPath+"/token/app" || found.Auth.EntityID != alice.entityID || found.Request.ID != leaked.RequestID {
+		t.Errorf("audit entry: path %s entity %s request %s; want %s/token/app, %s, %s",
+			found.Request.Path, found.Auth.EntityID, found.Request.ID, mountPath, alice.entityID, leaked.RequestID)
+	}
+	// token_sha256 is HMAC-ed too unless the mount lists it in
+	// audit_non_hmac_response_keys: then it is the plain hash.
+	if found.Response.Data["token_sha256"] == hex.EncodeToString(sum[:]) {
+		t.Error("token_sha256 reached the audit log unhashed with Vault's default settings")
+	}
+}
+
+type auditEntry struct {
+	Type    string `json:"type"`
+	Auth    struct {
+		EntityID string `json:"entity_id"`
+		Accessor string `json:"accessor"`
+	} `json:"auth"`
+	Request struct {
+		ID   string `json:"id"`
+		Path string `json:"path"`
+	} `json:"request"`
+	Response struct {
+		Data map[string]any `json:"data"`
+	} `json:"response"`
+}
+
+// findAuditResponse is the audit log's response entry whose access_token is hashed.
+func findAuditResponse(t *testing.T, path, hashed string) *auditEntry {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<24)
+	for sc.Scan() {
+		var entry auditEntry
+		if err := json.Unmarshal(sc.Bytes(), &entry); err != nil {
+			t.Fatalf("audit log line: %v", err)
+		}
+		if entry.Type == "response" && entry.Response.Data["access_token"] == hashed {
+			return &entry
+		}
+	}
+	if err := sc.Err(); err != nil && !errors.Is(err, os.ErrClosed) {
+		t.Fatal(err)
+	}
+	return nil
+}
