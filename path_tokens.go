@@ -39,7 +39,14 @@ func pathTokens(b *backend) []*framework.Path {
 		{
 			Pattern:      "tokens/lookup",
 			DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix},
-			Fields:       fields,
+			Fields: map[string]*framework.FieldSchema{
+				"token":        fields["token"],
+				"token_sha256": fields["token_sha256"],
+				"token_accessor": {
+					Type:        framework.TypeString,
+					Description: "Instead of a token: the accessor of a Vault token; the answer lists the tracked tokens it read.",
+				},
+			},
 			Operations: map[logical.Operation]framework.OperationHandler{
 				logical.UpdateOperation: op(b.pathTokensLookup, "look-up", "Who got a token: its role, client, readers, issue and expiry (track_tokens)."),
 			},
@@ -190,15 +197,22 @@ func (b *backend) recordNamed(ctx context.Context, req *logical.Request, d *fram
 	if err != nil || rec != nil {
 		return rec, nil, err
 	}
-	resp, err := logical.RespondWithStatusCode(logical.ErrorResponse(
-		"no record of this token: it was not handed out by a client with track_tokens=true, or it expired and its record was pruned; without tracking, find its read in the audit log with sys/audit-hash (see the incident runbook)"),
-		req, http.StatusNotFound)
-	return nil, resp, err
+	return nil, nil, logical.CodedError(http.StatusNotFound,
+		"no record of this token: it was not handed out by a client with track_tokens=true, or it expired and its record was pruned; without tracking, find its read in the audit log with sys/audit-hash (see the incident runbook)")
 }
 
 func (b *backend) pathTokensLookup(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
+	if accessor := d.Get("token_accessor").(string); accessor != "" {
+		if _, ok := d.Raw["token"]; ok {
+			return logical.ErrorResponse("token_accessor: give a token, its SHA-256 or a Vault token's accessor, one of them"), nil
+		}
+		if _, ok := d.Raw["token_sha256"]; ok {
+			return logical.ErrorResponse("token_accessor: give a token, its SHA-256 or a Vault token's accessor, one of them"), nil
+		}
+		return b.lookupByAccessor(ctx, req.Storage, accessor)
+	}
 	rec, resp, err := b.recordNamed(ctx, req, d)
-	if rec == nil {
+	if rec == nil || err != nil {
 		return resp, err
 	}
 	readers := make([]map[string]any, 0, len(rec.Readers))
@@ -225,7 +239,7 @@ func (b *backend) pathTokensLookup(ctx context.Context, req *logical.Request, d 
 
 func (b *backend) pathTokensRevoke(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	rec, resp, err := b.recordNamed(ctx, req, d)
-	if rec == nil {
+	if rec == nil || err != nil {
 		return resp, err
 	}
 	if !rec.RevokedAt.IsZero() {
@@ -243,4 +257,40 @@ func (b *backend) pathTokensRevoke(ctx context.Context, req *logical.Request, d 
 	}
 	b.Logger().Warn("token revoked at the tenant by tokens/revoke", "client", rec.Client, "role", rec.Role, "token_sha256", rec.SHA256[:12])
 	return nil, nil
+}
+
+// lookupByAccessor lists the tracked tokens a Vault token read, for the token's accessor:
+// what a compromised Vault token got. Readers past the cap of a shared token are not
+// kept, which the answer says.
+func (b *backend) lookupByAccessor(ctx context.Context, s logical.Storage, accessor string) (*logical.Response, error) {
+	pending := b.tracker.peek()
+	keys, err := s.List(ctx, tokensPrefix)
+	if err != nil {
+		return nil, fmt.Errorf("listing token records: %w", err)
+	}
+	tokens := []map[string]any{}
+	capped := 0
+	for _, sha := range keys {
+		rec, err := readTokenRecord(ctx, s, sha)
+		if err != nil {
+			return nil, err
+		}
+		if rec == nil {
+			continue // pruned since the listing
+		}
+		rec.addReaders(pending[sha]...)
+		if rec.readBy(accessor) {
+			tokens = append(tokens, map[string]any{
+				"token_sha256": rec.SHA256, "client": rec.Client, "role": rec.Role,
+				"expires_at": rec.ExpiresAt.UTC().Format(time.RFC3339), "revoked": !rec.RevokedAt.IsZero(),
+			})
+		} else if rec.ReadersTotal > len(rec.Readers) {
+			capped++
+		}
+	}
+	resp := &logical.Response{Data: map[string]any{"token_accessor": accessor, "tokens": tokens}}
+	if capped > 0 {
+		resp.AddWarning(fmt.Sprintf("%d shared tokens had more readers than the %d kept per token; this accessor may have read them too: tokens/revoke-all covers them", capped, maxTrackedReaders))
+	}
+	return resp, nil
 }

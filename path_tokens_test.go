@@ -41,6 +41,14 @@ func TestTrackedTokenLookupAndRevoke(t *testing.T) {
 		t.Errorf("a reused read made %d storage writes, want 0", writes)
 	}
 	sha := first.Data["token_sha256"].(string)
+	// Bob's read is not stored yet: the accessor lookup finds it all the same.
+	byBob := e.mustRequest(t, logical.UpdateOperation, "tokens/lookup", map[string]any{"token_accessor": "acc-bob"})
+	if got := byBob.Data["tokens"].([]map[string]any); len(got) != 1 || got[0]["token_sha256"] != sha {
+		t.Errorf("lookup by bob's accessor: %v", got)
+	}
+	if none := e.mustRequest(t, logical.UpdateOperation, "tokens/lookup", map[string]any{"token_accessor": "acc-mallory"}); len(none.Data["tokens"].([]map[string]any)) != 0 {
+		t.Errorf("lookup by an accessor that read nothing: %v", none.Data["tokens"])
+	}
 	if err := e.b.flushTracked(t.Context(), e.storage); err != nil {
 		t.Fatal(err)
 	}
@@ -89,8 +97,8 @@ func TestTokensPathsRefuse(t *testing.T) {
 	assertBadRequest(t, resp, err, "token_sha256")
 	tok := e.mustRequest(t, logical.ReadOperation, "token", nil).Data["access_token"].(string)
 	resp, err = e.request(t, logical.UpdateOperation, "tokens/revoke", map[string]any{"token": tok})
-	if err != nil || resp == nil || resp.Data[logical.HTTPStatusCode] != http.StatusNotFound {
-		t.Errorf("revoke of an untracked token: %v %v, want a 404", resp, err)
+	if statusOf(resp, err) != http.StatusNotFound {
+		t.Errorf("revoke of an untracked token: status %d, %v; want a 404", statusOf(resp, err), err)
 	}
 }
 

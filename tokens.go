@@ -3,6 +3,7 @@ package cyberark
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -64,6 +65,22 @@ func (t *tracker) addReader(sha string, r tokenReader) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.pending[sha] = append(t.pending[sha], r)
+}
+
+// peek copies the readers not yet stored.
+func (t *tracker) peek() map[string][]tokenReader {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make(map[string][]tokenReader, len(t.pending))
+	for sha, rs := range t.pending {
+		out[sha] = slices.Clone(rs)
+	}
+	return out
+}
+
+// readBy says whether a reader with the Vault token accessor got the token.
+func (rec *tokenRecord) readBy(accessor string) bool {
+	return slices.ContainsFunc(rec.Readers, func(r tokenReader) bool { return r.Accessor == accessor })
 }
 
 func (t *tracker) take() map[string][]tokenReader {
