@@ -8,6 +8,7 @@ import (
 	"errors"
 	"net/http"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -16,8 +17,12 @@ import (
 	"github.com/idsec-labs/vault-plugin-secrets-cyberark/internal/emulator"
 )
 
-// readerPolicy lets a workload read tokens, and nothing under tokens/.
-const readerPolicy = `path "cyberark/token/*" { capabilities = ["read"] }`
+// incidentReaderPolicy lets a workload read the two roles' tokens, written out in full
+// as examples/policies/token-reader.hcl asks.
+const incidentReaderPolicy = `
+path "cyberark/token/app" { capabilities = ["read"] }
+path "cyberark/token/shared" { capabilities = ["read"] }
+`
 
 // userLogin is a userpass user logged in: its Vault client and identity.
 type userLogin struct {
@@ -26,12 +31,12 @@ type userLogin struct {
 	accessor string
 }
 
-// addUser creates a userpass user with the reader policy and logs it in, which makes
-// its entity.
-func (e *env) addUser(name string) userLogin {
+// incidentUser creates a userpass user with policy and logs it in, which makes its
+// entity.
+func (e *env) incidentUser(name, policy string) userLogin {
 	e.t.Helper()
 	pw := randomHex(e.t, 12)
-	if _, err := e.client.Logical().WriteWithContext(e.ctx, "auth/userpass/users/"+name, map[string]any{"password": pw, "token_policies": "reader"}); err != nil {
+	if _, err := e.client.Logical().WriteWithContext(e.ctx, "auth/userpass/users/"+name, map[string]any{"password": pw, "token_policies": policy}); err != nil {
 		e.t.Fatalf("creating user %s: %v", name, err)
 	}
 	login, err := e.client.Logical().WriteWithContext(e.ctx, "auth/userpass/login/"+name, map[string]any{"password": pw})
@@ -45,24 +50,33 @@ func (e *env) addUser(name string) userLogin {
 	}
 }
 
-// withUserpass enables userpass and the reader policy.
-func (e *env) withUserpass() {
+// incidentUsers enables userpass, writes the workload's policy and the security
+// team's (examples/policies/security-team.hcl), and logs in a user with each.
+func (e *env) incidentUsers() (reader, security userLogin) {
 	e.t.Helper()
 	if err := e.client.Sys().EnableAuthWithOptionsWithContext(e.ctx, "userpass", &api.EnableAuthOptions{Type: "userpass"}); err != nil {
 		e.t.Fatalf("enabling userpass: %v", err)
 	}
-	if err := e.client.Sys().PutPolicyWithContext(e.ctx, "reader", readerPolicy); err != nil {
-		e.t.Fatalf("writing the reader policy: %v", err)
+	sec, err := os.ReadFile(filepath.Join(moduleRoot, "examples", "policies", "security-team.hcl"))
+	if err != nil {
+		e.t.Fatal(err)
 	}
+	for name, text := range map[string]string{"reader": incidentReaderPolicy, "security": string(sec)} {
+		if err := e.client.Sys().PutPolicyWithContext(e.ctx, name, text); err != nil {
+			e.t.Fatalf("writing the %s policy: %v", name, err)
+		}
+	}
+	return e.incidentUser("alice", "reader"), e.incidentUser("sec", "security")
 }
 
-func (e *env) write(path string, data map[string]any) (*api.Secret, error) {
-	return e.client.Logical().WriteWithContext(e.ctx, mountPath+"/"+path, data)
+// writeAs writes path under the mount through c.
+func (e *env) writeAs(c *api.Client, path string, data map[string]any) (*api.Secret, error) {
+	return c.Logical().WriteWithContext(e.ctx, mountPath+"/"+path, data)
 }
 
-func (e *env) mustWrite(path string, data map[string]any) *api.Secret {
+func (e *env) mustWriteAs(c *api.Client, path string, data map[string]any) *api.Secret {
 	e.t.Helper()
-	s, err := e.write(path, data)
+	s, err := e.writeAs(c, path, data)
 	if err != nil {
 		e.t.Fatalf("writing %s: %v", path, err)
 	}
@@ -80,16 +94,15 @@ func TestIncidentResponse(t *testing.T) {
 	e := newEnv(t, 3600, withAuditLog())
 	data := e.tenant.configData()
 	data["track_tokens"] = true
-	e.mustWrite("config", data)
+	e.mustWriteAs(e.client, "config", data)
 	e.writeRole("app", nil)
 	e.writeRole("shared", map[string]any{"token_reuse": true})
-	e.withUserpass()
-	alice := e.addUser("alice")
+	alice, sec := e.incidentUsers()
 
 	// Tracked: lookup names who got it, and revoke ends it at the tenant.
 	leaked := e.readTokenAs(alice.client, "token/app", nil)
 	tok := accessToken(t, leaked)
-	look := e.mustWrite("tokens/lookup", map[string]any{"token": tok})
+	look := e.mustWriteAs(sec.client, "tokens/lookup", map[string]any{"token": tok})
 	readers, _ := look.Data["readers"].([]any)
 	if look.Data["role"] != "app" || len(readers) != 1 {
 		t.Fatalf("tokens/lookup: role %v, %d readers", look.Data["role"], len(readers))
@@ -99,7 +112,12 @@ func TestIncidentResponse(t *testing.T) {
 		t.Errorf("tokens/lookup reader %v, want entity %s, accessor %s, request %s", r, alice.entityID, alice.accessor, leaked.RequestID)
 	}
 	noSecretsIn(t, e, "the tokens/lookup answer", look)
-	e.mustWrite("tokens/revoke", map[string]any{"token_sha256": look.Data["token_sha256"]})
+	// A compromised Vault token: what it read, by its accessor.
+	byAccessor := e.mustWriteAs(sec.client, "tokens/lookup", map[string]any{"token_accessor": alice.accessor})
+	if got, _ := byAccessor.Data["tokens"].([]any); len(got) != 1 || got[0].(map[string]any)["token_sha256"] != look.Data["token_sha256"] {
+		t.Errorf("tokens/lookup by alice's accessor: %v", byAccessor.Data["tokens"])
+	}
+	e.mustWriteAs(sec.client, "tokens/revoke", map[string]any{"token_sha256": look.Data["token_sha256"]})
 	if !e.tenant.emu.Revoked(tok) {
 		t.Fatal("tokens/revoke: the tenant still accepts the token")
 	}
@@ -112,19 +130,19 @@ func TestIncidentResponse(t *testing.T) {
 		}
 	}
 
-	e.revokeAllKilledHalfWay(alice)
-	e.auditHashRunbook(alice)
+	e.revokeAllKilledHalfWay(alice, sec)
+	e.auditHashRunbook(alice, sec)
 }
 
 // revokeAllKilledHalfWay: the tenant holds the revocations back, the plugin is killed
 // while they are at the tenant, and a second run finishes.
-func (e *env) revokeAllKilledHalfWay(alice userLogin) {
+func (e *env) revokeAllKilledHalfWay(alice, sec userLogin) {
 	t := e.t
 	own := accessToken(t, e.readTokenAs(alice.client, "token/app", nil))
 	shared := accessToken(t, e.readTokenAs(alice.client, "token/shared", nil))
 	before := e.tenant.emu.Stats().RevokeRequests
 	e.tenant.emu.AddFaults(emulator.Fault{Endpoint: "revoke", Delay: 20 * time.Second})
-	go func() { _, _ = e.write("tokens/revoke-all", nil) }() // its answer is lost with the plugin
+	go func() { _, _ = e.writeAs(sec.client, "tokens/revoke-all", nil) }() // its answer is lost with the plugin
 	waitFor(t, 30*time.Second, "both revocations to reach the tenant", func() bool {
 		return e.tenant.emu.Stats().RevokeRequests >= before+2
 	})
@@ -138,7 +156,7 @@ func (e *env) revokeAllKilledHalfWay(alice userLogin) {
 		t.Fatalf("read after the killed run: %d %v, want 423", re.StatusCode, re.Errors)
 	}
 
-	again := e.mustWrite("tokens/revoke-all", nil)
+	again := e.mustWriteAs(sec.client, "tokens/revoke-all", nil)
 	if again.Data["complete"] != true {
 		t.Fatalf("the second run did not finish: %v", again.Data)
 	}
@@ -152,7 +170,7 @@ func (e *env) revokeAllKilledHalfWay(alice userLogin) {
 	if re := responseError(t, err); re.StatusCode != http.StatusLocked {
 		t.Fatalf("read while frozen: %d, want 423", re.StatusCode)
 	}
-	e.mustWrite("tokens/unfreeze", nil)
+	e.mustWriteAs(sec.client, "tokens/unfreeze", nil)
 	if next := accessToken(t, e.readTokenAs(alice.client, "token/shared", nil)); next == shared {
 		t.Error("the revoked shared token was handed out again")
 	}
@@ -161,19 +179,19 @@ func (e *env) revokeAllKilledHalfWay(alice userLogin) {
 // auditHashRunbook: with tracking off, tokens/lookup knows nothing, and the runbook's
 // way (sys/audit-hash of the leaked token, then the audit entry whose response holds
 // that hash) finds the role's path, the entity and the request.
-func (e *env) auditHashRunbook(alice userLogin) {
+func (e *env) auditHashRunbook(alice, sec userLogin) {
 	t := e.t
 	data := e.tenant.configData()
 	data["track_tokens"] = false
-	e.mustWrite("config", data)
+	e.mustWriteAs(e.client, "config", data)
 	leaked := e.readTokenAs(alice.client, "token/app", nil)
 	tok := accessToken(t, leaked)
-	_, err := e.write("tokens/lookup", map[string]any{"token": tok})
+	_, err := e.writeAs(sec.client, "tokens/lookup", map[string]any{"token": tok})
 	if re := responseError(t, err); re.StatusCode != http.StatusNotFound {
 		t.Fatalf("lookup with tracking off: %d, want 404", re.StatusCode)
 	}
 
-	hashed, err := e.client.Sys().AuditHashWithContext(e.ctx, "file", tok)
+	hashed, err := sec.client.Sys().AuditHashWithContext(e.ctx, "file", tok)
 	if err != nil {
 		t.Fatalf("sys/audit-hash: %v", err)
 	}
@@ -195,8 +213,8 @@ func (e *env) auditHashRunbook(alice userLogin) {
 }
 
 type auditEntry struct {
-	Type    string `json:"type"`
-	Auth    struct {
+	Type string `json:"type"`
+	Auth struct {
 		EntityID string `json:"entity_id"`
 		Accessor string `json:"accessor"`
 	} `json:"auth"`
