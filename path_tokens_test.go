@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
 )
@@ -122,4 +123,53 @@ func (e *testEnv) countingPuts(t *testing.T, f func()) int {
 	defer func() { e.storage = inner }()
 	f()
 	return counted.puts
+}
+
+// getCounter counts storage reads.
+type getCounter struct {
+	logical.Storage
+	gets int
+}
+
+func (g *getCounter) Get(ctx context.Context, key string) (*logical.StorageEntry, error) {
+	g.gets++
+	return g.Storage.Get(ctx, key)
+}
+
+// TestTrackedRecordsPruned: a record outlives its token by at most one periodic run; a
+// new instance learns the stored expiries once, and a later run with nothing to store
+// reads no record.
+func TestTrackedRecordsPruned(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	clock := newFakeClock(e)
+	data := e.configData()
+	data["track_tokens"] = true
+	e.mustRequest(t, logical.CreateOperation, "config", data)
+	e.mustRequest(t, logical.ReadOperation, "token", nil)
+	e.restart(t)
+	e.b.now = clock.Now
+	e.mustRequest(t, logical.ReadOperation, "token", nil)
+	flush := func() (gets int) {
+		t.Helper()
+		counted := &getCounter{Storage: e.storage}
+		if err := e.b.flushTracked(t.Context(), counted); err != nil {
+			t.Fatal(err)
+		}
+		return counted.gets
+	}
+	if gets := flush(); gets != 2 {
+		t.Errorf("the first flush of an instance read %d records, want both", gets)
+	}
+	if gets := flush(); gets != 0 {
+		t.Errorf("a flush with nothing to store read %d records, want 0", gets)
+	}
+	if keys, _ := e.storage.List(t.Context(), tokensPrefix); len(keys) != 2 {
+		t.Fatalf("%d records before expiry, want 2", len(keys))
+	}
+	clock.Advance(3601 * time.Second)
+	flush()
+	if keys, _ := e.storage.List(t.Context(), tokensPrefix); len(keys) != 0 {
+		t.Errorf("%d records after their tokens expired, want 0", len(keys))
+	}
 }

@@ -2,6 +2,7 @@ package cyberark
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -51,14 +52,55 @@ func readerOf(req *logical.Request, now time.Time) tokenReader {
 	return tokenReader{EntityID: req.EntityID, Accessor: req.ClientTokenAccessor, RequestID: req.ID, At: now}
 }
 
-// tracker holds the readers of reused tokens not yet stored, by token hash.
+// tracker holds the readers of reused tokens not yet stored, by token hash, and when
+// each stored record's token expires, so that pruning reads no record it keeps.
 type tracker struct {
 	mu      sync.Mutex
 	pending map[string][]tokenReader
+	// expiry is every stored record's expiry, once indexed is set: read from storage
+	// by the first prune of this instance, then kept up to date by track.
+	expiry  map[string]time.Time
+	indexed bool
 }
 
 func newTracker() *tracker {
-	return &tracker{pending: make(map[string][]tokenReader)}
+	return &tracker{pending: make(map[string][]tokenReader), expiry: make(map[string]time.Time)}
+}
+
+func (t *tracker) recorded(sha string, exp time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.expiry[sha] = exp
+}
+
+// expired takes the records past their expiry off the index; ok is false until the
+// index has been read from storage.
+func (t *tracker) expired(now time.Time) (shas []string, ok bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.indexed {
+		return nil, false
+	}
+	for sha, exp := range t.expiry {
+		if now.After(exp) {
+			shas = append(shas, sha)
+			delete(t.expiry, sha)
+		}
+	}
+	return shas, true
+}
+
+// index merges what storage holds into the index: records written since the scan
+// began are in it already.
+func (t *tracker) index(stored map[string]time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for sha, exp := range stored {
+		if _, ok := t.expiry[sha]; !ok {
+			t.expiry[sha] = exp
+		}
+	}
+	t.indexed = true
 }
 
 func (t *tracker) addReader(sha string, r tokenReader) {
@@ -107,7 +149,11 @@ func (b *backend) track(ctx context.Context, s logical.Storage, p *tokenPlan, to
 		IssuedAt: b.now(), ExpiresAt: tok.Expiry, Reused: p.reuse, AccessToken: tok.AccessToken,
 	}
 	rec.addReaders(reader)
-	return putTokenRecord(ctx, s, rec)
+	if err := putTokenRecord(ctx, s, rec); err != nil {
+		return err
+	}
+	b.tracker.recorded(rec.SHA256, rec.ExpiresAt)
+	return nil
 }
 
 func putTokenRecord(ctx context.Context, s logical.Storage, rec *tokenRecord) error {
@@ -134,7 +180,8 @@ func readTokenRecord(ctx context.Context, s logical.Storage, sha string) (*token
 }
 
 // flushTracked stores the readers of reused tokens gathered since the last flush and
-// deletes the records of tokens past their expiry. The periodic function runs it.
+// deletes the records of tokens past their expiry. The periodic function runs it. Only
+// its first run on an instance reads every record, to learn their expiries.
 func (b *backend) flushTracked(ctx context.Context, s logical.Storage) error {
 	var errs []error
 	for sha, readers := range b.tracker.take() {
@@ -143,27 +190,38 @@ func (b *backend) flushTracked(ctx context.Context, s logical.Storage) error {
 			return true
 		}))
 	}
+	expired, ok := b.tracker.expired(b.now())
+	if !ok {
+		stored, err := b.scanTracked(ctx, s)
+		if err != nil {
+			return errors.Join(append(errs, err)...)
+		}
+		b.tracker.index(stored)
+		expired, _ = b.tracker.expired(b.now())
+	}
+	for _, sha := range expired {
+		errs = append(errs, s.Delete(ctx, tokensPrefix+sha))
+	}
+	return errors.Join(errs...)
+}
+
+// scanTracked reads every stored record's expiry.
+func (b *backend) scanTracked(ctx context.Context, s logical.Storage) (map[string]time.Time, error) {
 	keys, err := s.List(ctx, tokensPrefix)
 	if err != nil {
-		return fmt.Errorf("listing token records: %w", err)
+		return nil, fmt.Errorf("listing token records: %w", err)
 	}
-	now := b.now()
+	out := make(map[string]time.Time, len(keys))
 	for _, sha := range keys {
 		rec, err := readTokenRecord(ctx, s, sha)
 		if err != nil {
-			errs = append(errs, err)
-			continue
+			return nil, err
 		}
-		if rec != nil && now.After(rec.ExpiresAt) {
-			errs = append(errs, s.Delete(ctx, tokensPrefix+sha))
-		}
-	}
-	for _, e := range errs {
-		if e != nil {
-			return e
+		if rec != nil {
+			out[sha] = rec.ExpiresAt
 		}
 	}
-	return nil
+	return out, nil
 }
 
 // updateRecord changes a token's record, if it has one, under the records lock: the
