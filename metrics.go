@@ -33,6 +33,9 @@ var (
 	metricScopeCheck = []string{"cyberark", "scope_check"}
 	// metricTokenCheck counts the checks of granted tokens (signature and claims).
 	metricTokenCheck = []string{"cyberark", "token_check"}
+	// metricTLSHandshake counts new TLS connections to tenants, by the protocol agreed:
+	// per grant, it says how well the connection pool holds up.
+	metricTLSHandshake = []string{"cyberark", "tls_handshake"}
 )
 
 // newMetrics is one mount's metrics: go-metrics, as Vault's telemetry uses, into a
@@ -112,4 +115,17 @@ func outcome(err error) string {
 	default:
 		return "invalid_response"
 	}
+}
+
+// countHandshake counts a TLS handshake with a tenant by its agreed protocol, one of a
+// few words.
+func (b *backend) countHandshake(protocol string) {
+	switch protocol {
+	case "h2", "http/1.1":
+	case "":
+		protocol = "none" // no ALPN: HTTP/1.1 by default
+	default:
+		protocol = "other"
+	}
+	b.count(metricTLSHandshake, "protocol", protocol)
 }

@@ -995,6 +995,7 @@ func (b *backend) newTenantClient(cfg *cyberarkConfig, appID string) (*client.Cl
 		RequestTimeout: cfg.RequestTimeout,
 		Retry:          cfg.retryPolicy(),
 		Now:            b.now,
+		OnTLSHandshake: b.countHandshake,
 	})
 }
 

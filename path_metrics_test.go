@@ -219,3 +219,19 @@ func TestMetricsPathInTheOpenAPIDocument(t *testing.T) {
 		t.Errorf("the 200 response's media types are %v, want text/plain alone", types)
 	}
 }
+
+// TestTLSHandshakesCounted: a token read's new connection to the tenant is counted
+// once, by protocol, and later reads reuse it.
+func TestTLSHandshakesCounted(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	sink := withInmemMetrics(t, e)
+	e.configure(t) // the verification grant opens a connection of its own client
+	before := counter(sink, "test.cyberark.tls_handshake;protocol=http/1.1")
+	for range 3 {
+		e.mustRequest(t, logical.ReadOperation, "token", nil)
+	}
+	if n := counter(sink, "test.cyberark.tls_handshake;protocol=http/1.1") - before; n != 1 {
+		t.Errorf("%d handshakes for 3 sequential reads, want 1", n)
+	}
+}

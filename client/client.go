@@ -72,7 +72,15 @@ type Config struct {
 	Retry RetryPolicy
 	// Now returns the current time; nil means time.Now. Tests move the clock with it.
 	Now func() time.Time
+	// OnTLSHandshake, when set, is called after each TLS handshake the client
+	// completes, with the protocol the tenant agreed to ("h2", "http/1.1", or "" when
+	// it named none): each is a new connection, two or more round trips to the tenant.
+	OnTLSHandshake func(protocol string)
 }
+
+// maxIdlePerHost is the idle connections kept to the tenant: the concurrency at which
+// an HTTP/1.1-only tenant still opens no new connection in steady state.
+const maxIdlePerHost = 128
 
 // Client performs grants and revocations for one Config. It is safe for concurrent use
 // and holds no request state: every call takes the caller's context.
@@ -113,7 +121,7 @@ func New(cfg Config) (*Client, error) {
 			// retryablehttp closes its HTTP client's idle connections after every failed
 			// call. The pool serves every reader of the engine, so one call giving up
 			// must not cost the others their connections; Close empties it instead.
-			Transport: keepIdle{transport},
+			Transport: keepIdle{rt: transport, onHandshake: cfg.OnTLSHandshake},
 			Timeout:   cfg.RequestTimeout,
 			// A redirected POST would resend the client credentials to wherever the
 			// tenant (or a proxy in front of it) points; report the redirect instead.
@@ -139,6 +147,14 @@ func New(cfg Config) (*Client, error) {
 // the system roots when it is not empty.
 func newTransport(caPEM string) (*http.Transport, error) {
 	transport := cleanhttp.DefaultPooledTransport()
+	// The pooled default keeps GOMAXPROCS+1 idle connections per host: against a
+	// tenant that speaks HTTP/1.1 only, every concurrent grant past that many opens a
+	// new TLS connection, and across a WAN pays the handshake's round trips. The engine
+	// talks to one host per client, so the pool may keep as many as Vault runs reads
+	// at once. HTTP/2 needs one connection, which ForceAttemptHTTP2 (set by cleanhttp)
+	// keeps with the custom TLS config below.
+	transport.MaxIdleConnsPerHost = maxIdlePerHost
+	transport.MaxIdleConns = maxIdlePerHost
 	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12}
 	if caPEM != "" {
 		pool := x509.NewCertPool()

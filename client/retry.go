@@ -2,12 +2,14 @@ package client
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"sync"
 	"time"
@@ -73,9 +75,25 @@ func (c *Client) retryClient(cl *call) *retryablehttp.Client {
 }
 
 // keepIdle is a RoundTripper without CloseIdleConnections.
-type keepIdle struct{ rt http.RoundTripper }
+type keepIdle struct {
+	rt          http.RoundTripper
+	onHandshake func(protocol string)
+}
 
-func (k keepIdle) RoundTrip(r *http.Request) (*http.Response, error) { return k.rt.RoundTrip(r) }
+// RoundTrip also reports the TLS handshakes a request makes: the transport performs
+// them under the trace of the request that needed the connection.
+func (k keepIdle) RoundTrip(r *http.Request) (*http.Response, error) {
+	if k.onHandshake != nil {
+		r = r.WithContext(httptrace.WithClientTrace(r.Context(), &httptrace.ClientTrace{
+			TLSHandshakeDone: func(cs tls.ConnectionState, err error) {
+				if err == nil {
+					k.onHandshake(cs.NegotiatedProtocol)
+				}
+			},
+		}))
+	}
+	return k.rt.RoundTrip(r)
+}
 
 // send makes one call with retries. A 2xx answer is answered, with its body and the
 // error of reading it; otherwise err is the last failure, never nil.

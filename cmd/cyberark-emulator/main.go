@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -49,6 +50,7 @@ type options struct {
 	expiresIn    int
 	httpAddr     string
 	httpsAddr    string
+	http1Only    bool
 	caOut        string
 	addrFile     string
 }
@@ -100,6 +102,7 @@ func parseFlags(args []string) (*options, map[string]bool, error) {
 	fs.IntVar(&o.expiresIn, "expires-in", 0, "token lifetime in `seconds` (0 = config value or 18000)")
 	fs.StringVar(&o.httpAddr, "http", "", "plain HTTP listen `address`, loopback only (empty = off)")
 	fs.StringVar(&o.httpsAddr, "https", "127.0.0.1:0", "HTTPS listen `address` (empty = off)")
+	fs.BoolVar(&o.http1Only, "http1-only", false, "offer HTTP/1.1 alone over HTTPS, as a tenant or TLS-terminating proxy without HTTP/2 would")
 	fs.StringVar(&o.caOut, "ca-out", "", "write the CA certificate (PEM) to this `file`")
 	fs.StringVar(&o.addrFile, "addr-file", "", "write the listen URLs as JSON to this `file` once listening")
 	if err := fs.Parse(args); err != nil {
@@ -163,6 +166,9 @@ func serve(o options, emu *emulator.Emulator, ca *emulator.CA) error {
 		}
 		srv := newServer()
 		srv.TLSConfig = ca.ServerTLSConfig()
+		if o.http1Only {
+			http1Only(srv)
+		}
 		listeners = append(listeners, listener{srv: srv, ln: ln, tls: true, name: "https"})
 		urls["https"] = "https://" + ln.Addr().String()
 	}
@@ -335,3 +341,9 @@ func (s *statusRecorder) Write(b []byte) (int, error) {
 }
 
 func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// http1Only makes srv offer HTTP/1.1 alone over TLS. A non-nil, empty TLSNextProto is
+// net/http's switch for no HTTP/2; ALPN then offers http/1.1 only.
+func http1Only(srv *http.Server) {
+	srv.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){}
+}
