@@ -78,7 +78,9 @@ type scopeRule struct {
 // effectiveScopes is the one statement of the scope rule, used by token reads, role
 // reads and role writes alike: a role's scopes, or the config's when it sets none; its
 // allowed_scopes, or those effective scopes when it sets none. The effective scopes
-// must be allowed. cfg may be nil (no config yet); role may be nil (a read of token).
+// must be allowed. Templates stay as written, so the rule holds for every reader; a
+// token read then expands it for its reader (forReader). cfg may be nil (no config
+// yet); role may be nil (a read of token).
 func effectiveScopes(cfg *cyberarkConfig, role *roleEntry) (scopeRule, error) {
 	rule := scopeRule{ScopesFrom: "config", AllowedFrom: "scopes", Templated: role.templated()}
 	if cfg != nil {
