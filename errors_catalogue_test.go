@@ -79,12 +79,24 @@ var errorClasses = []errorClass{
 	{section: "Role writes", status: 400, shape: "allowed_scopes: the effective scopes […] (from the …) include …",
 		about: "A role's fields contradict each other or the config: its scopes (or the config's) outside its `allowed_scopes`, `lease_free` without `token_reuse`, an `app_id` or `revoke_tokens` the config's `token_url` cannot serve. A role that became so after a config write is refused at token reads and warned about at role reads. Fix: as the message says.",
 		op:    logical.CreateOperation, path: "roles/team", data: map[string]any{"scopes": "write", "allowed_scopes": "read"}},
+	{section: "Role writes", status: 400, shape: "scope_ceiling: is required when scopes or allowed_scopes hold templates: …",
+		about: "A role's `scopes` or `allowed_scopes` hold `{{identity...}}` templates, so whoever edits entity metadata would choose scopes; `scope_ceiling` bounds them. The same field is refused when a pattern is only `*` and `.`, matches a rotation, management or denied scope (`scope_ceiling: \"r*\" matches \"rotate\", …`), or leaves out a literal scope of the role. A template Vault cannot parse or this engine does not expand is refused under its own field (`scopes: template \"…\": …`). See [templated scopes](templated-scopes.md).",
+		op:    logical.CreateOperation, path: "roles/team", data: map[string]any{"scopes": teamRead}},
 	{section: "Token reads", status: 400, shape: "the engine is not configured: write cyberark/config first",
 		about: "`config/rotate-root` answers `the engine is not configured: write the config first`. A role that does not exist gets `role: \"…\" does not exist`: check `vault list <mount>/roles`; names are never folded to lower case, so `token/Reader` is refused.",
 		env:   func(t *testing.T) *testEnv { return newTestEnv(t) }, op: logical.ReadOperation, path: "token"},
 	{section: "Token reads", status: 400, shape: `scope: "admin" is not allowed here; allowed scopes: […]`,
 		about: "The reader's `scope` asks for a scope outside the role's `allowed_scopes` (the config's `scopes` on `token`). Nothing is sent to the tenant.",
 		op:    logical.ReadOperation, path: "token", data: map[string]any{"scope": "admin"}},
+	{section: "Token reads", status: 400, shape: `scopes: role "team": its scopes come from the reader's identity ({{identity...}} templates), and this token has no entity …`,
+		about: "The role is [templated](templated-scopes.md) and the token has no entity to expand it from: a root token, or one made with `vault token create`. Nothing is sent to the tenant. Fix: read with a token from an auth method (userpass, OIDC, Kubernetes, AppRole…), whose logins Vault ties to an entity.",
+		env:   templateEnv, send: readTeamAs("")},
+	{section: "Token reads", status: 400, shape: `scopes: role "team": template "…" needs the metadata key "team", which the reader's entity does not have (or has empty); …`,
+		about: "The reader's entity lacks what a template of the role reads: a metadata key, an alias on the named mount accessor, or a key of that alias's metadata. A value that is there but is no scope (a space, a control character) is refused as `… expands for this reader to a value that is not a scope: …`. Nothing is sent to the tenant. Fix: set the metadata on the entity (`vault write identity/entity/id/<id> metadata=team=…`).",
+		env:   templateEnv, send: readTeamAs("ent-none")},
+	{section: "Token reads", status: 400, shape: `scopes: role "team": "…", which template "…" expands to from the reader's identity, is outside scope_ceiling […]: metadata outside the ceiling is refused, …`,
+		about: "The reader's identity expands a template of the role to a scope its `scope_ceiling` does not admit (a `*` of the ceiling never matches a `.`, so `team.payments.admin.read` is outside `team.*.read`). This is the ceiling at work: whoever edits entity metadata cannot widen a grant. Nothing is sent to the tenant. Fix: correct the entity's metadata, or, if the scope is meant, widen the ceiling.",
+		env:   templateEnv, send: readTeamAs("ent-deeper")},
 	{section: "Token reads", status: 400, shape: "getting a token from CyberArk Identity: tenant answered HTTP 400: …",
 		about:        "The tenant refused the grant (an OAuth error, or a 4xx other than 408 and 429); its `error` and `error_description` follow. A redirect counts as one, `tenant answered HTTP 302: redirect to … (set token_url to the final URL)`: the engine never follows one, which would send the credentials elsewhere. A refusal is a 400, not a 5xx, so that Vault clients do not retry a failed login that counts towards locking the service user. Fix: see [the tenant's refusals](tenant-setup.md#tenant-errors-and-their-fixes).",
 		tenantSecret: otherSecret, op: logical.ReadOperation, path: "token"},
@@ -163,6 +175,20 @@ var errorClasses = []errorClass{
 		send: func(t *testing.T, e *testEnv) (*logical.Response, error) {
 			return e.b.HandleRequest(t.Context(), &logical.Request{Operation: logical.ReadOperation, Path: "config", Storage: &failingStorage{}, MountPoint: "cyberark/"})
 		}},
+}
+
+// templateEnv has a templated role "team" and the readers of teamEntities.
+func templateEnv(t *testing.T) *testEnv {
+	e, _ := newTemplateEnv(t)
+	e.mustRequest(t, logical.CreateOperation, "roles/team", map[string]any{"scopes": teamRead, "scope_ceiling": "team.*.read"})
+	return e
+}
+
+// readTeamAs reads token/team with a token of the entity (none when empty).
+func readTeamAs(entityID string) func(*testing.T, *testEnv) (*logical.Response, error) {
+	return func(t *testing.T, e *testEnv) (*logical.Response, error) {
+		return e.readAs(t, entityID, "token/team", nil)
+	}
 }
 
 func withoutRotation(t *testing.T) *testEnv {

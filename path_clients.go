@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 	"sort"
@@ -339,9 +340,13 @@ func (b *backend) checkClientLinks(ctx context.Context, s logical.Storage, name 
 	if err != nil {
 		return nil, err
 	}
+	use := cmp.Or(used[key], &appRoleUse{})
 	for _, sc := range mine {
-		if role, ok := used[key][sc]; ok {
+		if role, ok := use.scopes[sc]; ok {
 			problems.add("rotation_scopes", "%q is a scope of role %q on the same application: it cannot also be a scope that changes passwords", sc, role)
+		}
+		if role, pattern, ok := use.ceilingFor(sc); ok {
+			problems.add("rotation_scopes", "%q matches scope_ceiling %q of role %q on the same application, whose templates could expand to it: it cannot also be a scope that changes passwords", sc, pattern, role)
 		}
 	}
 	return problems, nil
@@ -385,14 +390,32 @@ func (b *backend) appProtectedScopes(ctx context.Context, s logical.Storage, key
 	return all[key], err
 }
 
-// roleScopesByApp maps each application key to the scopes the roles of other clients
-// than name ask for or allow there, and one role that does.
-func (b *backend) roleScopesByApp(ctx context.Context, s logical.Storage, configs map[string]*cyberarkConfig, name string) (map[string]map[string]string, error) {
+// appRoleUse is what the roles of other clients ask for or allow at one application:
+// each scope and each scope_ceiling pattern, with one role that does.
+type appRoleUse struct {
+	scopes   map[string]string
+	ceilings map[string]string
+}
+
+// ceilingFor returns a role whose ceiling matches scope, and the pattern, compared
+// without case as the role write compares (ceilingCovers).
+func (u *appRoleUse) ceilingFor(scope string) (role, pattern string, ok bool) {
+	for _, p := range slices.Sorted(maps.Keys(u.ceilings)) {
+		if _, _, ok := ceilingCovers([]string{p}, []string{scope}); ok {
+			return u.ceilings[p], p, true
+		}
+	}
+	return "", "", false
+}
+
+// roleScopesByApp maps each application key to what the roles of other clients than
+// name ask for or allow there.
+func (b *backend) roleScopesByApp(ctx context.Context, s logical.Storage, configs map[string]*cyberarkConfig, name string) (map[string]*appRoleUse, error) {
 	roles, err := s.List(ctx, rolePrefix)
 	if err != nil {
 		return nil, err
 	}
-	out := map[string]map[string]string{}
+	out := map[string]*appRoleUse{}
 	for _, r := range roles {
 		role, err := readRole(ctx, s, r)
 		if err != nil {
@@ -404,10 +427,13 @@ func (b *backend) roleScopesByApp(ctx context.Context, s logical.Storage, config
 		cfg := configs[role.client()]
 		key := appKey(cfg.TenantURL, appFor(cfg, role))
 		if out[key] == nil {
-			out[key] = map[string]string{}
+			out[key] = &appRoleUse{scopes: map[string]string{}, ceilings: map[string]string{}}
 		}
 		for _, sc := range slices.Concat(role.Scopes, role.AllowedScopes) {
-			out[key][sc] = r
+			out[key].scopes[sc] = r
+		}
+		for _, p := range role.ScopeCeiling {
+			out[key].ceilings[p] = r
 		}
 	}
 	return out, nil

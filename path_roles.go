@@ -34,9 +34,12 @@ type roleEntry struct {
 	Scopes []string `json:"scopes,omitempty"`
 	// AllowedScopes limits what a reader may ask for with the scope parameter. Nil means
 	// "the role's scopes", kept unresolved so that a later change of scopes carries over.
-	AllowedScopes []string      `json:"allowed_scopes,omitempty"`
-	AppID         string        `json:"app_id,omitempty"`
-	TTL           time.Duration `json:"ttl,omitempty"`
+	AllowedScopes []string `json:"allowed_scopes,omitempty"`
+	// ScopeCeiling bounds every scope a read asks for or allows (scopes or * patterns);
+	// a role whose scopes are templates over the reader's identity must set it.
+	ScopeCeiling []string      `json:"scope_ceiling,omitempty"`
+	AppID        string        `json:"app_id,omitempty"`
+	TTL          time.Duration `json:"ttl,omitempty"`
 	// RevokeTokens overrides the config's revoke_tokens; nil inherits it.
 	RevokeTokens      *bool         `json:"revoke_tokens,omitempty"`
 	TokenReuse        bool          `json:"token_reuse,omitempty"`
@@ -67,14 +70,19 @@ type scopeRule struct {
 	Allowed     []string
 	ScopesFrom  string // "role" or "config"
 	AllowedFrom string // "role", or "scopes" when it defaults to the effective scopes
+	// Templated: the role's scopes are templates over the reader's identity, which a
+	// token read expands (forReader); the rule holds them as written.
+	Templated bool
 }
 
 // effectiveScopes is the one statement of the scope rule, used by token reads, role
 // reads and role writes alike: a role's scopes, or the config's when it sets none; its
 // allowed_scopes, or those effective scopes when it sets none. The effective scopes
-// must be allowed. cfg may be nil (no config yet); role may be nil (a read of token).
+// must be allowed. Templates stay as written, so the rule holds for every reader; a
+// token read then expands it for its reader (forReader). cfg may be nil (no config
+// yet); role may be nil (a read of token).
 func effectiveScopes(cfg *cyberarkConfig, role *roleEntry) (scopeRule, error) {
-	rule := scopeRule{ScopesFrom: "config", AllowedFrom: "scopes"}
+	rule := scopeRule{ScopesFrom: "config", AllowedFrom: "scopes", Templated: role.templated()}
 	if cfg != nil {
 		rule.Scopes = cfg.Scopes
 	}
@@ -147,11 +155,15 @@ func pathRoles(b *backend) []*framework.Path {
 				},
 				"scopes": {
 					Type:        framework.TypeCommaStringSlice,
-					Description: "Scopes the token asks for, as a list or comma-separated string. Empty: the config's scopes.",
+					Description: "Scopes the token asks for, as a list or comma-separated string. Empty: the config's scopes. A scope may hold templates over the reader's identity, such as team.{{identity.entity.metadata.team}}.read (with scope_ceiling); {{identity.entity.groups.names}} makes one scope per group.",
 				},
 				"allowed_scopes": {
 					Type:        framework.TypeCommaStringSlice,
-					Description: "Scopes a reader may ask for with the scope parameter. Default: the role's scopes.",
+					Description: "Scopes a reader may ask for with the scope parameter. Default: the role's scopes. May hold templates, as scopes may.",
+				},
+				"scope_ceiling": {
+					Type:        framework.TypeCommaStringSlice,
+					Description: "Scopes, or patterns with *, that bound every scope a token read of the role asks for or allows, after templates are expanded; required when scopes or allowed_scopes hold templates. In a pattern, * stands for any run of characters other than '.'. A pattern that matches a rotation, management or denied scope, or holds only * and '.', is refused.",
 				},
 				"app_id": {
 					Type:        framework.TypeString,
@@ -232,10 +244,12 @@ func roleReadFields() map[string]*framework.FieldSchema {
 		"scopes":                   list("Scopes the role asks for; empty: the config's."),
 		"allowed_scopes":           list("Scopes a reader may narrow to, or null for the effective scopes."),
 		"client":                   {Type: framework.TypeString, Description: "The client whose tokens the role hands out."},
-		"effective_scopes":         list("Scopes a token read of this role asks for, after the config's are applied."),
+		"effective_scopes":         list("Scopes a token read of this role asks for, after the config's are applied; templates as written, not expanded for the reader."),
 		"effective_allowed_scopes": list("Scopes a reader may narrow to, after the config's are applied."),
 		"scopes_source":            str(`Where effective_scopes come from: "role" or "config".`),
 		"allowed_scopes_source":    str(`Where effective_allowed_scopes come from: "role", or "scopes" when they are the effective scopes.`),
+		"scope_ceiling":            list("Scopes and * patterns that bound every scope a token read asks for or allows."),
+		"templated":                {Type: framework.TypeBool, Description: "Whether the scopes hold templates that each token read expands from the reader's identity."},
 		"app_id":                   str("Application ID the role's tokens come from, or empty for the config's."),
 		"ttl":                      {Type: framework.TypeInt, Description: "Bound on the lease TTL in seconds, or 0 for none."},
 		"revoke_tokens":            {Type: framework.TypeBool, Description: "Whether a lease's end revokes its token at the tenant, or null to follow the config."},
@@ -305,6 +319,8 @@ func (b *backend) pathRoleRead(ctx context.Context, req *logical.Request, d *fra
 		"effective_allowed_scopes": nonNil(rule.Allowed),
 		"scopes_source":            rule.ScopesFrom,
 		"allowed_scopes_source":    rule.AllowedFrom,
+		"scope_ceiling":            nonNil(r.ScopeCeiling),
+		"templated":                rule.Templated,
 		"app_id":                   r.AppID,
 		"ttl":                      int64(r.TTL.Seconds()),
 		"revoke_tokens":            revoke,
@@ -385,6 +401,9 @@ func (b *backend) pathRoleWrite(ctx context.Context, req *logical.Request, d *fr
 				break
 			}
 		}
+		if pattern, sc, ok := ceilingCovers(r.ScopeCeiling, protected); ok {
+			problems = append(problems, ceilingRefusal(pattern, sc))
+		}
 	}
 	if resp := problems.response(); resp != nil {
 		return resp, nil
@@ -406,6 +425,7 @@ func (r *roleEntry) fields() map[string]any {
 		"client":              &r.Client,
 		"scopes":              &r.Scopes,
 		"allowed_scopes":      &r.AllowedScopes,
+		"scope_ceiling":       &r.ScopeCeiling,
 		"app_id":              &r.AppID,
 		"ttl":                 &r.TTL,
 		"revoke_tokens":       &r.RevokeTokens,
@@ -428,6 +448,10 @@ func (r *roleEntry) validate(name string, cfg *cyberarkConfig) fieldErrors {
 	}
 	scopesOK := problems.check("scopes", checkScopes(r.Scopes))
 	scopesOK = problems.check("allowed_scopes", checkScopes(r.AllowedScopes)) && scopesOK
+	if scopesOK {
+		templates := r.ceilingProblems(cfg)
+		problems, scopesOK = append(problems, templates...), len(templates) == 0
+	}
 	if r.AppID != "" {
 		problems.check("app_id", checkAppID(r.AppID))
 	}

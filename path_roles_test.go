@@ -23,7 +23,7 @@ func TestRoleCRUD(t *testing.T) {
 		"effective_scopes": []string{"read"}, "effective_allowed_scopes": []string{"read"},
 		"scopes_source": "role", "allowed_scopes_source": "scopes", "client": "default",
 		"revoke_tokens": nil, "token_reuse": false, "reuse_min_remaining": int64(300), "reuse_min_fraction": 0.1,
-		"lease_free": false,
+		"lease_free": false, "scope_ceiling": []string{}, "templated": false,
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("reader = %v, want %v (allowed_scopes defaults to scopes)", got, want)

@@ -184,7 +184,11 @@ func (b *backend) readToken(ctx context.Context, req *logical.Request, name stri
 		}); err != nil {
 			return nil, err
 		}
-		plan, resp := newTokenPlan(v, name, asked)
+		who, err := b.readerIdentity(req, v.role)
+		if err != nil {
+			return nil, err
+		}
+		plan, resp := newTokenPlan(v, name, asked, who)
 		if resp != nil {
 			return resp, nil
 		}
@@ -273,9 +277,11 @@ type tokenPlan struct {
 	warnings  []string
 }
 
-// newTokenPlan applies the role (if any) and the reader's scope parameter to the
-// config. A conflict in the settings or a scope the reader may not ask for is a 400.
-func newTokenPlan(v *view, name string, asked []string) (*tokenPlan, *logical.Response) {
+// newTokenPlan applies the role (if any), expanded for the reader who, and the reader's
+// scope parameter to the config. A conflict in the settings, a template the reader's
+// identity cannot fill or fills outside the role's ceiling, or a scope the reader may
+// not ask for is a 400.
+func newTokenPlan(v *view, name string, asked []string, who *readerIdentity) (*tokenPlan, *logical.Response) {
 	cfg, role := v.config, v.role
 	p := &tokenPlan{client: v.name, role: name, appID: appFor(cfg, role)}
 	if role != nil && role.AppID != "" && cfg.TokenURL != "" {
@@ -284,6 +290,9 @@ func newTokenPlan(v *view, name string, asked []string) (*tokenPlan, *logical.Re
 	rule, err := effectiveScopes(cfg, role)
 	if err != nil {
 		return nil, logical.ErrorResponse("allowed_scopes: role %q: %s", name, err)
+	}
+	if rule, err = rule.forReader(role, who); err != nil {
+		return nil, logical.ErrorResponse("scopes: role %q: %s", name, err)
 	}
 	p.scopes = rule.Scopes
 	if len(asked) > 0 {
@@ -331,7 +340,9 @@ func newTokenPlan(v *view, name string, asked []string) (*tokenPlan, *logical.Re
 }
 
 // reuseKey identifies what a token was granted for: the same client, app and scope set
-// get the same token. A write of the client's config empties its part of the cache.
+// get the same token. The scopes are those expanded for the reader, so readers whose
+// identities expand a templated role alike share a token and others never do. A write
+// of the client's config empties its part of the cache.
 func (p *tokenPlan) reuseKey() string {
 	set := slices.Clone(p.scopes)
 	slices.Sort(set)

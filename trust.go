@@ -86,7 +86,8 @@ func (c *cyberarkConfig) scopeConflicts() fieldErrors {
 	return problems
 }
 
-// roleScopeConflicts are a role's scopes that are rotation scopes of the config.
+// roleScopeConflicts are a role's scopes, and ceiling patterns, that are or match
+// rotation scopes of the config.
 func (r *roleEntry) roleScopeConflicts(cfg *cyberarkConfig) []string {
 	var problems []string
 	if s, ok := rotationScopeIn(r.Scopes, cfg.protectedScopes()); ok {
@@ -94,6 +95,9 @@ func (r *roleEntry) roleScopeConflicts(cfg *cyberarkConfig) []string {
 	}
 	if s, ok := rotationScopeIn(r.AllowedScopes, cfg.protectedScopes()); ok {
 		problems = append(problems, rotationScopeRefusal("allowed_scopes", s))
+	}
+	if pattern, s, ok := ceilingCovers(r.ScopeCeiling, cfg.protectedScopes()); ok {
+		problems = append(problems, ceilingRefusal(pattern, s))
 	}
 	return problems
 }
