@@ -26,13 +26,18 @@ func pathTokens(b *backend) []*framework.Path {
 		},
 		"token_sha256": {Type: framework.TypeString, Description: "The token's hex SHA-256, as a token read's token_sha256 shows it."},
 	}
-	op := func(cb framework.OperationFunc, verb, summary string) *framework.PathOperation {
+	op := func(cb framework.OperationFunc, verb, summary string, answer map[string]*framework.FieldSchema) *framework.PathOperation {
+		responses := map[int][]framework.Response{http.StatusOK: {{Description: "What was found or done.", Fields: answer}}}
+		if answer == nil {
+			responses = map[int][]framework.Response{http.StatusNoContent: {{Description: "Done."}}}
+		}
 		return &framework.PathOperation{
 			Callback:                    cb,
 			ForwardPerformanceStandby:   true,
 			ForwardPerformanceSecondary: true,
 			DisplayAttrs:                &framework.DisplayAttributes{OperationVerb: verb, OperationSuffix: "token"},
 			Summary:                     summary,
+			Responses:                   responses,
 		}
 	}
 	return []*framework.Path{
@@ -48,7 +53,7 @@ func pathTokens(b *backend) []*framework.Path {
 				},
 			},
 			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.UpdateOperation: op(b.pathTokensLookup, "look-up", "Who got a token: its role, client, readers, issue and expiry (track_tokens)."),
+				logical.UpdateOperation: op(b.pathTokensLookup, "look-up", "Who got a token: its role, client, readers, issue and expiry (track_tokens).", lookupFields()),
 			},
 			HelpSynopsis: "Find out who got a token, by the token or its SHA-256; needs track_tokens.",
 		},
@@ -57,7 +62,7 @@ func pathTokens(b *backend) []*framework.Path {
 			DisplayAttrs: &framework.DisplayAttributes{OperationPrefix: operationPrefix},
 			Fields:       fields,
 			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.UpdateOperation: op(b.pathTokensRevoke, "revoke", "Revoke a tracked token at the tenant now; its leases then end without another revocation."),
+				logical.UpdateOperation: op(b.pathTokensRevoke, "revoke", "Revoke a tracked token at the tenant now; its leases then end without another revocation.", nil),
 			},
 			HelpSynopsis: "Revoke a leaked token at the tenant, by the token or its SHA-256; needs track_tokens.",
 		},
@@ -69,7 +74,7 @@ func pathTokens(b *backend) []*framework.Path {
 				"rotate": {Type: framework.TypeBool, Description: "Change the client's secret at the tenant first (once per incident)."},
 			},
 			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.UpdateOperation: op(b.pathTokensRevokeAll, "revoke-all", "Break glass: freeze a client's token reads, optionally rotate its secret, revoke every token the engine knows it handed out."),
+				logical.UpdateOperation: op(b.pathTokensRevokeAll, "revoke-all", "Break glass: freeze a client's token reads, optionally rotate its secret, revoke every token the engine knows it handed out.", revokeAllFields()),
 			},
 			HelpSynopsis: "Break glass for a client: freeze its reads, rotate, revoke every tracked and cached token. Safe to run again.",
 			HelpDescription: `Freezes the client's token reads (a 423 until tokens/unfreeze), rotates its secret
@@ -86,10 +91,51 @@ or is cut short keeps what it found to revoke: run it again to finish.`,
 				"force":  {Type: framework.TypeBool, Description: "Unfreeze although tokens of the incident are not yet revoked: they stay valid until they expire."},
 			},
 			Operations: map[logical.Operation]framework.OperationHandler{
-				logical.UpdateOperation: op(b.pathTokensUnfreeze, "unfreeze", "Allow a frozen client's token reads again, once revoke-all has revoked everything it found."),
+				logical.UpdateOperation: op(b.pathTokensUnfreeze, "unfreeze", "Allow a frozen client's token reads again, once revoke-all has revoked everything it found.", unfreezeFields()),
 			},
 			HelpSynopsis: "End an incident: allow a client's token reads again.",
 		},
+	}
+}
+
+func lookupFields() map[string]*framework.FieldSchema {
+	str := func(d string) *framework.FieldSchema { return &framework.FieldSchema{Type: framework.TypeString, Description: d} }
+	return map[string]*framework.FieldSchema{
+		"token_sha256":   str("The token's hex SHA-256."),
+		"client":         str("The client that handed it out."),
+		"role":           str("The role read, empty for the token path."),
+		"app_id":         str("The application it was granted for."),
+		"issued_at":      {Type: framework.TypeTime, Description: "When the engine got it."},
+		"expires_at":     {Type: framework.TypeTime, Description: "When it expires."},
+		"reused":         {Type: framework.TypeBool, Description: "Shared by token_reuse with other readers."},
+		"readers":        {Type: framework.TypeSlice, Description: "Up to 16 reads that handed it out: entity_id, token_accessor, request_id, at."},
+		"readers_total":  {Type: framework.TypeInt, Description: "Every read that handed it out."},
+		"revoked_at":     {Type: framework.TypeTime, Description: "When tokens/revoke or revoke-all revoked it; null if not."},
+		"token_accessor": str("With token_accessor: the accessor asked about."),
+		"tokens":         {Type: framework.TypeSlice, Description: "With token_accessor: the tracked tokens it read (token_sha256, client, role, expires_at, revoked)."},
+	}
+}
+
+func revokeAllFields() map[string]*framework.FieldSchema {
+	return map[string]*framework.FieldSchema{
+		"client":       {Type: framework.TypeString, Description: "The client."},
+		"frozen_since": {Type: framework.TypeTime, Description: "When its reads were frozen."},
+		"runs":         {Type: framework.TypeInt, Description: "Runs of revoke-all in this incident."},
+		"rotated_at":   {Type: framework.TypeTime, Description: "When this incident rotated the secret; null if it did not."},
+		"steps":        {Type: framework.TypeSlice, Description: "Each step: step, outcome (done, skipped, failed), detail."},
+		"revoked":      {Type: framework.TypeInt, Description: "Tokens revoked at the tenant in this incident."},
+		"expired":      {Type: framework.TypeInt, Description: "Tokens found that had expired before their revocation."},
+		"pending":      {Type: framework.TypeInt, Description: "Tokens still to revoke: run it again."},
+		"complete":     {Type: framework.TypeBool, Description: "Nothing is left to do but tokens/unfreeze."},
+	}
+}
+
+func unfreezeFields() map[string]*framework.FieldSchema {
+	return map[string]*framework.FieldSchema{
+		"client":       {Type: framework.TypeString, Description: "The client."},
+		"frozen_since": {Type: framework.TypeTime, Description: "When its reads were frozen."},
+		"revoked":      {Type: framework.TypeInt, Description: "Tokens the incident revoked."},
+		"left_valid":   {Type: framework.TypeInt, Description: "Tokens left valid by force=true."},
 	}
 }
 

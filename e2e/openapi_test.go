@@ -78,6 +78,10 @@ func TestOpenAPI(t *testing.T) {
 		{"/token/{role}", "get", data("token/full")},
 		// Its body is the Prometheus text format, not data fields.
 		{"/metrics", "get", nil},
+		{"/tokens/lookup", "post", nil},
+		{"/tokens/revoke", "post", nil},
+		{"/tokens/revoke-all", "post", nil},
+		{"/tokens/unfreeze", "post", nil},
 	}
 
 	raw, err := e.client.Logical().ReadRawWithContext(e.ctx, "sys/internal/specs/openapi")
