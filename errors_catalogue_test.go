@@ -154,13 +154,13 @@ var errorClasses = []errorClass{
 		}},
 	{section: "Incident response (`tokens/`)", status: 423, shape: `client "default" is frozen by tokens/revoke-all since … (the incident switch): …`,
 		about: "`tokens/revoke-all` froze the client: its token reads are refused until `tokens/unfreeze`, a 4xx so that Vault clients do not retry it. Fix: finish the [incident runbook](incident-response.md), then unfreeze.",
-		env: withoutRotation, send: func(t *testing.T, e *testEnv) (*logical.Response, error) {
+		env:   withoutRotation, send: func(t *testing.T, e *testEnv) (*logical.Response, error) {
 			e.mustRequest(t, logical.UpdateOperation, "tokens/revoke-all", nil)
 			return e.request(t, logical.ReadOperation, "token", nil)
 		}},
 	{section: "Incident response (`tokens/`)", status: 409, shape: `client "default": 1 tokens of this incident are not yet revoked; …`,
 		about: "A `tokens/revoke-all` run did not finish (its answer and Vault's log say which step failed), so tokens it found may still be valid. Fix: run `tokens/revoke-all` again; or, to leave them valid until they expire, `tokens/unfreeze force=true`.",
-		env: withoutRotation, send: func(t *testing.T, e *testEnv) (*logical.Response, error) {
+		env:   withoutRotation, send: func(t *testing.T, e *testEnv) (*logical.Response, error) {
 			e.mustRequest(t, logical.CreateOperation, "roles/shared", map[string]any{"token_reuse": true})
 			e.mustRequest(t, logical.ReadOperation, "token/shared", nil)
 			e.emu.AddFaults(emulator.Fault{Endpoint: "revoke", Status: 503})
@@ -169,7 +169,7 @@ var errorClasses = []errorClass{
 		}},
 	{section: "Incident response (`tokens/`)", status: 404, shape: "no record of this token: …",
 		about: "`tokens/lookup` and `tokens/revoke` know only tokens handed out by a client with `track_tokens=true`, until their record is pruned after expiry. Fix: trace it through the audit log with `sys/audit-hash` ([runbook](incident-response.md#without-tracking-the-audit-log)); revoke its lease, or run `tokens/revoke-all`.",
-		env: withoutRotation, op: logical.UpdateOperation, path: "tokens/lookup", data: map[string]any{"token": "not-a-token-the-engine-tracked"}},
+		env:   withoutRotation, op: logical.UpdateOperation, path: "tokens/lookup", data: map[string]any{"token": "not-a-token-the-engine-tracked"}},
 	{section: "Engine failures (500)", status: 500, shape: "reading config: …",
 		about: "Vault's storage failed (`reading`, `storing`, `decoding`, `deleting` the config, a role or the failed-login count), or a case that should not happen. Vault's log has the detail; storage failures usually mean Vault itself is unhealthy. A refusal whose count cannot be stored holds every later login attempt back with a 503, `the failed-login count could not be stored, …`, until storage takes it.",
 		send: func(t *testing.T, e *testEnv) (*logical.Response, error) {

@@ -99,7 +99,9 @@ or is cut short keeps what it found to revoke: run it again to finish.`,
 }
 
 func lookupFields() map[string]*framework.FieldSchema {
-	str := func(d string) *framework.FieldSchema { return &framework.FieldSchema{Type: framework.TypeString, Description: d} }
+	str := func(d string) *framework.FieldSchema {
+		return &framework.FieldSchema{Type: framework.TypeString, Description: d}
+	}
 	return map[string]*framework.FieldSchema{
 		"token_sha256":   str("The token's hex SHA-256."),
 		"client":         str("The client that handed it out."),
