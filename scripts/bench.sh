@@ -26,7 +26,7 @@ need_duration BENCH_WARMUP
 need_count BENCH_CONC 1 1024
 need_count BENCH_READERS 1 10000
 need_path BENCH_PROFILE
-need BENCH_ONLY '^[a-z]+(,[a-z]+)*$' 'scenario keys, comma-separated (kv,plain,small,jwt,direct,client,uncached,reuse,leasefree)'
+need BENCH_ONLY '^[a-z]+(,[a-z]+)*$' 'scenario keys, comma-separated (kv,plain,small,jwt,direct,client,uncached,tracked,reuse,leasefree)'
 need_path TMPDIR
 
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/cyberark-bench.XXXXXX")"

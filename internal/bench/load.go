@@ -40,6 +40,7 @@ var scenarios = []scenario{
 	{key: "direct", label: "direct tenant call (POST, TLS)"},
 	{key: "client", label: "direct tenant call through the engine's client package"},
 	{key: "uncached", label: "token/<role>, uncached (grant per read)", path: "cyberark/token/uncached", leased: true},
+	{key: "tracked", label: "token/<role>, uncached, track_tokens (a record per read)", path: "cyberark/token/tracked", leased: true},
 	{key: "reuse", label: "token/<role>, token_reuse, leased", path: "cyberark/token/reuse", leased: true},
 	{key: "leasefree", label: "token/<role>, token_reuse, lease_free", path: "cyberark/token/leasefree"},
 }
@@ -69,6 +70,9 @@ type bench struct {
 	// results[key][conc] is one result per round.
 	results map[string]map[int][]result
 	grants  []int64
+	// reads[key] counts the reads that succeeded, warm-ups included: for the tracked
+	// read, the records it left in the engine's storage.
+	reads map[string]int
 }
 
 func (b *bench) setup(ctx context.Context) error {
@@ -116,6 +120,14 @@ func (b *bench) setup(ctx context.Context) error {
 			"client_secret": b.bed.secret, "ca_cert": string(b.bed.caPEM), "scopes": "read",
 		}},
 		{"cyberark/roles/uncached", map[string]any{"token_reuse": false}},
+		// The same grant through a second client of the same service user, with
+		// track_tokens: its reads differ from uncached's by the record alone.
+		{"cyberark/clients/tracked", map[string]any{
+			"tenant_url": b.bed.tenantURL, "app_id": appID, "client_id": clientID,
+			"client_secret": b.bed.secret, "ca_cert": string(b.bed.caPEM), "scopes": "read",
+			"track_tokens": true, "allowed_roles": "tracked",
+		}},
+		{"cyberark/roles/tracked", map[string]any{"client": "tracked", "token_reuse": false}},
 		{"cyberark/roles/reuse", map[string]any{"token_reuse": true}},
 		{"cyberark/roles/leasefree", map[string]any{"token_reuse": true, "lease_free": true}},
 		{"cyberark/roles/crowd", map[string]any{"token_reuse": true}},
@@ -207,6 +219,7 @@ func (b *bench) load(ctx context.Context, s scenario, c int, d time.Duration) (r
 	elapsed := time.Since(start)
 	all := slices.Concat(lat...)
 	r := result{n: len(all)}
+	b.reads[s.key] += r.n
 	for _, e := range errs {
 		r.errors += e
 	}

@@ -5,8 +5,9 @@
 // and mounts both plugins by SHA-256 and version, configures the engine, and then
 // measures, round after round, every read the performance figures compare: KV-v2, the
 // trivial plugin without a lease and with leases of two sizes, a direct call to the
-// tenant, and the engine's uncached, reused and lease-free token reads, each at 1 and
-// at -c concurrent readers for a fixed time after a warm-up. It also counts the grants
+// tenant, and the engine's uncached (without and with track_tokens), reused and
+// lease-free token reads, each at 1 and at -c concurrent readers for a fixed time after
+// a warm-up. It also counts the grants
 // that -readers concurrent readers of a reuse role cost from an empty cache, reads the
 // plugins' peak RSS, and prints (and writes as markdown) the medians and the ratios of
 // issue 11's targets. Everything it starts is stopped, and its temporary directory
@@ -91,7 +92,7 @@ func run(ctx context.Context, o options) (err error) {
 	}
 	// The logs' last lines help after a failure, not after a Ctrl-C.
 	defer func() { bd.stop(err != nil && ctx.Err() == nil) }()
-	b := &bench{o: o, bed: bd, results: map[string]map[int][]result{}}
+	b := &bench{o: o, bed: bd, results: map[string]map[int][]result{}, reads: map[string]int{}}
 	if err := b.setup(ctx); err != nil {
 		return fmt.Errorf("setup: %w", err)
 	}

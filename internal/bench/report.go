@@ -49,6 +49,7 @@ func (b *bench) report() string {
 		one, many := b.median(s.key, 1), b.median(s.key, b.o.conc)
 		fmt.Fprintf(&w, "| %s | %.3f | %.0f | %.3f | %.3f | %.0f |\n", s.label, ms(one.p50), one.rps, ms(many.p50), ms(many.p99), many.rps)
 	}
+	b.trackingCost(&w)
 	engine, trivial := b.peakRSS()
 	fmt.Fprintf(&w, "\nGrants for %d concurrent readers of a reuse role from an empty cache, per round: %s.  \n", b.o.readers, joinInts(b.grants))
 	fmt.Fprintf(&w, "Peak RSS (VmHWM) after these runs: engine %s, trivial plugin %s.\n\n", mib(engine), mib(trivial))
@@ -74,6 +75,24 @@ func (b *bench) report() string {
 	fmt.Fprintf(&w, "\nOther ratios: KV-v2 / trivial no-lease req/s %.2f; trivial small-lease / no-lease req/s %.2f; JWT-lease / no-lease req/s %.2f; lease-free / leased reuse req/s %.2f.\n",
 		many("kv")/many("plain"), many("small")/many("plain"), many("jwt")/many("plain"), many("leasefree")/many("reuse"))
 	return w.String()
+}
+
+// trackingCost compares the uncached read with track_tokens to the one without: the
+// same grant through a second client of the same service user, plus the record.
+func (b *bench) trackingCost(w *strings.Builder) {
+	fmt.Fprintf(w, "\n| track_tokens on an uncached read | c=1 | c=%d |\n|---|---:|---:|\n", b.o.conc)
+	var diff, p50s, rps [2]float64
+	for i, c := range []int{1, b.o.conc} {
+		on, off := b.median("tracked", c), b.median("uncached", c)
+		diff[i] = ms(on.p50) - ms(off.p50)
+		p50s[i] = ms(on.p50) / ms(off.p50)
+		rps[i] = on.rps / off.rps
+	}
+	fmt.Fprintf(w, "| p50 tracked − untracked, ms | %+.3f | %+.3f |\n", diff[0], diff[1])
+	fmt.Fprintf(w, "| p50 tracked / untracked | %.2f | %.2f |\n", p50s[0], p50s[1])
+	fmt.Fprintf(w, "| req/s tracked / untracked | %.2f | %.2f |\n", rps[0], rps[1])
+	fmt.Fprintf(w, "\nThe tracked reads left %d token records in the engine's storage (one per read, warm-ups included; "+
+		"each is kept until its token expires).\n", b.reads["tracked"])
 }
 
 func yesNo(ok bool) string {

@@ -2,10 +2,12 @@ package vaultproc
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Children returns the IDs of parent's child processes whose command (the first word
@@ -64,4 +66,35 @@ func PeakRSS(pid int) (int64, error) {
 		}
 	}
 	return 0, os.ErrNotExist
+}
+
+// clockTick is the unit of /proc/<pid>/stat's CPU times (USER_HZ): 10 ms on every
+// architecture Linux runs Go on.
+const clockTick = 10 * time.Millisecond
+
+// CPUTime is the CPU time process pid has used so far, user and system, all threads,
+// to the 10 ms of the kernel's clock tick.
+func CPUTime(pid int) (time.Duration, error) {
+	stat, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return 0, err
+	}
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, errors.New("unexpected /proc stat format")
+	}
+	// After "(comm)": state is the 1st field, utime the 12th and stime the 13th.
+	fields := strings.Fields(string(stat[i+1:]))
+	if len(fields) < 13 {
+		return 0, errors.New("unexpected /proc stat format")
+	}
+	var ticks int64
+	for _, f := range fields[11:13] {
+		n, err := strconv.ParseInt(f, 10, 64)
+		if err != nil {
+			return 0, err
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * clockTick, nil
 }

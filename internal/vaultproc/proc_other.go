@@ -2,7 +2,10 @@
 
 package vaultproc
 
-import "errors"
+import (
+	"errors"
+	"time"
+)
 
 // Children needs /proc; callers skip what needs it elsewhere.
 func Children(parent int, base string) ([]int, error) {
@@ -11,5 +14,10 @@ func Children(parent int, base string) ([]int, error) {
 
 // PeakRSS needs /proc.
 func PeakRSS(pid int) (int64, error) {
+	return 0, errors.ErrUnsupported
+}
+
+// CPUTime needs /proc.
+func CPUTime(pid int) (time.Duration, error) {
 	return 0, errors.ErrUnsupported
 }

@@ -237,6 +237,35 @@ func TestChildren(t *testing.T) {
 	}
 }
 
+// TestCPUTime: this process's CPU time grows by what a busy loop spends.
+func TestCPUTime(t *testing.T) {
+	t.Parallel()
+	before, err := CPUTime(os.Getpid())
+	if errors.Is(err, errors.ErrUnsupported) {
+		t.Skip("no /proc here")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); {
+		for i := range 1_000_000 {
+			sum += i
+		}
+		now, err := CPUTime(os.Getpid())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if now < before {
+			t.Fatalf("CPU time went back from %s to %s", before, now)
+		}
+		if now-before >= 50*time.Millisecond {
+			return
+		}
+	}
+	t.Fatalf("20s of a busy loop did not add 50ms of CPU time (sum %d)", sum)
+}
+
 // fakeVault writes an executable that stands in for vault: it prints line and exits 1.
 func fakeVault(t *testing.T, line string) string {
 	t.Helper()
