@@ -152,7 +152,7 @@ func newBackend() *backend {
 		Help:        strings.TrimSpace(backendHelp),
 		BackendType: logical.TypeLogical,
 		PathsSpecial: &logical.Paths{
-			SealWrapStorage: []string{configPath, clientsPrefix, tokensPrefix, incidentsPrefix},
+			SealWrapStorage: []string{configPath, clientsPrefix, tokensPrefix, incidentsPrefix, incidentTokensPrefix},
 		},
 		Paths: framework.PathAppend(
 			[]*framework.Path{pathConfig(b), pathRotateRoot(b), pathMetrics(b)},

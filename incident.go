@@ -19,42 +19,50 @@ import (
 
 // The break glass for a client (tokens/revoke-all): freeze its token reads, rotate its
 // secret if asked, revoke every token the engine knows it handed out, and keep the
-// reads frozen until tokens/unfreeze. Every step is stored before it is taken, so a run
-// cut short (a tenant outage, Vault's request timeout, a killed plugin) is finished by
-// running it again: nothing it had found to revoke is forgotten, and revoking a token
-// twice is harmless (RFC 7009 answers 200 for a token already revoked).
+// reads frozen until tokens/unfreeze. What it must revoke is in storage before it
+// empties a cache: tracked tokens have their records, and a token known only to the
+// reuse cache gets an entry of its own. A run cut short (a tenant outage, Vault's
+// request timeout, a killed plugin) is finished by running it again, and revoking a
+// token twice is harmless (RFC 7009 answers 200 for a token already revoked).
 
 const (
 	incidentsPrefix = "incidents/"
-	// revokeWorkers bounds the revocations in flight at the tenant: enough to revoke
-	// a few thousand tokens across a WAN within Vault's request timeout, few enough
-	// not to look like an attack to the tenant.
+	// incidentTokensPrefix holds, per client, the tokens of an incident that only the
+	// reuse cache knew: incident-tokens/<client>/<sha256>.
+	incidentTokensPrefix = "incident-tokens/"
+	// revokeWorkers bounds the revocations in flight at the tenant. The failed-login
+	// gate bounds them further, to the refusals the budget has left.
 	revokeWorkers = 8
-	// incidentSaveEvery is how many revocations may be lost to a kill: revoked again
-	// by the next run.
-	incidentSaveEvery = 50
 )
 
-// incident is a client's frozen state and the tokens still to revoke. It holds
-// access tokens, so it is seal-wrapped like the config, and no answer shows them.
+// incident is a client's frozen state and what its runs did.
 type incident struct {
-	Client    string         `json:"client"`
-	Since     time.Time      `json:"since"`
-	RequestID string         `json:"request_id"`
-	Runs      int            `json:"runs"`
-	RotatedAt time.Time      `json:"rotated_at,omitzero"`
-	Revoked   int            `json:"revoked"`
-	Expired   int            `json:"expired"`
-	Pending   []pendingToken `json:"pending"`
+	Client    string    `json:"client"`
+	Since     time.Time `json:"since"`
+	RequestID string    `json:"request_id"`
+	Runs      int       `json:"runs"`
+	RotatedAt time.Time `json:"rotated_at,omitzero"`
+	Revoked   int       `json:"revoked"`
+	Expired   int       `json:"expired"`
 }
 
-// pendingToken is a token revoke-all found and has not yet seen revoked.
-type pendingToken struct {
-	SHA256      string    `json:"sha256"`
-	AppID       string    `json:"app_id"`
-	ExpiresAt   time.Time `json:"expires_at"`
-	From        string    `json:"from"` // tracked or cached
-	AccessToken string    `json:"access_token"`
+// revokeTarget is a token to revoke, with where it may be revoked: the service user
+// and endpoint it was granted through.
+type revokeTarget struct {
+	SHA256         string    `json:"sha256"`
+	AppID          string    `json:"app_id"`
+	ClientID       string    `json:"client_id"`
+	RevokeEndpoint string    `json:"revoke_endpoint"`
+	ExpiresAt      time.Time `json:"expires_at"`
+	AccessToken    string    `json:"access_token"`
+	// tracked: the token has a record (tokens/<sha>), which marks it revoked;
+	// otherwise it has an incident entry, which is deleted.
+	tracked bool
+}
+
+func (rec *tokenRecord) target() revokeTarget {
+	return revokeTarget{SHA256: rec.SHA256, AppID: rec.AppID, ClientID: rec.ClientID, RevokeEndpoint: rec.RevokeEndpoint,
+		ExpiresAt: rec.ExpiresAt, AccessToken: rec.AccessToken, tracked: true}
 }
 
 // freezeState is a client's incident switch as this instance knows it: read from
@@ -80,21 +88,12 @@ func (c *credential) frozenSince(ctx context.Context, s logical.Storage) (time.T
 	c.freeze.mu.Lock()
 	defer c.freeze.mu.Unlock()
 	if !c.freeze.loaded {
-		c.freeze.loaded = true
+		c.freeze.loaded, c.freeze.since = true, time.Time{}
 		if inc != nil {
 			c.freeze.since = inc.Since
 		}
 	}
 	return c.freeze.since, nil
-}
-
-// frozenNow is the switch as held in memory, for the check a read makes after its
-// grant: set before revoke-all looks for tokens, so that a token is either found by it
-// or never handed out.
-func (c *credential) frozenNow() bool {
-	c.freeze.mu.Lock()
-	defer c.freeze.mu.Unlock()
-	return !c.freeze.since.IsZero()
 }
 
 func (c *credential) setFrozen(since time.Time) {
@@ -160,6 +159,8 @@ type incidentRun struct {
 	// failure is the first error that keeps the run from finishing; its status is the
 	// answer's.
 	failure error
+	// left is how many tokens this run could not revoke.
+	left int
 }
 
 func (r *incidentRun) report(step, outcome, format string, args ...any) {
@@ -200,7 +201,9 @@ func (b *backend) revokeAll(ctx context.Context, req *logical.Request, c *creden
 		if err := r.gather(ctx); err != nil {
 			return nil, err
 		}
-		r.revoke(ctx)
+		if err := r.revoke(ctx); err != nil {
+			return nil, err
+		}
 	}
 	if err := putIncident(ctx, s, r.inc); err != nil {
 		return nil, err
@@ -236,7 +239,7 @@ func (r *incidentRun) rotate(ctx context.Context) {
 		return
 	}
 	if _, err := r.b.rotateClient(ctx, r.s, r.c, true); err != nil {
-		r.fail("rotate", fmt.Errorf("rotating the client secret: %w; nothing was revoked yet, run tokens/revoke-all again", err))
+		r.fail("rotate", fmt.Errorf("rotating the client secret: %w; nothing was revoked yet: fix what the rotation says, or run tokens/revoke-all without rotate=true to revoke now and rotate afterwards", err))
 		return
 	}
 	r.inc.RotatedAt = r.b.now()
@@ -247,164 +250,157 @@ func (r *incidentRun) rotate(ctx context.Context) {
 	r.report("rotate", "done", "the client secret was changed at the tenant and stored")
 }
 
-// gather adds to the pending list every live tracked token of the client and every
-// token its reuse cache holds, stores the list, and only then empties the caches.
+// gather stores an entry for every token the client's reuse cache holds that has no
+// record, and only then empties the client's caches. Tracked tokens need nothing: their
+// records are the list.
 func (r *incidentRun) gather(ctx context.Context) error {
-	known := make(map[string]bool, len(r.inc.Pending))
-	for _, p := range r.inc.Pending {
-		known[p.SHA256] = true
-	}
-	before := len(r.inc.Pending)
-	add := func(p pendingToken) {
-		if !known[p.SHA256] {
-			known[p.SHA256] = true
-			r.inc.Pending = append(r.inc.Pending, p)
-		}
-	}
-	tracked, err := r.b.liveTracked(ctx, r.s, r.c.name)
+	// The pins first: a config written after this empties the cache, so every token
+	// heldTokens returns was granted under them.
+	cfg, err := r.c.load(ctx, r.s)
 	if err != nil {
 		return err
 	}
-	for _, rec := range tracked {
-		add(pendingToken{SHA256: rec.SHA256, AppID: rec.AppID, ExpiresAt: rec.ExpiresAt, From: "tracked", AccessToken: rec.AccessToken})
-	}
-	cached := r.b.cache.heldTokens(r.c.name)
-	for _, h := range cached {
-		add(pendingToken{SHA256: h.tok.SHA256, AppID: h.appID, ExpiresAt: h.tok.Expiry, From: "cached", AccessToken: h.tok.AccessToken})
-	}
-	if err := putIncident(ctx, r.s, r.inc); err != nil {
-		return err
+	var stored int
+	if cfg != nil {
+		for _, h := range r.b.cache.heldTokens(r.c.name) {
+			if rec, err := readTokenRecord(ctx, r.s, h.tok.SHA256); err != nil || rec != nil {
+				if err != nil {
+					return err
+				}
+				continue // tracked: its record is on the list
+			}
+			t := revokeTarget{SHA256: h.tok.SHA256, AppID: h.appID, ClientID: cfg.ClientID, RevokeEndpoint: cfg.revokeEndpoint(h.appID),
+				ExpiresAt: h.tok.Expiry, AccessToken: h.tok.AccessToken}
+			if err := putIncidentToken(ctx, r.s, r.c.name, t); err != nil {
+				return err
+			}
+			stored++
+		}
 	}
 	r.b.cache.resetClient(r.c.name)
-	r.report("gather", "done", "%d tracked and %d cached tokens found, %d left from an earlier run; the client's caches are emptied",
-		len(tracked), len(cached), before)
-	if cfg, err := r.c.load(ctx, r.s); err == nil && cfg != nil && !cfg.TrackTokens {
+	r.report("gather", "done", "%d tokens known only to the reuse cache put on record; the client's caches are emptied", stored)
+	if cfg != nil && !cfg.TrackTokens {
 		r.report("untracked", "skipped",
-			"track_tokens is off for client %q: tokens it handed out without token_reuse are not known to the engine; revoke their leases (vault lease revoke -force -prefix <mount>/token), which revokes each at the tenant",
+			"track_tokens is off for client %q: tokens it handed out that are not in its reuse cache now (every token of a role without token_reuse, and reused tokens the cache has let go) are known only to their leases; revoke the leases of its roles (vault lease revoke -prefix <mount>/token/<role>), which revokes each token at the tenant",
 			r.c.name)
 	}
 	return nil
 }
 
-// liveTracked is the client's tracked tokens not yet revoked nor expired.
-func (b *backend) liveTracked(ctx context.Context, s logical.Storage, name string) ([]*tokenRecord, error) {
-	keys, err := s.List(ctx, tokensPrefix)
-	if err != nil {
-		return nil, fmt.Errorf("listing token records: %w", err)
-	}
+// targets is what the client's incident has left to revoke: its live tracked tokens
+// not yet revoked, and its incident entries.
+func (b *backend) targets(ctx context.Context, s logical.Storage, name string) ([]revokeTarget, error) {
 	now := b.now()
-	var out []*tokenRecord
-	for _, sha := range keys {
+	shas, err := b.indexedRecords(ctx, s, func(e indexed) bool { return e.client == name && now.Before(e.expiry) })
+	if err != nil {
+		return nil, err
+	}
+	var out []revokeTarget
+	for _, sha := range shas {
 		rec, err := readTokenRecord(ctx, s, sha)
 		if err != nil {
 			return nil, err
 		}
-		if rec != nil && rec.Client == name && rec.RevokedAt.IsZero() && now.Before(rec.ExpiresAt) {
-			out = append(out, rec)
+		if rec != nil && rec.RevokedAt.IsZero() {
+			out = append(out, rec.target())
 		}
 	}
-	return out, nil
+	entries, err := listIncidentTokens(ctx, s, name)
+	if err != nil {
+		return nil, err
+	}
+	return append(out, entries...), nil
 }
 
-// revoke revokes the pending tokens at the tenant, a few at a time, and stores the
-// progress every incidentSaveEvery tokens.
-func (r *incidentRun) revoke(ctx context.Context) {
-	now := r.b.now()
-	var live []pendingToken
-	for _, p := range r.inc.Pending {
-		if now.Before(p.ExpiresAt) {
-			live = append(live, p)
-		} else {
-			r.inc.Expired++
-		}
+// revoke revokes the targets at the tenant, a few at a time. Each success is stored as
+// it happens (a record marked, an entry deleted), so a run cut short loses nothing.
+func (r *incidentRun) revoke(ctx context.Context) error {
+	targets, err := r.b.targets(ctx, r.s, r.c.name)
+	if err != nil {
+		return err
 	}
-	r.inc.Pending = live
 	var (
-		mu       sync.Mutex
-		done     = map[string]bool{}
-		firstErr error
-		failed   int
+		mu                       sync.Mutex
+		revoked, expired, failed int
+		firstErr                 error
 	)
-	save := func() error {
-		mu.Lock()
-		defer mu.Unlock()
-		return r.saveProgress(ctx, done)
-	}
+	now := r.b.now()
 	g := new(errgroup.Group)
 	g.SetLimit(revokeWorkers)
-	for _, p := range live {
+	for _, t := range targets {
 		g.Go(func() error {
-			err := r.revokeOne(ctx, p)
+			var err error
+			gone := !now.Before(t.ExpiresAt)
+			if !gone {
+				err = r.b.revokeAt(ctx, r.s, r.c, t)
+			}
+			if err == nil && !t.tracked {
+				err = deleteIncidentToken(ctx, r.s, r.c.name, t.SHA256)
+			}
 			mu.Lock()
+			defer mu.Unlock()
 			switch {
 			case err != nil:
 				failed++
-				firstErr = cmp.Or(firstErr, err)
+				firstErr = cmp.Or(firstErr, fmt.Errorf("token %s…: %w", t.SHA256[:min(12, len(t.SHA256))], err))
+			case gone:
+				expired++
 			default:
-				done[p.SHA256] = true
-			}
-			due := err == nil && len(done)%incidentSaveEvery == 0
-			mu.Unlock()
-			if due {
-				return save()
+				revoked++
 			}
 			return nil
 		})
 	}
-	if err := cmp.Or(g.Wait(), save()); err != nil {
-		r.fail("revoke", err)
-		return
+	_ = g.Wait()
+	r.inc.Revoked += revoked
+	r.inc.Expired += expired
+	r.left = failed
+	if failed > 0 {
+		r.fail("revoke", fmt.Errorf("%d of %d tokens could not be revoked and stay on the list for the next run of tokens/revoke-all (first: %w)", failed, len(targets), firstErr))
+		return nil
 	}
-	switch {
-	case failed > 0:
-		r.fail("revoke", fmt.Errorf("%d of %d tokens could not be revoked, and stay pending for the next run of tokens/revoke-all (first: %w)", failed, len(live), firstErr))
-	default:
-		r.report("revoke", "done", "%d tokens revoked at the tenant in this run, %d in all; %d had expired", len(done), r.inc.Revoked, r.inc.Expired)
-	}
-}
-
-// saveProgress moves the tokens revoked so far off the pending list and stores it.
-// The caller holds the lock over done.
-func (r *incidentRun) saveProgress(ctx context.Context, done map[string]bool) error {
-	before := len(r.inc.Pending)
-	r.inc.Pending = slices.DeleteFunc(r.inc.Pending, func(p pendingToken) bool { return done[p.SHA256] })
-	r.inc.Revoked += before - len(r.inc.Pending)
-	return putIncident(ctx, r.s, r.inc)
-}
-
-// revokeOne revokes one pending token with the client's current secret.
-func (r *incidentRun) revokeOne(ctx context.Context, p pendingToken) error {
-	if err := r.b.revokeAt(ctx, r.s, r.c, p.AppID, p.AccessToken, p.SHA256); err != nil {
-		return fmt.Errorf("token %s…: %w", p.SHA256[:12], err)
-	}
+	r.report("revoke", "done", "%d tokens revoked at the tenant in this run, %d in this incident; %d had expired", revoked, r.inc.Revoked, expired)
 	return nil
 }
 
-// revokeAt revokes a token of client c, granted for appID, at the tenant with the
-// client's current secret; then drops it from the reuse cache, so no reader gets it
-// again, and marks its record, so that its leases end without asking the tenant.
-// A setting that makes it impossible is a 400; the tenant's refusal is its own error.
-func (b *backend) revokeAt(ctx context.Context, s logical.Storage, c *credential, appID, token, sha string) error {
+// revokeAt revokes a token of client c at the tenant with the client's current secret,
+// but only where the token was granted: the same service user and revocation endpoint.
+// A config rewritten since (another host, another user) never receives the token; it
+// stays on the list and the answer says why. Then the token leaves the reuse cache and
+// its record is marked, so that its leases end without asking the tenant. A setting
+// that makes it impossible is a 400; the tenant's answer is its own error.
+func (b *backend) revokeAt(ctx context.Context, s logical.Storage, c *credential, t revokeTarget) error {
+	if t.AccessToken == "" || t.RevokeEndpoint == "" {
+		return logical.CodedError(http.StatusBadRequest, "the client had no revocation endpoint when it handed this token out (token_url without revoke_url); revoke it at the tenant by other means or let it expire")
+	}
 	for range maxReadTries {
 		epoch := c.gate.epochNow()
-		v, err := b.cache.view(ctx, s, c.name, "", appID)
+		v, err := b.cache.view(ctx, s, c.name, "", t.AppID)
 		switch {
 		case err != nil:
 			return err
 		case v.config == nil:
-			return logical.CodedError(http.StatusBadRequest, fmt.Sprintf("client: %q, whose token this is, no longer exists", c.name))
-		case v.config.revokeEndpoint(appID) == "":
-			return logical.CodedError(http.StatusBadRequest, fmt.Sprintf("client: %q has no revocation endpoint (token_url without revoke_url)", c.name))
+			return logical.CodedError(http.StatusBadRequest, fmt.Sprintf("client: %q, whose token this is, no longer exists; its config is needed to revoke it", c.name))
+		case v.config.ClientID != t.ClientID || v.config.revokeEndpoint(t.AppID) != t.RevokeEndpoint:
+			return logical.CodedError(http.StatusConflict, fmt.Sprintf(
+				"client %q now names another service user or revocation endpoint than the one that granted this token (%s): it is not sent there; restore the config, or revoke it at the tenant by hand",
+				c.name, t.RevokeEndpoint))
 		}
-		err = c.revoke(ctx, s, v, epoch, token)
-		if errors.Is(err, errStaleView) {
+		err = c.revoke(ctx, s, v, epoch, t.AccessToken)
+		var coded logical.HTTPCodedError
+		switch {
+		case errors.Is(err, errStaleView):
 			continue
-		}
-		if err != nil {
+		case errors.As(err, &coded):
+			return err // the failed-login gate's own answer, with its status
+		case err != nil:
 			return tenantFailure("revoking the token", err)
 		}
-		b.cache.dropToken(token)
-		return b.markRevoked(ctx, s, sha)
+		b.cache.dropToken(t.AccessToken)
+		if !t.tracked {
+			return nil
+		}
+		return b.markRevoked(ctx, s, t.SHA256)
 	}
 	return logical.CodedError(http.StatusServiceUnavailable, "the client secret changed during the revocation more often than it could follow; try again")
 }
@@ -419,6 +415,49 @@ func (b *backend) markRevoked(ctx context.Context, s logical.Storage, sha string
 		rec.RevokedAt = b.now()
 		return true
 	})
+}
+
+func incidentTokenKey(client, sha string) string { return incidentTokensPrefix + client + "/" + sha }
+
+func putIncidentToken(ctx context.Context, s logical.Storage, client string, t revokeTarget) error {
+	entry, err := logical.StorageEntryJSON(incidentTokenKey(client, t.SHA256), t)
+	if err != nil {
+		return fmt.Errorf("encoding an incident token: %w", err)
+	}
+	if err := s.Put(ctx, entry); err != nil {
+		return fmt.Errorf("storing an incident token: %w", err)
+	}
+	return nil
+}
+
+func deleteIncidentToken(ctx context.Context, s logical.Storage, client, sha string) error {
+	if err := s.Delete(ctx, incidentTokenKey(client, sha)); err != nil {
+		return fmt.Errorf("deleting an incident token: %w", err)
+	}
+	return nil
+}
+
+func listIncidentTokens(ctx context.Context, s logical.Storage, client string) ([]revokeTarget, error) {
+	keys, err := s.List(ctx, incidentTokensPrefix+client+"/")
+	if err != nil {
+		return nil, fmt.Errorf("listing incident tokens: %w", err)
+	}
+	var out []revokeTarget
+	for _, sha := range keys {
+		entry, err := s.Get(ctx, incidentTokenKey(client, sha))
+		if err != nil || entry == nil {
+			if err != nil {
+				return nil, fmt.Errorf("reading an incident token: %w", err)
+			}
+			continue
+		}
+		var t revokeTarget
+		if err := entry.DecodeJSON(&t); err != nil {
+			return nil, fmt.Errorf("decoding an incident token: %w", err)
+		}
+		out = append(out, t)
+	}
+	return out, nil
 }
 
 // heldToken is a token in the reuse cache with the application it was granted for.
@@ -444,27 +483,38 @@ func (c *cache) heldTokens(name string) []heldToken {
 
 // unfreeze lifts the switch. Tokens still pending keep it down unless force says the
 // security team accepts them valid until they expire. It returns no incident when the
-// client is not frozen.
-func (b *backend) unfreeze(ctx context.Context, s logical.Storage, c *credential, force bool) (*incident, error) {
+// client is not frozen, and how many tokens it left valid.
+func (b *backend) unfreeze(ctx context.Context, s logical.Storage, c *credential, force bool) (*incident, int, error) {
 	c.incidentMu.Lock()
 	defer c.incidentMu.Unlock()
 	inc, err := readIncident(ctx, s, c.name)
-	switch {
-	case err != nil || inc == nil:
-		return nil, err
-	case len(inc.Pending) > 0 && !force:
-		latest := slices.MaxFunc(inc.Pending, func(a, b pendingToken) int { return a.ExpiresAt.Compare(b.ExpiresAt) })
-		return nil, logical.CodedError(http.StatusConflict, fmt.Sprintf(
-			"client %q: %d tokens of this incident are not yet revoked; run tokens/revoke-all again, or unfreeze with force=true to leave them valid until they expire (the last at %s)",
-			c.name, len(inc.Pending), latest.ExpiresAt.UTC().Format(time.RFC3339)))
+	if err != nil || inc == nil {
+		return nil, 0, err
+	}
+	left, err := b.targets(ctx, s, c.name)
+	if err != nil {
+		return nil, 0, err
+	}
+	if len(left) > 0 && !force {
+		latest := slices.MaxFunc(left, func(a, b revokeTarget) int { return a.ExpiresAt.Compare(b.ExpiresAt) })
+		return nil, 0, logical.CodedError(http.StatusConflict, fmt.Sprintf(
+			"client %q: %d tokens of this incident are not yet revoked; run tokens/revoke-all again (its answer says why they failed), or unfreeze with force=true to leave them valid until they expire (the last at %s)",
+			c.name, len(left), latest.ExpiresAt.UTC().Format(time.RFC3339)))
+	}
+	for _, t := range left {
+		if !t.tracked {
+			if err := deleteIncidentToken(ctx, s, c.name, t.SHA256); err != nil {
+				return nil, 0, err
+			}
+		}
 	}
 	if err := s.Delete(ctx, incidentKey(c.name)); err != nil {
-		return nil, fmt.Errorf("deleting the incident record: %w", err)
+		return nil, 0, fmt.Errorf("deleting the incident record: %w", err)
 	}
 	c.setFrozen(time.Time{})
 	// A grant that was at the tenant when the client froze may have filled the cache.
 	b.cache.resetClient(c.name)
 	b.Logger().Warn("tokens/unfreeze: token reads allowed again", "client", c.name,
-		"frozen_since", inc.Since.UTC(), "revoked", inc.Revoked, "left_valid", len(inc.Pending))
-	return inc, nil
+		"frozen_since", inc.Since.UTC(), "revoked", inc.Revoked, "left_valid", len(left))
+	return inc, len(left), nil
 }

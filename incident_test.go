@@ -187,3 +187,88 @@ func TestRevokeAllRefuses(t *testing.T) {
 	resp, err = e.request(t, logical.UpdateOperation, "tokens/unfreeze", nil)
 	assertBadRequest(t, resp, err, "client")
 }
+
+// TestRevokeAllManyTokens: far more tokens than workers, under the race detector, all
+// revoked, none twice, none skipped.
+func TestRevokeAllManyTokens(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	data := e.configData()
+	data["scopes"] = "read"
+	data["track_tokens"] = true
+	e.mustRequest(t, logical.CreateOperation, "config", data)
+	const n = 130
+	for range n {
+		e.mustRequest(t, logical.ReadOperation, "token", nil)
+	}
+	before := e.emu.Stats().RevokeRequests
+	resp := e.mustRequest(t, logical.UpdateOperation, "tokens/revoke-all", nil)
+	if resp.Data["complete"] != true || resp.Data["revoked"] != n {
+		t.Fatalf("revoke-all of %d tokens: %v", n, resp.Data)
+	}
+	if got := e.emu.Stats().RevokeRequests - before; got != n {
+		t.Errorf("%d revocations sent for %d tokens", got, n)
+	}
+	for i, tok := range e.emu.Issued() {
+		if !e.emu.Revoked(tok) && i > 0 { // the first is the config write's check, revoked when verified
+			t.Errorf("issued token #%d is still valid", i)
+		}
+	}
+}
+
+// TestRevokeAllKeepsTokensFromAnotherDestination: a config rewritten to another service
+// user after a token was handed out does not receive that token at revocation; the
+// token stays on the list and the answer says why.
+func TestRevokeAllKeepsTokensFromAnotherDestination(t *testing.T) {
+	t.Parallel()
+	const otherID, otherSecret = "svc-other@tenant.example", "Other-Secret-4567"
+	e := newTestEnvWith(t, func(c *emulator.Config) {
+		c.Apps[0].Clients = append(c.Apps[0].Clients, emulator.Client{ID: otherID, Secret: otherSecret})
+	})
+	data := e.configData()
+	data["scopes"] = "read"
+	data["track_tokens"] = true
+	e.mustRequest(t, logical.CreateOperation, "config", data)
+	tok := e.mustRequest(t, logical.ReadOperation, "token", nil).Data["access_token"].(string)
+	e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"client_id": otherID, "client_secret": otherSecret})
+
+	before := e.emu.Stats().RevokeRequests
+	resp, err := e.request(t, logical.UpdateOperation, "tokens/revoke-all", nil)
+	if statusOf(resp, err) != http.StatusConflict {
+		t.Fatalf("revoke-all: status %d, %v; want a 409 for the token it would not send", statusOf(resp, err), err)
+	}
+	body := rawData(t, resp)
+	if body["pending"] != float64(1) || !strings.Contains(strings.Join(body["warnings"].([]string), " "), "another service user") {
+		t.Errorf("answer: pending %v, warnings %v", body["pending"], body["warnings"])
+	}
+	if e.emu.Stats().RevokeRequests != before || e.emu.Revoked(tok) {
+		t.Error("the token was sent for revocation under the rewritten config")
+	}
+	resp, err = e.request(t, logical.UpdateOperation, "tokens/revoke", map[string]any{"token": tok})
+	if statusOf(resp, err) != http.StatusConflict {
+		t.Errorf("tokens/revoke under the rewritten config: status %d, %v; want 409", statusOf(resp, err), err)
+	}
+}
+
+// TestUnfreezeOnAnotherNode: a node that learns through Invalidate that the incident
+// record is gone serves reads again, and one that learns of a new one refuses them.
+func TestUnfreezeOnAnotherNode(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	e.configure(t)
+	e.mustRequest(t, logical.UpdateOperation, "tokens/revoke-all", nil)
+	if err := e.storage.Delete(t.Context(), incidentKey(defaultClient)); err != nil {
+		t.Fatal(err)
+	}
+	e.b.invalidate(t.Context(), incidentKey(defaultClient))
+	e.mustRequest(t, logical.ReadOperation, "token", nil)
+
+	if err := putIncident(t.Context(), e.storage, &incident{Client: defaultClient, Since: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	e.b.invalidate(t.Context(), incidentKey(defaultClient))
+	resp, err := e.request(t, logical.ReadOperation, "token", nil)
+	if statusOf(resp, err) != http.StatusLocked {
+		t.Errorf("read after another node froze the client: status %d, want 423", statusOf(resp, err))
+	}
+}

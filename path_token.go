@@ -204,13 +204,13 @@ func (b *backend) readToken(ctx context.Context, req *logical.Request, name stri
 			b.Logger().Error("token request failed", "role", name, "app_id", plan.appID, "error", err)
 			return nil, tenantFailure("getting a token", err)
 		}
-		if c.frozenNow() {
+		if since, err := c.frozenSince(ctx, req.Storage); err != nil || !since.IsZero() {
 			// Frozen while this grant was at the tenant: revoke-all may not have seen
-			// the token, so it never leaves.
+			// the token, so it never leaves. (The switch is in memory unless another
+			// node changed it meanwhile.)
 			b.cache.dropToken(tok.AccessToken)
 			b.revokeRefused(ctx, req.Storage, v, tok)
-			since, _ := c.frozenSince(ctx, req.Storage)
-			return nil, frozenError(c.name, since)
+			return nil, cmp.Or(err, frozenError(c.name, since))
 		}
 		return b.tokenLease(v, plan, tok)
 	}
@@ -237,7 +237,7 @@ func (b *backend) token(ctx context.Context, s logical.Storage, c *credential, v
 		}
 		if v.config.TrackTokens {
 			// Before the token leaves: a token no record names never leaves.
-			if err := b.track(ctx, s, plan, tok, reader); err != nil {
+			if err := b.track(ctx, s, v, plan, tok, reader); err != nil {
 				b.revokeRefused(ctx, s, v, tok)
 				return nil, err
 			}

@@ -186,8 +186,8 @@ func (b *backend) pathTokensRevokeAll(ctx context.Context, req *logical.Request,
 		"steps":        r.steps,
 		"revoked":      inc.Revoked,
 		"expired":      inc.Expired,
-		"pending":      len(inc.Pending),
-		"complete":     r.failure == nil && len(inc.Pending) == 0,
+		"pending":      r.left,
+		"complete":     r.failure == nil && r.left == 0,
 	}}
 	if !inc.RotatedAt.IsZero() {
 		resp.Data["rotated_at"] = inc.RotatedAt.UTC().Format(time.RFC3339)
@@ -211,7 +211,7 @@ func (b *backend) pathTokensUnfreeze(ctx context.Context, req *logical.Request, 
 	if c == nil || err != nil {
 		return resp, err
 	}
-	inc, err := b.unfreeze(ctx, req.Storage, c, d.Get("force").(bool))
+	inc, left, err := b.unfreeze(ctx, req.Storage, c, d.Get("force").(bool))
 	if err != nil {
 		return nil, err
 	}
@@ -222,7 +222,7 @@ func (b *backend) pathTokensUnfreeze(ctx context.Context, req *logical.Request, 
 		"client":       c.name,
 		"frozen_since": inc.Since.UTC().Format(time.RFC3339),
 		"revoked":      inc.Revoked,
-		"left_valid":   len(inc.Pending),
+		"left_valid":   left,
 	}}, nil
 }
 
@@ -263,6 +263,7 @@ func (b *backend) pathTokensLookup(ctx context.Context, req *logical.Request, d 
 	if rec == nil || err != nil {
 		return resp, err
 	}
+	rec.addReaders(b.tracker.peek()[rec.SHA256]...) // not stored yet, but they read it
 	readers := make([]map[string]any, 0, len(rec.Readers))
 	for _, r := range rec.Readers {
 		readers = append(readers, map[string]any{"entity_id": r.EntityID, "token_accessor": r.Accessor, "request_id": r.RequestID, "at": r.At.UTC().Format(time.RFC3339)})
@@ -293,7 +294,7 @@ func (b *backend) pathTokensRevoke(ctx context.Context, req *logical.Request, d 
 	if !rec.RevokedAt.IsZero() {
 		return nil, nil // revoked before: asking the tenant again changes nothing
 	}
-	if err := b.revokeAt(ctx, req.Storage, b.credential(rec.Client), rec.AppID, rec.AccessToken, rec.SHA256); err != nil {
+	if err := b.revokeAt(ctx, req.Storage, b.credential(rec.Client), rec.target()); err != nil {
 		// A coded error crosses the plugin's gRPC only unwrapped: its code kept, its
 		// text told what it leaves valid.
 		code := http.StatusInternalServerError

@@ -313,7 +313,26 @@ func directiveValue(tmpl, directive string, entity *logical.Entity) (string, err
 	if err != nil || value == "" {
 		return "", fmt.Errorf("template %s needs %s, which the reader's entity does not have (or has empty); set it on the entity, or read with another identity", quoteShort(tmpl), directiveNeeds(directive))
 	}
+	if !identityValue(value) {
+		return "", fmt.Errorf("template %s: %s holds a character a scope value may not (allowed: letters, digits and _ - . @ :); a comma, space, * or brace would let an identity reach scopes its text does not show",
+			quoteShort(tmpl), directiveNeeds(directive))
+	}
 	return value, nil
+}
+
+// identityValue says whether a value from the reader's identity may go into a scope:
+// nothing that a tenant or this engine could read as a separator, a pattern or a
+// template.
+func identityValue(v string) bool {
+	for _, r := range v {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9':
+		case strings.ContainsRune("_-.@:", r):
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // directiveNeeds says what a directive reads, for a refusal.
@@ -349,6 +368,9 @@ func checkExpanded(tmpl, scope string, ceiling []string) error {
 func groupScopes(tmpl, prefix, suffix string, ceiling, groups []string) ([]string, error) {
 	var out []string
 	for _, g := range groups {
+		if !identityValue(g) {
+			continue // left out, as a group outside the ceiling is
+		}
 		if s := prefix + g + suffix; checkExpanded(tmpl, s, ceiling) == nil {
 			out = append(out, s)
 		}

@@ -50,6 +50,9 @@ func teamEntities() map[string]*logical.Entity {
 		"ent-space":    entity("ent-space", map[string]string{"team": "pay ments"}),
 		"ent-control":  entity("ent-control", map[string]string{"team": "pay\x07"}),
 		"ent-template": entity("ent-template", map[string]string{"team": "{{identity.entity.id}}"}),
+		// A tenant that splits scopes at commas would grant "all"; "*" is a pattern.
+		"ent-comma": entity("ent-comma", map[string]string{"team": "x,all"}),
+		"ent-star":  entity("ent-star", map[string]string{"team": "*"}),
 	}
 }
 
@@ -157,9 +160,11 @@ func TestTemplatedScopeRefusals(t *testing.T) {
 		{"ent-pay", "alias", []string{`alias on mount accessor "auth_other_1"`}},
 		{"ent-deeper", "team", []string{`"team.payments.admin.read"`, "scope_ceiling [team.*.read]", "reader's identity", "metadata outside the ceiling is refused"}},
 		{"ent-pay", "listed", []string{`"team.payments.read"`, "scope_ceiling [team.billing.read]"}},
-		{"ent-space", "team", []string{"not a scope", "not a valid OAuth2 scope token"}},
-		{"ent-control", "team", []string{"not a scope"}},
-		{"ent-template", "team", []string{`"team.{{identity.entity.id}}.read"`, "outside scope_ceiling"}},
+		{"ent-space", "team", []string{`metadata key "team" holds a character`, "letters, digits"}},
+		{"ent-control", "team", []string{`metadata key "team" holds a character`}},
+		{"ent-template", "team", []string{`metadata key "team" holds a character`}},
+		{"ent-comma", "team", []string{`metadata key "team" holds a character`}},
+		{"ent-star", "team", []string{`metadata key "team" holds a character`}},
 	} {
 		resp, err := e.readAs(t, tc.entity, "token/"+tc.role, nil)
 		assertBadRequest(t, resp, err, "scopes")
@@ -230,7 +235,7 @@ func TestTemplatedAllowedScopes(t *testing.T) {
 	})
 	resp, err := e.readAs(t, "ent-pay", "token/team", map[string]any{"scope": "team.payments.write"})
 	if err != nil || resp.IsError() || resp.Data["scope"] != "team.payments.write" {
-		t.Fatalf("narrowing to the reader's own write scope: %v %v", err, resp.Data)
+		t.Fatalf("narrowing to the reader's own write scope: %v, scope %v", err, resp.Data["scope"])
 	}
 	resp, err = e.readAs(t, "ent-pay", "token/team", map[string]any{"scope": "team.billing.write"})
 	assertBadRequest(t, resp, err, "not allowed here")

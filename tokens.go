@@ -24,20 +24,24 @@ const (
 )
 
 // tokenRecord is what the engine remembers of a handed-out token. The token itself is
-// kept, as a lease keeps it, so that tokens/revoke can revoke by hash; no answer
-// carries it.
+// kept, as a lease keeps it, so that tokens/revoke can revoke by hash, and only where
+// the client has a revocation endpoint; no answer carries it. ClientID and
+// RevokeEndpoint pin where it may be revoked: a config rewritten since names another
+// service user or host, which must never receive it.
 type tokenRecord struct {
-	SHA256       string        `json:"sha256"`
-	Client       string        `json:"client"`
-	Role         string        `json:"role,omitempty"`
-	AppID        string        `json:"app_id"`
-	IssuedAt     time.Time     `json:"issued_at"`
-	ExpiresAt    time.Time     `json:"expires_at"`
-	Reused       bool          `json:"reused"`
-	Readers      []tokenReader `json:"readers"`
-	ReadersTotal int           `json:"readers_total"`
-	RevokedAt    time.Time     `json:"revoked_at,omitzero"`
-	AccessToken  string        `json:"access_token"`
+	SHA256         string        `json:"sha256"`
+	Client         string        `json:"client"`
+	Role           string        `json:"role,omitempty"`
+	AppID          string        `json:"app_id"`
+	ClientID       string        `json:"client_id"`
+	RevokeEndpoint string        `json:"revoke_endpoint,omitempty"`
+	IssuedAt       time.Time     `json:"issued_at"`
+	ExpiresAt      time.Time     `json:"expires_at"`
+	Reused         bool          `json:"reused"`
+	Readers        []tokenReader `json:"readers"`
+	ReadersTotal   int           `json:"readers_total"`
+	RevokedAt      time.Time     `json:"revoked_at,omitzero"`
+	AccessToken    string        `json:"access_token,omitempty"`
 }
 
 // tokenReader is one read that handed the token out.
@@ -52,39 +56,51 @@ func readerOf(req *logical.Request, now time.Time) tokenReader {
 	return tokenReader{EntityID: req.EntityID, Accessor: req.ClientTokenAccessor, RequestID: req.ID, At: now}
 }
 
-// tracker holds the readers of reused tokens not yet stored, by token hash, and when
-// each stored record's token expires, so that pruning reads no record it keeps.
+// tracker holds the readers of reused tokens not yet stored, by token hash, and an
+// index of the stored records (client and expiry), so that pruning and revoke-all read
+// no record they do not need.
 type tracker struct {
 	mu      sync.Mutex
 	pending map[string][]tokenReader
-	// expiry is every stored record's expiry, once indexed is set: read from storage
-	// by the first prune of this instance, then kept up to date by track.
-	expiry  map[string]time.Time
+	// stored is every stored record once indexed is set: read from storage by the
+	// first use of this instance, then kept up to date by track.
+	stored  map[string]indexed
 	indexed bool
 }
 
-func newTracker() *tracker {
-	return &tracker{pending: make(map[string][]tokenReader), expiry: make(map[string]time.Time)}
+// indexed is what the index keeps of a record.
+type indexed struct {
+	client string
+	expiry time.Time
 }
 
-func (t *tracker) recorded(sha string, exp time.Time) {
+func newTracker() *tracker {
+	return &tracker{pending: make(map[string][]tokenReader), stored: make(map[string]indexed)}
+}
+
+func (t *tracker) recorded(sha string, e indexed) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.expiry[sha] = exp
+	t.stored[sha] = e
 }
 
-// expired takes the records past their expiry off the index; ok is false until the
-// index has been read from storage.
-func (t *tracker) expired(now time.Time) (shas []string, ok bool) {
+func (t *tracker) forget(sha string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.stored, sha)
+}
+
+// matching lists the indexed records that match; ok is false until the index has been
+// read from storage.
+func (t *tracker) matching(match func(indexed) bool) (shas []string, ok bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if !t.indexed {
 		return nil, false
 	}
-	for sha, exp := range t.expiry {
-		if now.After(exp) {
+	for sha, e := range t.stored {
+		if match(e) {
 			shas = append(shas, sha)
-			delete(t.expiry, sha)
 		}
 	}
 	return shas, true
@@ -92,12 +108,12 @@ func (t *tracker) expired(now time.Time) (shas []string, ok bool) {
 
 // index merges what storage holds into the index: records written since the scan
 // began are in it already.
-func (t *tracker) index(stored map[string]time.Time) {
+func (t *tracker) index(stored map[string]indexed) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for sha, exp := range stored {
-		if _, ok := t.expiry[sha]; !ok {
-			t.expiry[sha] = exp
+	for sha, e := range stored {
+		if _, ok := t.stored[sha]; !ok {
+			t.stored[sha] = e
 		}
 	}
 	t.indexed = true
@@ -125,6 +141,13 @@ func (rec *tokenRecord) readBy(accessor string) bool {
 	return slices.ContainsFunc(rec.Readers, func(r tokenReader) bool { return r.Accessor == accessor })
 }
 
+// requeue puts back readers a flush could not store, ahead of newer ones.
+func (t *tracker) requeue(sha string, rs []tokenReader) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.pending[sha] = append(rs, t.pending[sha]...)
+}
+
 func (t *tracker) take() map[string][]tokenReader {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -143,16 +166,20 @@ func (rec *tokenRecord) addReaders(rs ...tokenReader) {
 }
 
 // track records a token just granted for a read, one storage write.
-func (b *backend) track(ctx context.Context, s logical.Storage, p *tokenPlan, tok *client.Token, reader tokenReader) error {
+func (b *backend) track(ctx context.Context, s logical.Storage, v *view, p *tokenPlan, tok *client.Token, reader tokenReader) error {
 	rec := &tokenRecord{
 		SHA256: tok.SHA256, Client: p.client, Role: p.role, AppID: p.appID,
-		IssuedAt: b.now(), ExpiresAt: tok.Expiry, Reused: p.reuse, AccessToken: tok.AccessToken,
+		ClientID: v.config.ClientID, RevokeEndpoint: v.config.revokeEndpoint(p.appID),
+		IssuedAt: b.now(), ExpiresAt: tok.Expiry, Reused: p.reuse,
+	}
+	if rec.RevokeEndpoint != "" {
+		rec.AccessToken = tok.AccessToken // nothing could use it otherwise
 	}
 	rec.addReaders(reader)
 	if err := putTokenRecord(ctx, s, rec); err != nil {
 		return err
 	}
-	b.tracker.recorded(rec.SHA256, rec.ExpiresAt)
+	b.tracker.recorded(rec.SHA256, indexed{client: rec.Client, expiry: rec.ExpiresAt})
 	return nil
 }
 
@@ -180,45 +207,64 @@ func readTokenRecord(ctx context.Context, s logical.Storage, sha string) (*token
 }
 
 // flushTracked stores the readers of reused tokens gathered since the last flush and
-// deletes the records of tokens past their expiry. The periodic function runs it. Only
-// its first run on an instance reads every record, to learn their expiries.
+// deletes the records of tokens past their expiry. The periodic function runs it.
+// Readers it could not store wait for the next run.
 func (b *backend) flushTracked(ctx context.Context, s logical.Storage) error {
 	var errs []error
 	for sha, readers := range b.tracker.take() {
-		errs = append(errs, b.updateRecord(ctx, s, sha, func(rec *tokenRecord) bool {
+		err := b.updateRecord(ctx, s, sha, func(rec *tokenRecord) bool {
 			rec.addReaders(readers...)
 			return true
-		}))
-	}
-	expired, ok := b.tracker.expired(b.now())
-	if !ok {
-		stored, err := b.scanTracked(ctx, s)
+		})
 		if err != nil {
-			return errors.Join(append(errs, err)...)
+			b.tracker.requeue(sha, readers)
+			errs = append(errs, err)
 		}
-		b.tracker.index(stored)
-		expired, _ = b.tracker.expired(b.now())
+	}
+	now := b.now()
+	expired, err := b.indexedRecords(ctx, s, func(e indexed) bool { return now.After(e.expiry) })
+	if err != nil {
+		return errors.Join(append(errs, err)...)
 	}
 	for _, sha := range expired {
-		errs = append(errs, s.Delete(ctx, tokensPrefix+sha))
+		if err := s.Delete(ctx, tokensPrefix+sha); err != nil {
+			errs = append(errs, err) // still indexed: the next run tries again
+			continue
+		}
+		b.tracker.forget(sha)
 	}
 	return errors.Join(errs...)
 }
 
-// scanTracked reads every stored record's expiry.
-func (b *backend) scanTracked(ctx context.Context, s logical.Storage) (map[string]time.Time, error) {
+// indexedRecords lists the records whose index entry matches. Only the first call on
+// an instance reads every record, to build the index.
+func (b *backend) indexedRecords(ctx context.Context, s logical.Storage, match func(indexed) bool) ([]string, error) {
+	if shas, ok := b.tracker.matching(match); ok {
+		return shas, nil
+	}
+	stored, err := b.scanTracked(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	b.tracker.index(stored)
+	shas, _ := b.tracker.matching(match)
+	return shas, nil
+}
+
+// scanTracked reads every stored record's index entry.
+func (b *backend) scanTracked(ctx context.Context, s logical.Storage) (map[string]indexed, error) {
 	keys, err := s.List(ctx, tokensPrefix)
 	if err != nil {
 		return nil, fmt.Errorf("listing token records: %w", err)
 	}
-	out := make(map[string]time.Time, len(keys))
+	out := make(map[string]indexed, len(keys))
 	for _, sha := range keys {
 		rec, err := readTokenRecord(ctx, s, sha)
 		if err != nil {
 			return nil, err
 		}
 		if rec != nil {
-			out[sha] = rec.ExpiresAt
+			out[sha] = indexed{client: rec.Client, expiry: rec.ExpiresAt}
 		}
 	}
 	return out, nil
