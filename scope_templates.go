@@ -357,7 +357,7 @@ func checkExpanded(tmpl, scope string, ceiling []string) error {
 		return fmt.Errorf("template %s expands for this reader to a value that is not a scope: %w", quoteShort(tmpl), err)
 	}
 	if !withinCeiling(ceiling, scope) {
-		return fmt.Errorf("%q, which template %s expands to from the reader's identity, is outside scope_ceiling [%s]: metadata outside the ceiling is refused, so that whoever edits entity metadata cannot widen a grant",
+		return fmt.Errorf("%q, which template %s expands to from the reader's identity, is outside scope_ceiling [%s]: metadata outside the ceiling is refused, so that whoever edits entity metadata cannot widen a grant beyond it",
 			scope, quoteShort(tmpl), strings.Join(ceiling, " "))
 	}
 	return nil

@@ -38,5 +38,24 @@ path "auth/token/revoke-accessor" {
   capabilities = ["update"]
 }
 
+# Who a reader was: vault token lookup -accessor, and the entity behind an entity_id.
+path "auth/token/lookup-accessor" {
+  capabilities = ["update"]
+}
+
+path "identity/entity/id/*" {
+  capabilities = ["read"]
+}
+
+# Revoking token leases: one (vault lease revoke <lease_id>), or a role's
+# (vault lease revoke -prefix cyberark/token/<role>, which Vault guards with sudo).
+path "sys/leases/revoke" {
+  capabilities = ["update"]
+}
+
+path "sys/leases/revoke-prefix/cyberark/token/*" {
+  capabilities = ["update", "sudo"]
+}
+
 # Not granted: cyberark/config and cyberark/clients/* (the config admin's), and token
 # reads. revoke-all with rotate=true rotates the client's secret without config access.
