@@ -239,8 +239,9 @@ func TestFactoryReportsVersionAndSealWrapsConfig(t *testing.T) {
 	if got := e.b.PluginVersion().Version; got != Version {
 		t.Errorf("PluginVersion = %q, want %q", got, Version)
 	}
-	if got := e.b.SpecialPaths().SealWrapStorage; len(got) != 3 || got[0] != "config" || got[1] != "clients/" || got[2] != "tokens/" {
-		t.Errorf("SealWrapStorage = %v, want [config clients/ tokens/]", got)
+	want := []string{"config", "clients/", "tokens/", "incidents/", "incident-tokens/"}
+	if got := e.b.SpecialPaths().SealWrapStorage; !slices.Equal(got, want) {
+		t.Errorf("SealWrapStorage = %v, want %v", got, want)
 	}
 }
 

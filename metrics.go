@@ -121,7 +121,9 @@ func outcome(err error) string {
 // few words.
 func (b *backend) countHandshake(protocol string) {
 	switch protocol {
-	case "h2", "http/1.1":
+	case "h2":
+	case "http/1.1":
+		protocol = "http1"
 	case "":
 		protocol = "none" // no ALPN: HTTP/1.1 by default
 	default:
