@@ -2,6 +2,7 @@ package cyberark
 
 import (
 	"encoding/json"
+	"errors"
 	"net/http"
 	"strings"
 	"sync"
@@ -16,7 +17,8 @@ import (
 // statusOf is the HTTP status of an answer: a coded error's, a raw answer's, 400 for an
 // error response, else 200.
 func statusOf(resp *logical.Response, err error) int {
-	if coded, ok := err.(logical.HTTPCodedError); ok {
+	var coded logical.HTTPCodedError
+	if errors.As(err, &coded) {
 		return coded.Code()
 	}
 	switch {

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"testing"
+	"time"
 
 	"github.com/idsec-labs/vault-plugin-secrets-cyberark/internal/emulator"
 )
@@ -24,17 +25,21 @@ func TestHTTP1Only(t *testing.T) {
 		only bool
 		want int
 	}{{false, 2}, {true, 1}} {
-		srv := &http.Server{Handler: http.NotFoundHandler(), TLSConfig: ca.ServerTLSConfig()}
+		srv := &http.Server{Handler: http.NotFoundHandler(), TLSConfig: ca.ServerTLSConfig(), ReadHeaderTimeout: 5 * time.Second}
 		if tc.only {
 			http1Only(srv)
 		}
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		ln, err := (&net.ListenConfig{}).Listen(t.Context(), "tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
 		}
 		go func() { _ = srv.ServeTLS(ln, "", "") }()
 		tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, ForceAttemptHTTP2: true}
-		resp, err := (&http.Client{Transport: tr}).Get("https://" + ln.Addr().String() + "/")
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, "https://"+ln.Addr().String()+"/", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := (&http.Client{Transport: tr}).Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
