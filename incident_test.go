@@ -195,10 +195,7 @@ func TestRevokeAllRefuses(t *testing.T) {
 func TestRevokeAllManyTokens(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t)
-	data := e.configData()
-	data["scopes"] = "read"
-	data["track_tokens"] = true
-	e.mustRequest(t, logical.CreateOperation, "config", data)
+	e.configureTracked(t)
 	const n = 130
 	for range n {
 		e.mustRequest(t, logical.ReadOperation, "token", nil)
@@ -227,10 +224,7 @@ func TestRevokeAllKeepsTokensFromAnotherDestination(t *testing.T) {
 	e := newTestEnvWith(t, func(c *emulator.Config) {
 		c.Apps[0].Clients = append(c.Apps[0].Clients, emulator.Client{ID: otherID, Secret: otherSecret})
 	})
-	data := e.configData()
-	data["scopes"] = "read"
-	data["track_tokens"] = true
-	e.mustRequest(t, logical.CreateOperation, "config", data)
+	e.configureTracked(t)
 	tok := e.mustRequest(t, logical.ReadOperation, "token", nil).Data["access_token"].(string)
 	e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"client_id": otherID, "client_secret": otherSecret})
 

@@ -19,10 +19,7 @@ import (
 func TestTrackedTokenLookupAndRevoke(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t)
-	data := e.configData()
-	data["scopes"] = "read"
-	data["track_tokens"] = true
-	e.mustRequest(t, logical.CreateOperation, "config", data)
+	e.configureTracked(t)
 	e.mustRequest(t, logical.CreateOperation, "roles/shared", map[string]any{"token_reuse": true})
 
 	read := func(entity string) *logical.Response {
@@ -143,9 +140,7 @@ func TestTrackedRecordsPruned(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t)
 	clock := newFakeClock(e)
-	data := e.configData()
-	data["track_tokens"] = true
-	e.mustRequest(t, logical.CreateOperation, "config", data)
+	e.configureTracked(t)
 	e.mustRequest(t, logical.ReadOperation, "token", nil)
 	e.restart(t)
 	e.b.now = clock.Now
@@ -172,4 +167,13 @@ func TestTrackedRecordsPruned(t *testing.T) {
 	if keys, _ := e.storage.List(t.Context(), tokensPrefix); len(keys) != 0 {
 		t.Errorf("%d records after their tokens expired, want 0", len(keys))
 	}
+}
+
+// configureTracked writes the default client with track_tokens and a scope.
+func (e *testEnv) configureTracked(tb testing.TB) {
+	tb.Helper()
+	data := e.configData()
+	data["scopes"] = "read"
+	data["track_tokens"] = true
+	e.mustRequest(tb, logical.CreateOperation, "config", data)
 }

@@ -28,10 +28,7 @@ import (
 // `go test -run '^$' -bench TrackedTokenRecord .`.
 func BenchmarkTrackedTokenRecord(b *testing.B) {
 	e := newTestEnv(b)
-	data := e.configData()
-	data["scopes"] = "read"
-	data["track_tokens"] = true
-	e.mustRequest(b, logical.CreateOperation, "config", data)
+	e.configureTracked(b)
 	e.mustRequest(b, logical.CreateOperation, "roles/uncached", map[string]any{"token_reuse": false})
 	e.mustRequest(b, logical.CreateOperation, "roles/shared", map[string]any{"token_reuse": true})
 

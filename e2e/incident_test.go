@@ -1,11 +1,8 @@
 package e2e
 
 import (
-	"bufio"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
-	"errors"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -196,58 +193,18 @@ func (e *env) auditHashRunbook(alice, sec userLogin) {
 		t.Fatalf("sys/audit-hash: %v", err)
 	}
 	sum := sha256.Sum256([]byte(tok))
-	var found *auditEntry
+	var found []auditResponse
 	waitFor(t, 10*time.Second, "the read's response in the audit log", func() bool {
-		found = findAuditResponse(t, e.vault.auditPath, hashed)
-		return found != nil
+		found = auditResponses(t, e, "access_token", hashed)
+		return len(found) == 1
 	})
-	if found.Request.Path != mountPath+"/token/app" || found.Auth.EntityID != alice.entityID || found.Request.ID != leaked.RequestID {
+	if got := found[0]; got.Request.Path != mountPath+"/token/app" || got.Auth.EntityID != alice.entityID || got.Request.ID != leaked.RequestID {
 		t.Errorf("audit entry: path %s entity %s request %s; want %s/token/app, %s, %s",
-			found.Request.Path, found.Auth.EntityID, found.Request.ID, mountPath, alice.entityID, leaked.RequestID)
+			got.Request.Path, got.Auth.EntityID, got.Request.ID, mountPath, alice.entityID, leaked.RequestID)
 	}
 	// token_sha256 is HMAC-ed too unless the mount lists it in
 	// audit_non_hmac_response_keys: then it is the plain hash.
-	if found.Response.Data["token_sha256"] == hex.EncodeToString(sum[:]) {
+	if found[0].Response.Data["token_sha256"] == hex.EncodeToString(sum[:]) {
 		t.Error("token_sha256 reached the audit log unhashed with Vault's default settings")
 	}
-}
-
-type auditEntry struct {
-	Type string `json:"type"`
-	Auth struct {
-		EntityID string `json:"entity_id"`
-		Accessor string `json:"accessor"`
-	} `json:"auth"`
-	Request struct {
-		ID   string `json:"id"`
-		Path string `json:"path"`
-	} `json:"request"`
-	Response struct {
-		Data map[string]any `json:"data"`
-	} `json:"response"`
-}
-
-// findAuditResponse is the audit log's response entry whose access_token is hashed.
-func findAuditResponse(t *testing.T, path, hashed string) *auditEntry {
-	t.Helper()
-	f, err := os.Open(path) //nolint:gosec // the test's own audit log
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<24)
-	for sc.Scan() {
-		var entry auditEntry
-		if err := json.Unmarshal(sc.Bytes(), &entry); err != nil {
-			t.Fatalf("audit log line: %v", err)
-		}
-		if entry.Type == "response" && entry.Response.Data["access_token"] == hashed {
-			return &entry
-		}
-	}
-	if err := sc.Err(); err != nil && !errors.Is(err, os.ErrClosed) {
-		t.Fatal(err)
-	}
-	return nil
 }

@@ -436,7 +436,10 @@ func TestForgedTokenNeverHandedOut(t *testing.T) {
 
 // auditResponse is the part of a file audit device's response entry the test reads.
 type auditResponse struct {
-	Type    string `json:"type"`
+	Type string `json:"type"`
+	Auth struct {
+		EntityID string `json:"entity_id"`
+	} `json:"auth"`
 	Request struct {
 		ID   string `json:"id"`
 		Path string `json:"path"`
