@@ -54,13 +54,19 @@ func Children(parent int, base string) ([]int, error) {
 }
 
 // PeakRSS is the peak resident set of process pid (VmHWM), in bytes.
-func PeakRSS(pid int) (int64, error) {
+func PeakRSS(pid int) (int64, error) { return statusBytes(pid, "VmHWM:") }
+
+// RSS is the resident set of process pid now (VmRSS), in bytes.
+func RSS(pid int) (int64, error) { return statusBytes(pid, "VmRSS:") }
+
+// statusBytes is a size field of /proc/<pid>/status, in bytes.
+func statusBytes(pid int, field string) (int64, error) {
 	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
 	if err != nil {
 		return 0, err
 	}
 	for line := range strings.SplitSeq(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+		if v, ok := strings.CutPrefix(line, field); ok {
 			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
 			return kb << 10, err
 		}
