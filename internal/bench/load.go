@@ -33,6 +33,8 @@ type scenario struct {
 	// wan, for the reads across the simulated WAN, names the link: "h2" to the emulator
 	// that offers HTTP/2, "h1" to the one that offers HTTP/1.1 alone.
 	wan string
+	// manyOnly runs only at the throughput runs' concurrency, where it differs.
+	manyOnly bool
 	// maxFailedLogins is the WAN client's max_failed_logins, 0 for the default (3).
 	// The engine lets no more grants be at the tenant at once than the budget has
 	// attempts left, so the default holds uncached reads to 3 grants at a time.
@@ -63,7 +65,7 @@ var wanScenarios = []scenario{
 	{key: "wandirecth2", label: "direct tenant call", wan: "h2"},
 	{key: "wanh1", label: "token/<role>, uncached, max_failed_logins=100", path: "cyberark/token/wan-h1", leased: true, wan: "h1", maxFailedLogins: 100},
 	{key: "wandirecth1", label: "direct tenant call", wan: "h1"},
-	{key: "wanh2gate", label: "token/<role>, uncached, max_failed_logins=3 (default)", path: "cyberark/token/wan-h2-gate", leased: true, wan: "h2"},
+	{key: "wanh2gate", label: "token/<role>, uncached, max_failed_logins=3 (default)", path: "cyberark/token/wan-h2-gate", leased: true, wan: "h2", manyOnly: true},
 }
 
 func scenarioByKey(key string) (scenario, bool) {

@@ -130,7 +130,7 @@ func run(ctx context.Context, o options) (err error) {
 		for _, g := range groups {
 			for _, c := range g.concs {
 				for _, s := range g.scenarios {
-					if !o.wanted(s) {
+					if !o.wanted(s) || (s.manyOnly && c != g.concs[len(g.concs)-1]) {
 						continue
 					}
 					if err := b.run(ctx, round, s, c); err != nil {

@@ -18,8 +18,8 @@ func PeakRSS(pid int) (int64, error) {
 }
 
 // RSS needs /proc.
-func RSS(pid int) (int64, error) {
-	return 0, errors.ErrUnsupported
+func RSS(pid int) (Resident, error) {
+	return Resident{}, errors.ErrUnsupported
 }
 
 // CPUTime needs /proc.

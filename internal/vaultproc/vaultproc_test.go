@@ -232,8 +232,8 @@ func TestChildren(t *testing.T) {
 	if rss, err := PeakRSS(pids[0]); err != nil || rss <= 0 {
 		t.Errorf("PeakRSS = %d, %v; want a size", rss, err)
 	}
-	if rss, err := RSS(pids[0]); err != nil || rss <= 0 {
-		t.Errorf("RSS = %d, %v; want a size", rss, err)
+	if rss, err := RSS(pids[0]); err != nil || rss.Total <= 0 || rss.Anon <= 0 || rss.File <= 0 || rss.Anon+rss.File > rss.Total {
+		t.Errorf("RSS = %+v, %v; want sizes, the parts within the whole", rss, err)
 	}
 	if other, _ := Children(p.Pid(), "sh"); len(other) != 0 {
 		t.Errorf("Children matched other commands: %v", other)
