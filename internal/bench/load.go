@@ -134,8 +134,9 @@ type bench struct {
 	// storageRuns is Vault's storage and memory around reads of a reused role, leased
 	// and lease-free.
 	storageRuns []storageRun
-	// engineRSS and trivialRSS are the plugins' peak RSS after the runs.
-	engineRSS, trivialRSS int64
+	// engineRSS and trivialRSS are the plugins' peak RSS after the loopback runs;
+	// engineWANRSS is the engine's after the runs across the WAN too.
+	engineRSS, trivialRSS, engineWANRSS int64
 	// loadStart and loadEnd are the machine's load average when the runs start and end.
 	loadStart, loadEnd string
 }

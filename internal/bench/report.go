@@ -55,7 +55,8 @@ func (b *bench) report() string {
 	b.trackingCost(&w)
 	engine, trivial := b.engineRSS, b.trivialRSS
 	fmt.Fprintf(&w, "\nGrants for %d concurrent readers of a reuse role from an empty cache, per round: %s.  \n", b.o.readers, joinInts(b.grants))
-	fmt.Fprintf(&w, "Peak RSS (VmHWM) after these runs: engine %s, trivial plugin %s.\n\n", mib(engine), mib(trivial))
+	fmt.Fprintf(&w, "Peak RSS (VmHWM) after these runs: engine %s, trivial plugin %s; the engine's after the runs across the WAN too "+
+		"(below, %d readers), %s.\n\n", mib(engine), mib(trivial), b.o.wanC, mib(b.engineWANRSS))
 
 	one := func(k string) float64 { return ms(b.median(k, 1).p50) }
 	many := func(k string) float64 { return b.median(k, b.o.conc).rps }
