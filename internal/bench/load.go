@@ -30,6 +30,15 @@ type scenario struct {
 	key, label string
 	path       string // Vault path; empty for the direct tenant call
 	leased     bool   // leaves leases, which are force-revoked after each run
+	// wan, for the reads across the simulated WAN, names the link: "h2" to the emulator
+	// that offers HTTP/2, "h1" to the one that offers HTTP/1.1 alone.
+	wan string
+	// manyOnly runs only at the throughput runs' concurrency, where it differs.
+	manyOnly bool
+	// maxFailedLogins is the WAN client's max_failed_logins, 0 for the default (3).
+	// The engine lets no more grants be at the tenant at once than the budget has
+	// attempts left, so the default holds uncached reads to 3 grants at a time.
+	maxFailedLogins int
 }
 
 var scenarios = []scenario{
@@ -45,18 +54,58 @@ var scenarios = []scenario{
 	{key: "leasefree", label: "token/<role>, token_reuse, lease_free", path: "cyberark/token/leasefree"},
 }
 
-func scenarioByKey(key string) scenario {
-	i := slices.IndexFunc(scenarios, func(s scenario) bool { return s.key == key })
-	return scenarios[i]
+// wanScenarios are the reads across the simulated WAN, measured at 1 and -wan-c
+// readers: the engine's uncached read and the direct call, to each emulator. The
+// engine's WAN clients do not revoke at the tenant, so that the force-revocation after
+// each run does not cross the WAN once per lease. Their max_failed_logins is the
+// highest allowed, so that -wan-c grants can be at the tenant at once; one more client
+// keeps the default, which allows 3.
+var wanScenarios = []scenario{
+	{key: "wanh2", label: "token/<role>, uncached, max_failed_logins=100", path: "cyberark/token/wan-h2", leased: true, wan: "h2", maxFailedLogins: 100},
+	{key: "wandirecth2", label: "direct tenant call", wan: "h2"},
+	{key: "wanh1", label: "token/<role>, uncached, max_failed_logins=100", path: "cyberark/token/wan-h1", leased: true, wan: "h1", maxFailedLogins: 100},
+	{key: "wandirecth1", label: "direct tenant call", wan: "h1"},
+	{key: "wanh2gate", label: "token/<role>, uncached, max_failed_logins=3 (default)", path: "cyberark/token/wan-h2-gate", leased: true, wan: "h2", manyOnly: true},
 }
 
-// result is one run: p50 latency and throughput.
+func scenarioByKey(key string) (scenario, bool) {
+	all := slices.Concat(scenarios, wanScenarios)
+	i := slices.IndexFunc(all, func(s scenario) bool { return s.key == key })
+	if i < 0 {
+		return scenario{}, false
+	}
+	return all[i], true
+}
+
+func mustScenario(key string) scenario {
+	s, ok := scenarioByKey(key)
+	if !ok {
+		panic("no scenario " + key)
+	}
+	return s
+}
+
+// result is one run: p50 latency and throughput, and what the measured window cost.
 type result struct {
 	p50, p99 time.Duration
 	mean     time.Duration
 	rps      float64
 	n        int
 	errors   int
+	// handshakes is the TLS handshakes with the tenant in the measured window, for the
+	// reads across the WAN: the engine's own count for its reads, the proxy's count of
+	// connections for the direct call (one TLS handshake each). -1 where not counted.
+	handshakes int64
+	// cpu is the CPU time each process used in the measured window.
+	cpu cpuUse
+}
+
+// cpuUse is CPU time used, user and system, by the processes on a read's path.
+type cpuUse struct {
+	engine, vault time.Duration
+	tenant        time.Duration // both emulators
+	bench         time.Duration // this process: the load generator and the WAN proxies
+	ok            bool          // every process's time was read
 }
 
 type bench struct {
@@ -73,6 +122,23 @@ type bench struct {
 	// reads[key] counts the reads that succeeded, warm-ups included: for the tracked
 	// read, the records it left in the engine's storage.
 	reads map[string]int
+	// wanTenant is the load generator's client to each WAN link, by link.
+	wanTenant map[string]*http.Client
+	// protocols[key] is the protocols seen on the tenant connections of a WAN read:
+	// for the engine, those of the handshakes it counted; for the direct call, those of
+	// its answers.
+	protocols   map[string]map[string]bool
+	protocolsMu sync.Mutex
+	// enginePid is the engine's process, found once and again if it goes.
+	enginePid int
+	// storageRuns is Vault's storage and memory around reads of a reused role, leased
+	// and lease-free.
+	storageRuns []storageRun
+	// engineRSS and trivialRSS are the plugins' peak RSS after the loopback runs;
+	// engineWANRSS is the engine's after the runs across the WAN too.
+	engineRSS, trivialRSS, engineWANRSS int64
+	// loadStart and loadEnd are the machine's load average when the runs start and end.
+	loadStart, loadEnd string
 }
 
 func (b *bench) setup(ctx context.Context) error {
@@ -82,18 +148,20 @@ func (b *bench) setup(ctx context.Context) error {
 	b.vaultHC.Transport.(*http.Transport).MaxIdleConnsPerHost = max(b.o.readers, b.o.conc) + 8
 	b.vaultHC.Timeout = time.Minute
 
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(b.bed.caPEM) {
-		return errors.New("the tenant CA file holds no certificate")
-	}
-	tr := cleanhttp.DefaultPooledTransport()
-	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-	tr.MaxIdleConnsPerHost = b.o.conc + 8
-	b.tenant = &http.Client{Transport: tr, Timeout: time.Minute}
 	var err error
+	if b.tenant, err = tenantClient(b.bed.tenant.caPEM, b.o.conc+8); err != nil {
+		return err
+	}
+	b.wanTenant = map[string]*http.Client{}
+	b.protocols = map[string]map[string]bool{}
+	for offers, l := range b.bed.wan {
+		if b.wanTenant[offers], err = tenantClient(l.tenant.caPEM, b.o.wanC+8); err != nil {
+			return err
+		}
+	}
 	b.engineClient, err = client.New(client.Config{
-		TokenURL: strings.TrimSuffix(b.bed.tenantURL, "/") + "/oauth2/token/" + url.PathEscape(appID),
-		ClientID: clientID, ClientSecret: b.bed.secret, CACert: string(b.bed.caPEM), UserAgent: "bench",
+		TokenURL: strings.TrimSuffix(b.bed.tenant.url, "/") + "/oauth2/token/" + url.PathEscape(appID),
+		ClientID: clientID, ClientSecret: b.bed.secret, CACert: string(b.bed.tenant.caPEM), UserAgent: "bench",
 		Retry: client.RetryPolicy{MaxRetries: 2, WaitMin: 100 * time.Millisecond, WaitMax: time.Second, Budget: time.Minute},
 	})
 	if err != nil {
@@ -116,15 +184,15 @@ func (b *bench) setup(ctx context.Context) error {
 		data map[string]any
 	}{
 		{"cyberark/config", map[string]any{
-			"tenant_url": b.bed.tenantURL, "app_id": appID, "client_id": clientID,
-			"client_secret": b.bed.secret, "ca_cert": string(b.bed.caPEM), "scopes": "read",
+			"tenant_url": b.bed.tenant.url, "app_id": appID, "client_id": clientID,
+			"client_secret": b.bed.secret, "ca_cert": string(b.bed.tenant.caPEM), "scopes": "read",
 		}},
 		{"cyberark/roles/uncached", map[string]any{"token_reuse": false}},
 		// The same grant through a second client of the same service user, with
 		// track_tokens: its reads differ from uncached's by the record alone.
 		{"cyberark/clients/tracked", map[string]any{
-			"tenant_url": b.bed.tenantURL, "app_id": appID, "client_id": clientID,
-			"client_secret": b.bed.secret, "ca_cert": string(b.bed.caPEM), "scopes": "read",
+			"tenant_url": b.bed.tenant.url, "app_id": appID, "client_id": clientID,
+			"client_secret": b.bed.secret, "ca_cert": string(b.bed.tenant.caPEM), "scopes": "read",
 			"track_tokens": true, "allowed_roles": "tracked",
 		}},
 		{"cyberark/roles/tracked", map[string]any{"client": "tracked", "token_reuse": false}},
@@ -137,6 +205,9 @@ func (b *bench) setup(ctx context.Context) error {
 		if _, err := b.vault.Logical().WriteWithContext(ctx, w.path, w.data); err != nil {
 			return fmt.Errorf("writing %s: %w", w.path, err)
 		}
+	}
+	if err := b.setupWAN(ctx); err != nil {
+		return err
 	}
 	// The trivial plugin's token gets the length of the tenant's.
 	s, err := b.vault.Logical().ReadWithContext(ctx, "cyberark/token/uncached")
@@ -157,14 +228,81 @@ func (b *bench) setup(ctx context.Context) error {
 	return nil
 }
 
-// measure runs s with c readers: a warm-up, then duration measured.
+// tenantClient is the load generator's kept-alive client to a tenant: a pooled
+// transport, HTTP/2 attempted as cleanhttp does, idle connections for idle readers.
+func tenantClient(caPEM []byte, idle int) (*http.Client, error) {
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, errors.New("the tenant CA file holds no certificate")
+	}
+	tr := cleanhttp.DefaultPooledTransport()
+	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	tr.MaxIdleConnsPerHost = idle
+	return &http.Client{Transport: tr, Timeout: time.Minute}, nil
+}
+
+// setupWAN gives each WAN link a client of the engine and a role of it: the same
+// service user, through the proxy. Writing a client makes a first grant, whose
+// handshake tells the protocol the engine agreed with that tenant.
+func (b *bench) setupWAN(ctx context.Context) error {
+	for _, s := range wanScenarios {
+		if s.path == "" {
+			continue
+		}
+		l := b.bed.wan[s.wan]
+		name := strings.TrimPrefix(s.path, "cyberark/token/")
+		before, err := b.handshakeCounts(ctx)
+		if err != nil {
+			return err
+		}
+		cfg := map[string]any{
+			"tenant_url": l.url, "app_id": appID, "client_id": clientID,
+			"client_secret": b.bed.secret, "ca_cert": string(l.tenant.caPEM), "scopes": "read",
+			"revoke_tokens": false, "allowed_roles": name,
+		}
+		if s.maxFailedLogins > 0 {
+			cfg["max_failed_logins"] = s.maxFailedLogins
+		}
+		_, err = b.vault.Logical().WriteWithContext(ctx, "cyberark/clients/"+name, cfg)
+		if err != nil {
+			return fmt.Errorf("writing the client %s: %w", name, err)
+		}
+		if _, err := b.vault.Logical().WriteWithContext(ctx, "cyberark/roles/"+name, map[string]any{"client": name, "token_reuse": false}); err != nil {
+			return fmt.Errorf("writing the role %s: %w", name, err)
+		}
+		after, err := b.handshakeCounts(ctx)
+		if err != nil {
+			return err
+		}
+		b.noteHandshakes(s.key, before, after)
+	}
+	return nil
+}
+
+// measure runs s with c readers: a warm-up, then duration measured, with the CPU
+// time of every process on the path and, across the WAN, the TLS handshakes.
 func (b *bench) measure(ctx context.Context, s scenario, c int) (result, error) {
 	if _, err := b.load(ctx, s, c, b.o.warmup); err != nil {
 		return result{}, err
 	}
+	before, err := b.handshakesNow(ctx, s)
+	if err != nil {
+		return result{}, err
+	}
+	cpuBefore := b.cpuNow()
 	r, err := b.load(ctx, s, c, b.o.duration)
 	if err != nil {
 		return r, err
+	}
+	r.cpu = b.cpuNow().since(cpuBefore)
+	after, err := b.handshakesNow(ctx, s)
+	if err != nil {
+		return r, err
+	}
+	r.handshakes = -1
+	if before.counted {
+		r.handshakes = after.total - before.total
+		b.noteHandshakes(s.key, before.byProtocol, after.byProtocol)
 	}
 	if s.leased {
 		// Leases pile up in Vault's expiration manager and slow what runs after; each
@@ -180,11 +318,14 @@ func (b *bench) measure(ctx context.Context, s scenario, c int) (result, error) 
 // latency.
 func (b *bench) load(ctx context.Context, s scenario, c int, d time.Duration) (result, error) {
 	do := b.vaultRead(s.path)
-	switch s.key {
-	case "direct":
-		do = b.tenantCall()
-	case "client":
+	switch {
+	case s.key == "client":
 		do = b.clientCall
+	case s.path == "" && s.wan != "":
+		key := s.key
+		do = b.tenantCall(b.wanTenant[s.wan], b.bed.wan[s.wan].url, func(proto string) { b.noteProtocol(key, proto) })
+	case s.path == "":
+		do = b.tenantCall(b.tenant, b.bed.tenant.url, nil)
 	}
 	lat := make([][]time.Duration, c)
 	errs := make([]int, c)
@@ -268,10 +409,11 @@ func (b *bench) vaultGet(ctx context.Context, u string) (int, []byte, error) {
 	return fetch(b.vaultHC, req)
 }
 
-// tenantCall is the grant the engine makes, made directly: the same form, headers and
-// kept-alive TLS connection.
-func (b *bench) tenantCall() func(context.Context) error {
-	u := strings.TrimSuffix(b.bed.tenantURL, "/") + "/oauth2/token/" + url.PathEscape(appID)
+// tenantCall is the grant the engine makes, made directly to base with hc: the same
+// form, headers and kept-alive TLS connection. note, if not nil, hears the protocol of
+// each answer ("h2" or "http/1.1", as the engine's metric names them).
+func (b *bench) tenantCall(hc *http.Client, base string, note func(string)) func(context.Context) error {
+	u := strings.TrimSuffix(base, "/") + "/oauth2/token/" + url.PathEscape(appID)
 	auth := "Basic " + base64.StdEncoding.EncodeToString([]byte(clientID+":"+b.bed.secret))
 	form := url.Values{"grant_type": {"client_credentials"}, "scope": {"read"}}.Encode()
 	return func(ctx context.Context) error {
@@ -282,12 +424,27 @@ func (b *bench) tenantCall() func(context.Context) error {
 		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 		req.Header.Set("Accept", "application/json")
 		req.Header.Set("Authorization", auth)
-		status, body, err := fetch(b.tenant, req)
+		resp, err := hc.Do(req)
 		if err != nil {
 			return err
 		}
-		if status != http.StatusOK || !bytes.Contains(body, []byte(`"access_token"`)) {
-			return fmt.Errorf("tenant: HTTP %d", status)
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return err
+		}
+		if resp.StatusCode != http.StatusOK || !bytes.Contains(body, []byte(`"access_token"`)) {
+			return fmt.Errorf("tenant: HTTP %d", resp.StatusCode)
+		}
+		if note != nil {
+			switch resp.ProtoMajor {
+			case 2:
+				note("h2")
+			case 1:
+				note("http/1.1")
+			default:
+				note(resp.Proto)
+			}
 		}
 		return nil
 	}
@@ -356,7 +513,7 @@ func (b *bench) crowd(ctx context.Context) (int64, error) {
 
 // tenantGrants is the emulator's count of issued tokens.
 func (b *bench) tenantGrants(ctx context.Context) (int64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(b.bed.tenantURL, "/")+"/_emulator/stats", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(b.bed.tenant.url, "/")+"/_emulator/stats", nil)
 	if err != nil {
 		return 0, err
 	}

@@ -1,17 +1,13 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
-
-	"github.com/prometheus/common/expfmt"
 
 	"github.com/idsec-labs/vault-plugin-secrets-cyberark/internal/vaultproc"
 )
@@ -19,9 +15,10 @@ import (
 // profile loads the engine with each token read in turn while it takes a CPU profile
 // and then an allocation profile of the engine's process, from the pprof listener of
 // the internal/bench/engineprof build, into -profile-dir. For each load it prints the
-// CPU time per read of the engine's process and of Vault's, from /proc: an uncached
-// read with and without track_tokens side by side shows what the record costs each
-// (the engine encodes and sends it, Vault encrypts and stores it).
+// CPU time per read of the engine's process and of Vault's, from /proc, in
+// microseconds: an uncached read with and without track_tokens side by side shows
+// what the record costs each (the engine encodes and sends it, Vault encrypts and
+// stores it).
 func (b *bench) profile(ctx context.Context) error {
 	if err := os.MkdirAll(b.o.profileDir, 0o750); err != nil {
 		return err
@@ -33,7 +30,7 @@ func (b *bench) profile(ctx context.Context) error {
 		key string
 		c   int
 	}{{"uncached", 1}, {"tracked", 1}, {"reuse", b.o.conc}, {"leasefree", b.o.conc}} {
-		s := scenarioByKey(run.key)
+		s := mustScenario(run.key)
 		seconds := int(b.o.duration / time.Second)
 		engineBefore, engineErr := b.engineCPU()
 		vaultBefore, vaultErr := vaultproc.CPUTime(b.bed.vault.Proc.Pid())
@@ -60,7 +57,7 @@ func (b *bench) profile(ctx context.Context) error {
 			if errBefore != nil || errAfter != nil {
 				return "unknown"
 			}
-			return fmt.Sprintf("%.3f ms", ms((after-before)/time.Duration(r.n)))
+			return fmt.Sprintf("%.0f µs", us((after-before)/time.Duration(r.n)))
 		}
 		engineAfter, engineErrAfter := b.engineCPU()
 		vaultAfter, vaultErrAfter := vaultproc.CPUTime(b.bed.vault.Proc.Pid())
@@ -77,19 +74,6 @@ func (b *bench) profile(ctx context.Context) error {
 		fmt.Fprintf(os.Stderr, "profiled %s: %d reads; CPU per read: engine %s (the CPU profile's own cost included), Vault %s\n", name, r.n, engine, vault)
 	}
 	return nil
-}
-
-// engineCPU is the CPU time the engine's process has used so far (/proc; ticks of
-// 10 ms).
-func (b *bench) engineCPU() (time.Duration, error) {
-	pids, err := vaultproc.Children(b.bed.vault.Proc.Pid(), b.bed.engine.Command)
-	if err != nil {
-		return 0, err
-	}
-	if len(pids) != 1 {
-		return 0, fmt.Errorf("found %d engine processes, want 1", len(pids))
-	}
-	return vaultproc.CPUTime(pids[0])
 }
 
 // pprof saves the engine's profile at path into dest.
@@ -120,15 +104,15 @@ func (b *bench) pprof(ctx context.Context, path, dest string) error {
 // engine's own grant-duration metric around the second: it splits an uncached read's
 // time into the grant as the engine sees it and everything else.
 func (b *bench) grantSplit(ctx context.Context) error {
-	direct, err := b.measure(ctx, scenarioByKey("direct"), 1)
+	direct, err := b.measure(ctx, mustScenario("direct"), 1)
 	if err != nil {
 		return err
 	}
-	viaClient, err := b.measure(ctx, scenarioByKey("client"), 1)
+	viaClient, err := b.measure(ctx, mustScenario("client"), 1)
 	if err != nil {
 		return err
 	}
-	jwt, err := b.measure(ctx, scenarioByKey("jwt"), 1)
+	jwt, err := b.measure(ctx, mustScenario("jwt"), 1)
 	if err != nil {
 		return err
 	}
@@ -136,7 +120,7 @@ func (b *bench) grantSplit(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	uncached, err := b.measure(ctx, scenarioByKey("uncached"), 1)
+	uncached, err := b.measure(ctx, mustScenario("uncached"), 1)
 	if err != nil {
 		return err
 	}
@@ -164,17 +148,9 @@ type grantTimes struct {
 // grantTimes reads the mount's metrics path, as a Prometheus scraper would.
 func (b *bench) grantTimes(ctx context.Context) (grantTimes, error) {
 	var g grantTimes
-	status, body, err := b.vaultGet(ctx, strings.TrimSuffix(b.bed.vault.Addr, "/")+"/v1/cyberark/metrics")
+	families, err := b.engineMetrics(ctx)
 	if err != nil {
 		return g, err
-	}
-	if status != http.StatusOK {
-		return g, fmt.Errorf("cyberark/metrics: HTTP %d: %.200s", status, body)
-	}
-	var parser expfmt.TextParser
-	families, err := parser.TextToMetricFamilies(bytes.NewReader(body))
-	if err != nil {
-		return g, fmt.Errorf("cyberark/metrics: %w", err)
 	}
 	f := families["cyberark_grant_duration"]
 	if f == nil {

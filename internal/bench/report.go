@@ -13,6 +13,8 @@ import (
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
+func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+
 // median of the rounds' results, each figure on its own.
 func (b *bench) median(key string, c int) result {
 	rs := b.results[key][c]
@@ -41,18 +43,20 @@ func (b *bench) report() string {
 	var w strings.Builder
 	cpu := cpuModel()
 	fmt.Fprintf(&w, "## make bench: %s\n\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"))
-	fmt.Fprintf(&w, "Machine: %d cores (%s), %s; one Vault dev server, the emulator and this load generator on loopback. "+
+	fmt.Fprintf(&w, "Machine: %d cores (%s), %s; one Vault dev server, the emulators and this load generator on loopback. "+
+		"Load average (1 min) %s at the start of the runs, %s at the end. "+
 		"Each run: %s warm-up, %s measured; figures are medians of %d rounds.\n\n",
-		runtime.NumCPU(), cpu, runtime.Version(), b.o.warmup, b.o.duration, b.o.rounds)
+		runtime.NumCPU(), cpu, runtime.Version(), b.loadStart, b.loadEnd, b.o.warmup, b.o.duration, b.o.rounds)
 	fmt.Fprintf(&w, "| read | c=1 p50 ms | c=1 req/s | c=%d p50 ms | c=%d p99 ms | c=%d req/s |\n|---|---:|---:|---:|---:|---:|\n", b.o.conc, b.o.conc, b.o.conc)
 	for _, s := range scenarios {
 		one, many := b.median(s.key, 1), b.median(s.key, b.o.conc)
 		fmt.Fprintf(&w, "| %s | %.3f | %.0f | %.3f | %.3f | %.0f |\n", s.label, ms(one.p50), one.rps, ms(many.p50), ms(many.p99), many.rps)
 	}
 	b.trackingCost(&w)
-	engine, trivial := b.peakRSS()
+	engine, trivial := b.engineRSS, b.trivialRSS
 	fmt.Fprintf(&w, "\nGrants for %d concurrent readers of a reuse role from an empty cache, per round: %s.  \n", b.o.readers, joinInts(b.grants))
-	fmt.Fprintf(&w, "Peak RSS (VmHWM) after these runs: engine %s, trivial plugin %s.\n\n", mib(engine), mib(trivial))
+	fmt.Fprintf(&w, "Peak RSS (VmHWM) after these runs: engine %s, trivial plugin %s; the engine's after the runs across the WAN too "+
+		"(below, %d readers), %s.\n\n", mib(engine), mib(trivial), b.o.wanC, mib(b.engineWANRSS))
 
 	one := func(k string) float64 { return ms(b.median(k, 1).p50) }
 	many := func(k string) float64 { return b.median(k, b.o.conc).rps }
@@ -74,6 +78,10 @@ func (b *bench) report() string {
 	target("engine peak RSS − trivial plugin's, MiB", diff, "%.1f", "≤ 4", engine > 0 && trivial > 0 && diff <= 4)
 	fmt.Fprintf(&w, "\nOther ratios: KV-v2 / trivial no-lease req/s %.2f; trivial small-lease / no-lease req/s %.2f; JWT-lease / no-lease req/s %.2f; lease-free / leased reuse req/s %.2f.\n",
 		many("kv")/many("plain"), many("small")/many("plain"), many("jwt")/many("plain"), many("leasefree")/many("reuse"))
+	b.wanReport(&w)
+	b.cpuReport(&w)
+	b.storageReport(&w)
+	b.targets21(&w)
 	return w.String()
 }
 

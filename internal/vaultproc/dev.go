@@ -37,6 +37,11 @@ type DevConfig struct {
 	Port int
 	// Env is extra environment for the server, after ChildEnv has cleaned it.
 	Env []string
+	// RaftDir, when not empty, keeps the server's storage in Raft under this directory
+	// (emptied first, made if missing) instead of in memory, so that what it stores can
+	// be measured on disk. The server is still a dev server: initialised, unsealed and
+	// with the root token Token.
+	RaftDir string
 }
 
 // Dev is a running Vault dev server on loopback, unsealed, with the plugin directory
@@ -95,6 +100,13 @@ func StartDev(ctx context.Context, cfg DevConfig) (*Dev, error) {
 		if cfg.LogLevel != "" {
 			args = append(args, "-log-level="+cfg.LogLevel)
 		}
+		if cfg.RaftDir != "" {
+			file, err := writeRaftConfig(cfg.Dir, cfg.RaftDir, port)
+			if err != nil {
+				return nil, err
+			}
+			args = append(args, "-config="+file)
+		}
 		p, err := Start("vault server", cfg.Bin, cfg.Dir, env, cfg.LogPath, args...)
 		if err != nil {
 			return nil, err
@@ -114,6 +126,25 @@ func StartDev(ctx context.Context, cfg DevConfig) (*Dev, error) {
 		port = 0
 	}
 	return nil, fmt.Errorf("vault server did not become ready (its log: %s): %w", cfg.LogPath, lastErr)
+}
+
+// writeRaftConfig empties raftDir and writes the server configuration that keeps its
+// storage there, for a dev server whose API listens on port and its cluster listener
+// on the next. Raft needs both addresses; mlock is off, as it is in dev mode.
+func writeRaftConfig(dir, raftDir string, port int) (string, error) {
+	// A start that lost its port may have left Raft state behind, which a dev server
+	// would refuse to initialise again.
+	if err := os.RemoveAll(raftDir); err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(raftDir, 0o700); err != nil {
+		return "", err
+	}
+	hcl := fmt.Sprintf("storage \"raft\" {\n  path    = %s\n  node_id = \"dev\"\n}\n"+
+		"api_addr      = \"http://127.0.0.1:%d\"\ncluster_addr  = \"https://127.0.0.1:%d\"\ndisable_mlock = true\n",
+		strconv.Quote(raftDir), port, port+1)
+	file := filepath.Join(dir, "vault-raft.hcl")
+	return file, os.WriteFile(file, []byte(hcl), 0o600)
 }
 
 // Stop stops the server and the plugins it started.

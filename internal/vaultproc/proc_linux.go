@@ -55,17 +55,40 @@ func Children(parent int, base string) ([]int, error) {
 
 // PeakRSS is the peak resident set of process pid (VmHWM), in bytes.
 func PeakRSS(pid int) (int64, error) {
+	v, err := statusBytes(pid, "VmHWM:")
+	return v[0], err
+}
+
+// RSS is the resident set of process pid now, in bytes.
+func RSS(pid int) (Resident, error) {
+	v, err := statusBytes(pid, "VmRSS:", "RssAnon:", "RssFile:")
+	return Resident{Total: v[0], Anon: v[1], File: v[2]}, err
+}
+
+// statusBytes is size fields of /proc/<pid>/status, in bytes, in the order asked.
+func statusBytes(pid int, fields ...string) ([]int64, error) {
+	out := make([]int64, len(fields))
 	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
 	if err != nil {
-		return 0, err
+		return out, err
 	}
+	found := 0
 	for line := range strings.SplitSeq(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			return kb << 10, err
+		for i, field := range fields {
+			if v, ok := strings.CutPrefix(line, field); ok {
+				kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+				if err != nil {
+					return out, err
+				}
+				out[i] = kb << 10
+				found++
+			}
 		}
 	}
-	return 0, os.ErrNotExist
+	if found != len(fields) {
+		return out, os.ErrNotExist
+	}
+	return out, nil
 }
 
 // clockTick is the unit of /proc/<pid>/stat's CPU times (USER_HZ): 10 ms on every

@@ -17,6 +17,11 @@ func PeakRSS(pid int) (int64, error) {
 	return 0, errors.ErrUnsupported
 }
 
+// RSS needs /proc.
+func RSS(pid int) (Resident, error) {
+	return Resident{}, errors.ErrUnsupported
+}
+
 // CPUTime needs /proc.
 func CPUTime(pid int) (time.Duration, error) {
 	return 0, errors.ErrUnsupported

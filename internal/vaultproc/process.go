@@ -13,6 +13,12 @@ import (
 	"time"
 )
 
+// Resident is a process's resident set, in bytes: all of it (VmRSS), and its
+// anonymous (heap, stacks) and file-backed (the binary, mapped files) parts.
+type Resident struct {
+	Total, Anon, File int64
+}
+
 // Process is a child (a Vault server or Agent, an emulator) in a process group of its
 // own, its stdout and stderr appended to a log file.
 type Process struct {

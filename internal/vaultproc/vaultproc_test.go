@@ -232,6 +232,9 @@ func TestChildren(t *testing.T) {
 	if rss, err := PeakRSS(pids[0]); err != nil || rss <= 0 {
 		t.Errorf("PeakRSS = %d, %v; want a size", rss, err)
 	}
+	if rss, err := RSS(pids[0]); err != nil || rss.Total <= 0 || rss.Anon <= 0 || rss.File <= 0 || rss.Anon+rss.File > rss.Total {
+		t.Errorf("RSS = %+v, %v; want sizes, the parts within the whole", rss, err)
+	}
 	if other, _ := Children(p.Pid(), "sh"); len(other) != 0 {
 		t.Errorf("Children matched other commands: %v", other)
 	}
@@ -275,6 +278,33 @@ func fakeVault(t *testing.T, line string) string {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// TestRaftConfig: the configuration keeps Raft storage in an emptied directory, with
+// the API and cluster addresses of the port pair.
+func TestRaftConfig(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	raftDir := filepath.Join(dir, "raft")
+	if err := os.MkdirAll(filepath.Join(raftDir, "raft"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	file, err := writeRaftConfig(dir, raftDir, 8200)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(file) //nolint:gosec // the test's own file
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`storage "raft"`, `path    = "` + raftDir + `"`, `"http://127.0.0.1:8200"`, `"https://127.0.0.1:8201"`, "disable_mlock = true"} {
+		if !strings.Contains(string(data), want) {
+			t.Errorf("the configuration lacks %s:\n%s", want, data)
+		}
+	}
+	if left, err := os.ReadDir(raftDir); err != nil || len(left) != 0 {
+		t.Errorf("the Raft directory holds %v (%v), want it empty", left, err)
+	}
 }
 
 func TestStartDevRetriesALostPortOnly(t *testing.T) {
