@@ -294,7 +294,12 @@ func (b *backend) verifyToken(ctx context.Context, v *view, asked []string, tok 
 		b.count(metricTokenCheck, "result", "unchecked")
 		return "", nil
 	}
-	jwt, perr := client.ParseJWT(tok.AccessToken)
+	// The client decoded it once already; a token without Claims is parsed again only
+	// to say why it is no JWT.
+	jwt, perr := tok.Claims, error(nil)
+	if jwt == nil {
+		jwt, perr = client.ParseJWT(tok.AccessToken)
+	}
 	switch {
 	case errors.Is(perr, client.ErrNotJWT) && mode == verifyTokensAuto:
 		b.count(metricTokenCheck, "result", "opaque")
