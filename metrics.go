@@ -13,9 +13,9 @@ import (
 	"github.com/idsec-labs/vault-plugin-secrets-cyberark/client"
 )
 
-// Metric names. Labels are few and bounded (an outcome or result word, and the name
-// of the mount's client); tenant URLs, client IDs, role names and tokens never become
-// labels.
+// Metric names. Labels are few and bounded (an outcome, result or protocol word, and
+// the name of the mount's client); tenant URLs, client IDs, role names and tokens never
+// become labels.
 var (
 	metricGrant         = []string{"cyberark", "grant"}
 	metricGrantDuration = []string{"cyberark", "grant", "duration"}

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 
@@ -67,14 +68,18 @@ func TestMetricsPath(t *testing.T) {
 		len(d.GetMetric()) == 0 || grants < 0 || d.GetMetric()[0].GetSummary().GetSampleCount() != uint64(grants) {
 		t.Errorf("cyberark_grant_duration: %v, want a summary of %d grants", d, grants)
 	}
+	// The emulator here speaks HTTP/1.1: the engine's connections to it were counted.
+	if got, ok := metricValue(families["cyberark_tls_handshake"], "protocol", "http1"); !ok || got < 1 {
+		t.Errorf(`cyberark_tls_handshake{protocol="http1"} = %v (present %t), want at least 1`, got, ok)
+	}
 	for name, f := range families {
 		for _, m := range f.GetMetric() {
 			for _, l := range m.GetLabel() {
 				switch {
 				case l.GetName() == "client" && l.GetValue() != "default":
 					t.Errorf("%s has client=%q; the mount has only the default client", name, l.GetValue())
-				case l.GetName() != "outcome" && l.GetName() != "result" && l.GetName() != "client" && l.GetName() != "call":
-					t.Errorf("%s has the label %s; only outcome, result, call and client are allowed", name, l.GetName())
+				case !slices.Contains([]string{"outcome", "result", "client", "call", "protocol"}, l.GetName()):
+					t.Errorf("%s has the label %s; only outcome, result, call, client and protocol are allowed", name, l.GetName())
 				}
 			}
 		}
