@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
 	"os"
@@ -183,18 +184,13 @@ func (b *bench) setup(ctx context.Context) error {
 		path string
 		data map[string]any
 	}{
-		{"cyberark/config", map[string]any{
-			"tenant_url": b.bed.tenant.url, "app_id": appID, "client_id": clientID,
-			"client_secret": b.bed.secret, "ca_cert": string(b.bed.tenant.caPEM), "scopes": "read",
-		}},
+		{"cyberark/config", b.clientConfig(b.bed.tenant.url, b.bed.tenant.caPEM, nil)},
 		{"cyberark/roles/uncached", map[string]any{"token_reuse": false}},
 		// The same grant through a second client of the same service user, with
 		// track_tokens: its reads differ from uncached's by the record alone.
-		{"cyberark/clients/tracked", map[string]any{
-			"tenant_url": b.bed.tenant.url, "app_id": appID, "client_id": clientID,
-			"client_secret": b.bed.secret, "ca_cert": string(b.bed.tenant.caPEM), "scopes": "read",
+		{"cyberark/clients/tracked", b.clientConfig(b.bed.tenant.url, b.bed.tenant.caPEM, map[string]any{
 			"track_tokens": true, "allowed_roles": "tracked",
-		}},
+		})},
 		{"cyberark/roles/tracked", map[string]any{"client": "tracked", "token_reuse": false}},
 		{"cyberark/roles/reuse", map[string]any{"token_reuse": true}},
 		{"cyberark/roles/leasefree", map[string]any{"token_reuse": true, "lease_free": true}},
@@ -255,11 +251,7 @@ func (b *bench) setupWAN(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		cfg := map[string]any{
-			"tenant_url": l.url, "app_id": appID, "client_id": clientID,
-			"client_secret": b.bed.secret, "ca_cert": string(l.tenant.caPEM), "scopes": "read",
-			"revoke_tokens": false, "allowed_roles": name,
-		}
+		cfg := b.clientConfig(l.url, l.tenant.caPEM, map[string]any{"revoke_tokens": false, "allowed_roles": name})
 		if s.maxFailedLogins > 0 {
 			cfg["max_failed_logins"] = s.maxFailedLogins
 		}
@@ -529,4 +521,14 @@ func (b *bench) tenantGrants(ctx context.Context) (int64, error) {
 		return 0, fmt.Errorf("emulator stats: %w", err)
 	}
 	return st.Grants, nil
+}
+
+// clientConfig is the bench's service user at a tenant URL, with extra fields.
+func (b *bench) clientConfig(tenantURL string, caPEM []byte, extra map[string]any) map[string]any {
+	cfg := map[string]any{
+		"tenant_url": tenantURL, "app_id": appID, "client_id": clientID,
+		"client_secret": b.bed.secret, "ca_cert": string(caPEM), "scopes": "read",
+	}
+	maps.Copy(cfg, extra)
+	return cfg
 }

@@ -76,10 +76,7 @@ func (b *bench) storage(ctx context.Context) error {
 		path string
 		data map[string]any
 	}{
-		{"cyberark/config", map[string]any{
-			"tenant_url": b.bed.tenant.url, "app_id": appID, "client_id": clientID,
-			"client_secret": b.bed.secret, "ca_cert": string(b.bed.tenant.caPEM), "scopes": "read",
-		}},
+		{"cyberark/config", b.clientConfig(b.bed.tenant.url, b.bed.tenant.caPEM, nil)},
 		{"cyberark/roles/reuse", map[string]any{"token_reuse": true}},
 		{"cyberark/roles/leasefree", map[string]any{"token_reuse": true, "lease_free": true}},
 	}
