@@ -670,7 +670,12 @@ func (h *history) outOfBand() error {
 }
 
 func (h *history) restart() error {
-	h.b.schedule.stop(time.Second)
+	// A dead plugin runs nothing: every client's timer stops with it, not only the
+	// default client's (a managed client's timer left running would rotate on the
+	// dead instance, with a failed-login count of its own).
+	for _, c := range h.b.knownCredentials() {
+		c.sched.stop(time.Second)
+	}
 	h.logf("the plugin restarts")
 	return h.start()
 }
