@@ -117,6 +117,23 @@ func newTestBackend(tb testing.TB, s logical.Storage, logs *syncBuffer) *backend
 	return b.(*backend)
 }
 
+// withSystem replaces the backend with one built on sys, Vault's view of itself for
+// the plugin (identity, replication state), on the same storage.
+func (e *testEnv) withSystem(tb testing.TB, sys logical.SystemView) {
+	tb.Helper()
+	conf := logical.TestBackendConfig()
+	conf.System = sys
+	conf.StorageView = e.storage
+	conf.Logger = hclog.New(&hclog.LoggerOptions{Output: e.logs, Level: hclog.Trace})
+	b, err := Factory(context.Background(), conf)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	e.b.schedule.stop(time.Second)
+	e.b = b.(*backend)
+	tb.Cleanup(func() { e.b.schedule.stop(time.Second) })
+}
+
 // restart replaces the backend with a new one on the same storage, as when Vault
 // restarts a plugin that died, and initialises it as Vault does.
 func (e *testEnv) restart(tb testing.TB) {
@@ -569,17 +586,7 @@ func TestReplicationStateAskedOncePerTTL(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t)
 	counter := &replicationStateCounter{SystemView: logical.TestSystemView()}
-	conf := logical.TestBackendConfig()
-	conf.System = counter
-	conf.StorageView = e.storage
-	conf.Logger = hclog.New(&hclog.LoggerOptions{Output: e.logs, Level: hclog.Trace})
-	b, err := Factory(t.Context(), conf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.b.schedule.stop(time.Second)
-	e.b = b.(*backend)
-	t.Cleanup(func() { e.b.schedule.stop(time.Second) })
+	e.withSystem(t, counter)
 	e.configure(t)
 	e.mustRequest(t, logical.CreateOperation, "roles/r", map[string]any{"scopes": "read", "token_reuse": true})
 

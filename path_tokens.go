@@ -251,10 +251,9 @@ func (b *backend) recordNamed(ctx context.Context, req *logical.Request, d *fram
 
 func (b *backend) pathTokensLookup(ctx context.Context, req *logical.Request, d *framework.FieldData) (*logical.Response, error) {
 	if accessor := d.Get("token_accessor").(string); accessor != "" {
-		if _, ok := d.Raw["token"]; ok {
-			return logical.ErrorResponse("token_accessor: give a token, its SHA-256 or a Vault token's accessor, one of them"), nil
-		}
-		if _, ok := d.Raw["token_sha256"]; ok {
+		_, token := d.Raw["token"]
+		_, sha := d.Raw["token_sha256"]
+		if token || sha {
 			return logical.ErrorResponse("token_accessor: give a token, its SHA-256 or a Vault token's accessor, one of them"), nil
 		}
 		return b.lookupByAccessor(ctx, req.Storage, accessor)

@@ -93,6 +93,8 @@ func TestTokensPathsRefuse(t *testing.T) {
 	e.configure(t)
 	resp, err := e.request(t, logical.UpdateOperation, "tokens/lookup", map[string]any{"token_sha256": "ABC"})
 	assertBadRequest(t, resp, err, "token_sha256")
+	resp, err = e.request(t, logical.UpdateOperation, "tokens/lookup", map[string]any{"token_accessor": "acc", "token_sha256": strings.Repeat("a", 64)})
+	assertBadRequest(t, resp, err, "token_accessor")
 	tok := e.mustRequest(t, logical.ReadOperation, "token", nil).Data["access_token"].(string)
 	resp, err = e.request(t, logical.UpdateOperation, "tokens/revoke", map[string]any{"token": tok})
 	if statusOf(resp, err) != http.StatusNotFound {

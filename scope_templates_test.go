@@ -5,9 +5,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
-	"time"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/vault/sdk/logical"
 
 	"github.com/idsec-labs/vault-plugin-secrets-cyberark/internal/emulator"
@@ -68,17 +66,7 @@ func newTemplateEnv(t *testing.T) (*testEnv, *identityView) {
 		"ent-pay":  {{ID: "g1", Name: "payments"}, {ID: "g2", Name: "admin"}, {ID: "g3", Name: "Ops Team"}, {ID: "g4", Name: "billing"}},
 		"ent-bill": {{ID: "g2", Name: "admin"}},
 	}}
-	conf := logical.TestBackendConfig()
-	conf.System = view
-	conf.StorageView = e.storage
-	conf.Logger = hclog.New(&hclog.LoggerOptions{Output: e.logs, Level: hclog.Trace})
-	b, err := Factory(t.Context(), conf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.b.schedule.stop(time.Second)
-	e.b = b.(*backend)
-	t.Cleanup(func() { e.b.schedule.stop(time.Second) })
+	e.withSystem(t, view)
 	e.configure(t)
 	return e, view
 }
