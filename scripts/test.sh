@@ -69,16 +69,30 @@ go test -count=1 -run 'TestRotationModel$' -v . | grep -E 'histories|^(---|ok|FA
 # next run, and the summary of each closes the output.
 mapfile -t unit_packages < <(go list ./... | grep -v '/e2e$')
 go test -race -count=1 -timeout 30m "$@" "${unit_packages[@]}"
+#
+# A failing end-to-end test prints the logs of its Vaults, which push its own messages
+# far above the end of the output, where CI shows only the tail: the failures' first
+# lines ("--- FAIL" and each file:line message, without the logs under them) are
+# printed again at the very end.
 summary=()
+failures=()
 failed=0
+e2e_log="$(mktemp)"
+trap 'rm -f "$demo_log" "$e2e_log"' EXIT
 for bin in "${vault_bins[@]}"; do
   version="$("$bin" version | cut -d, -f1)"
   echo "test: end-to-end tests on $version"
   start=$SECONDS
   status=ok
-  VAULT_BIN="$bin" go test -race -count=1 -timeout 30m "$@" ./e2e/... || status=FAILED
-  [[ "$status" == ok ]] || failed=1
+  VAULT_BIN="$bin" go test -race -count=1 -timeout 30m "$@" ./e2e/... 2>&1 | tee "$e2e_log" || status=FAILED
+  if [[ "$status" != ok ]]; then
+    failed=1
+    failures+=("test: what failed on $version (the first 80 lines):")
+    mapfile -t lines < <(grep -E '^ *(--- FAIL|panic:|[A-Za-z0-9_]+_test\.go:[0-9]+: )' "$e2e_log" | head -n 80)
+    failures+=("${lines[@]}")
+  fi
   summary+=("test: end-to-end on $version: $status ($((SECONDS - start)) s)")
 done
+[[ "$failed" == 0 ]] || printf '%s\n' "${failures[@]}"
 printf '%s\n' "${summary[@]}"
 exit "$failed"
