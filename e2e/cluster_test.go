@@ -308,6 +308,32 @@ func (l *readLoad) drop(n *clusterNode) {
 	l.nodes = slices.DeleteFunc(l.nodes, func(m *clusterNode) bool { return m == n })
 }
 
+// waitRecovered waits, up to limit, until every node left in the load has served a read
+// sent after the last failed one, so that the load's report sees the recovery however
+// long the failover took on a slow machine. It does not fail the test: checkLoad says
+// what went wrong.
+func (l *readLoad) waitRecovered(limit time.Duration) {
+	recovered := func() bool {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		var lastFail time.Time
+		for _, r := range l.reads {
+			if r.err != nil && slices.Contains(l.nodes, r.node) && r.end.After(lastFail) {
+				lastFail = r.end
+			}
+		}
+		for _, n := range l.nodes {
+			if !slices.ContainsFunc(l.reads, func(r loadRead) bool { return r.node == n && r.err == nil && r.start.After(lastFail) }) {
+				return false
+			}
+		}
+		return true
+	}
+	for deadline := time.Now().Add(limit); !recovered() && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 func (l *readLoad) finish() []loadRead {
 	close(l.stop)
 	l.wg.Wait()
@@ -549,6 +575,7 @@ func TestCluster(t *testing.T) {
 	stopped, stoppedAt := leader, time.Now()
 	leader = c.failover("stop-node", leader, load, recoveryLimit)
 	time.Sleep(5 * time.Second)
+	load.waitRecovered(recoveryLimit)
 	checkLoad(t, tn, "leader stopped", load.finish(), stopped, stoppedAt, recoveryLimit)
 	c.script("start-node", strconv.Itoa(stopped.n))
 	e.readTokenAs(stopped.client, "token/fleet", nil)

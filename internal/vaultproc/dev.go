@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -201,25 +202,50 @@ func NewClient(addr, token string, tweaks ...func(*api.Config)) (*api.Client, er
 
 // FreePortPair returns a loopback port p such that p and p+1 were free a moment ago:
 // a dev server listens on p and its cluster listener on p+1. Another process may still
-// take them before Vault binds; StartDev retries when that happens. After a load test,
-// many thousands of client connections sit in TIME_WAIT on loopback ports of the
-// ephemeral range, where :0 picks p, and each of those blocks a listener on its port:
-// many p+1 are then taken, and finding a pair can take many tries.
+// take them before Vault binds; StartDev retries when that happens.
+//
+// It looks below the kernel's ephemeral range (portRange), never in it. There, every
+// outgoing connection holds a port of its own for as long as it lives (Raft between
+// nodes, the tests' keep-alive clients, the CLI's status checks), and a listener that
+// asks for :0 takes one too. A node of the test cluster that is killed and started
+// again must bind the same two ports, and a connection that took one of them in
+// between made the restart fail with "address already in use"; below the range only
+// another explicit bind can take them. In the range, thousands of connections in
+// TIME_WAIT after a load test also made many pairs unusable.
 func FreePortPair(ctx context.Context) (int, error) {
-	var lc net.ListenConfig
+	lo, hi := portRange()
 	for range 500 {
-		l, err := lc.Listen(ctx, "tcp", "127.0.0.1:0")
-		if err != nil {
-			return 0, err
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		free := portFree(ctx, port+1)
-		_ = l.Close()
-		if free {
+		port := lo + mrand.IntN(hi-lo)
+		if portPairFree(ctx, port) {
 			return port, nil
 		}
 	}
-	return 0, errors.New("no pair of adjacent free loopback ports found")
+	return 0, fmt.Errorf("no pair of adjacent free loopback ports found in %d-%d", lo, hi)
+}
+
+// ephemeralRange is the kernel's range of ports for outgoing connections and :0
+// listeners (Linux); elsewhere, the range most systems use (IANA's dynamic ports).
+const ephemeralRange = "/proc/sys/net/ipv4/ip_local_port_range"
+
+// portRange is where FreePortPair picks p: [lo, hi), so that p+1 is at most hi, below
+// the ephemeral range, or above it where the range leaves no room below.
+func portRange() (lo, hi int) {
+	first, last := 49152, 65535
+	if raw, err := os.ReadFile(ephemeralRange); err == nil {
+		var a, b int
+		if n, _ := fmt.Sscan(string(raw), &a, &b); n == 2 && a > 0 && b >= a {
+			first, last = a, b
+		}
+	}
+	const floor = 10000 // above the well-known and most registered server ports
+	switch {
+	case first-1-floor >= 1000:
+		return floor, first - 1
+	case 65535-(last+1) >= 1000:
+		return last + 1, 65535
+	default:
+		return floor, 65535 // no room outside the range: anywhere
+	}
 }
 
 func portPairFree(ctx context.Context, port int) bool {

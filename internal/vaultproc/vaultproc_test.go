@@ -195,6 +195,13 @@ func TestFreePortPair(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Below the kernel's ephemeral range, where no outgoing connection takes a port.
+	if raw, err := os.ReadFile(ephemeralRange); err == nil {
+		var first, last int
+		if _, err := fmt.Sscan(string(raw), &first, &last); err == nil && port+1 >= first && port <= last {
+			t.Errorf("FreePortPair = %d, in or next to the ephemeral range %s", port, strings.TrimSpace(string(raw)))
+		}
+	}
 	var lc net.ListenConfig
 	for _, p := range []int{port, port + 1} {
 		l, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:"+strconv.Itoa(p))
