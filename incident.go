@@ -17,9 +17,10 @@ import (
 	"github.com/idsec-labs/vault-plugin-secrets-cyberark/client"
 )
 
-// The break glass for a client (tokens/revoke-all): freeze its token reads, rotate its
-// secret if asked, revoke every token the engine knows it handed out, and keep the
-// reads frozen until tokens/unfreeze. What it must revoke is in storage before it
+// The break glass for a client (tokens/revoke-all): freeze its token reads, put every
+// token of its reuse cache on the list, rotate its secret if asked, revoke every token
+// the engine knows it handed out, and keep the reads frozen until tokens/unfreeze. The
+// list is made before the rotation, since a rotation empties the client's caches. What it must revoke is in storage before it
 // empties a cache: tracked tokens have their records, and a token known only to the
 // reuse cache gets an entry of its own. A run cut short (a tenant outage, Vault's
 // request timeout, a killed plugin) is finished by running it again, and revoking a
@@ -42,7 +43,11 @@ type incident struct {
 	RequestID string    `json:"request_id"`
 	Runs      int       `json:"runs"`
 	RotatedAt time.Time `json:"rotated_at,omitzero"`
-	Revoked   int       `json:"revoked"`
+	// Gathered: a run has put every token of the reuse cache on the list and emptied
+	// the cache. Before that, tokens only the cache knows are on no list, so an empty
+	// list does not mean that nothing is left valid.
+	Gathered bool `json:"gathered,omitempty"`
+	Revoked  int  `json:"revoked"`
 	Expired   int       `json:"expired"`
 }
 
@@ -194,13 +199,13 @@ func (b *backend) revokeAll(ctx context.Context, req *logical.Request, c *creden
 	if err := r.freeze(ctx, req); err != nil {
 		return nil, err
 	}
+	if err := r.gather(ctx); err != nil {
+		return nil, err
+	}
 	if rotate {
 		r.rotate(ctx)
 	}
 	if r.failure == nil {
-		if err := r.gather(ctx); err != nil {
-			return nil, err
-		}
 		if err := r.revoke(ctx); err != nil {
 			return nil, err
 		}
@@ -219,6 +224,10 @@ func (r *incidentRun) freeze(ctx context.Context, req *logical.Request) error {
 	}
 	r.inc.Runs++
 	if err := putIncident(ctx, r.s, r.inc); err != nil {
+		// A write reported failed may still have landed (a storage that timed out
+		// after committing): the next read asks storage, which every node will
+		// believe, instead of this instance's memory.
+		r.c.forgetFrozen()
 		return err
 	}
 	r.c.setFrozen(r.inc.Since)
@@ -239,7 +248,7 @@ func (r *incidentRun) rotate(ctx context.Context) {
 		return
 	}
 	if _, err := r.b.rotateClient(ctx, r.s, r.c, true); err != nil {
-		r.fail("rotate", fmt.Errorf("rotating the client secret: %w; nothing was revoked yet: fix what the rotation says, or run tokens/revoke-all without rotate=true to revoke now and rotate afterwards", err))
+		r.fail("rotate", fmt.Errorf("rotating the client secret: %w; the tokens are on the list but nothing was revoked yet: fix what the rotation says, or run tokens/revoke-all without rotate=true to revoke now and rotate afterwards", err))
 		return
 	}
 	r.inc.RotatedAt = r.b.now()
@@ -278,6 +287,7 @@ func (r *incidentRun) gather(ctx context.Context) error {
 		}
 	}
 	r.b.cache.resetClient(r.c.name)
+	r.inc.Gathered = true
 	r.report("gather", "done", "%d tokens known only to the reuse cache put on record; the client's caches are emptied", stored)
 	if cfg != nil && !cfg.TrackTokens {
 		r.report("untracked", "skipped",
@@ -489,11 +499,21 @@ func (b *backend) unfreeze(ctx context.Context, s logical.Storage, c *credential
 	defer c.incidentMu.Unlock()
 	inc, err := readIncident(ctx, s, c.name)
 	if err != nil || inc == nil {
+		if err == nil {
+			// Storage is the switch: memory that says frozen without a record (a
+			// delete reported failed that landed) would refuse reads for good.
+			c.setFrozen(time.Time{})
+		}
 		return nil, 0, err
 	}
 	left, err := b.targets(ctx, s, c.name)
 	if err != nil {
 		return nil, 0, err
+	}
+	if !inc.Gathered && !force {
+		return nil, 0, logical.CodedError(http.StatusConflict, fmt.Sprintf(
+			"client %q: no run of tokens/revoke-all has got as far as gathering the tokens of its reuse cache (the run's answer says what stopped it), so tokens may be left that no list holds; run tokens/revoke-all again, or unfreeze with force=true to leave them valid until they expire",
+			c.name))
 	}
 	if len(left) > 0 && !force {
 		latest := slices.MaxFunc(left, func(a, b revokeTarget) int { return a.ExpiresAt.Compare(b.ExpiresAt) })
@@ -509,6 +529,7 @@ func (b *backend) unfreeze(ctx context.Context, s logical.Storage, c *credential
 		}
 	}
 	if err := s.Delete(ctx, incidentKey(c.name)); err != nil {
+		c.forgetFrozen() // it may have landed: storage decides
 		return nil, 0, fmt.Errorf("deleting the incident record: %w", err)
 	}
 	c.setFrozen(time.Time{})

@@ -1,6 +1,7 @@
 package cyberark
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -76,7 +77,7 @@ func TestRevokeAllBreaksGlass(t *testing.T) {
 		t.Error("rotate=true left the secret unchanged")
 	}
 	steps := resp.Data["steps"].([]incidentStep)
-	if len(steps) != 3+1 || steps[0].Step != "freeze" || steps[1].Step != "rotate" || steps[2].Step != "gather" || steps[3].Step != "revoke" {
+	if len(steps) != 3+1 || steps[0].Step != "freeze" || steps[1].Step != "gather" || steps[2].Step != "rotate" || steps[3].Step != "revoke" {
 		t.Errorf("steps: %+v", steps)
 	}
 
@@ -88,7 +89,7 @@ func TestRevokeAllBreaksGlass(t *testing.T) {
 	}
 	grants := e.emu.Stats().Grants
 	again := e.mustRequest(t, logical.UpdateOperation, "tokens/revoke-all", map[string]any{"rotate": true})
-	if again.Data["runs"] != 2 || again.Data["revoked"] != 2 || again.Data["steps"].([]incidentStep)[1].Outcome != "skipped" {
+	if again.Data["runs"] != 2 || again.Data["revoked"] != 2 || again.Data["steps"].([]incidentStep)[2].Outcome != "skipped" {
 		t.Errorf("second run: %v", again.Data)
 	}
 	if e.emu.Stats().Grants != grants {
@@ -267,4 +268,90 @@ func TestUnfreezeOnAnotherNode(t *testing.T) {
 	if statusOf(resp, err) != http.StatusLocked {
 		t.Errorf("read after another node froze the client: status %d, want 423", statusOf(resp, err))
 	}
+}
+
+// TestUnfreezeWaitsForTheGather: a run whose gather step failed (a storage write of its
+// list) left tokens that only the reuse cache knows; an unforced unfreeze refuses until
+// a run has gathered them, and the next run gathers and revokes them.
+func TestUnfreezeWaitsForTheGather(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	data := e.configData()
+	data["scopes"] = "read"
+	e.mustRequest(t, logical.CreateOperation, "config", data) // track_tokens off
+	e.mustRequest(t, logical.CreateOperation, "roles/shared", map[string]any{"token_reuse": true})
+	shared := e.mustRequest(t, logical.ReadOperation, "token/shared", nil).Data["access_token"].(string)
+
+	fs := newFaultStorage(e.storage, storageFault{op: "Put", prefix: incidentTokensPrefix, nth: 1})
+	resp, err := e.b.HandleRequest(t.Context(), &logical.Request{
+		Operation: logical.UpdateOperation, Path: "tokens/revoke-all", Storage: fs, MountPoint: "cyberark/",
+	})
+	if fs.fired() != 1 || err == nil {
+		t.Fatalf("revoke-all whose list cannot be stored: status %d, %v; want an error", statusOf(resp, err), err)
+	}
+	resp, err = e.request(t, logical.UpdateOperation, "tokens/unfreeze", nil)
+	if statusOf(resp, err) != http.StatusConflict || !strings.Contains(err.Error(), "gathering") {
+		t.Fatalf("unfreeze before any gather: status %d, %v; want a 409 that says the gather is missing", statusOf(resp, err), err)
+	}
+	if e.emu.Revoked(shared) {
+		t.Fatal("the failed run revoked the token")
+	}
+	e.mustRequest(t, logical.UpdateOperation, "tokens/revoke-all", nil)
+	if !e.emu.Revoked(shared) {
+		t.Fatal("the second run did not revoke the cached token")
+	}
+	e.mustRequest(t, logical.UpdateOperation, "tokens/unfreeze", nil)
+}
+
+// TestRevokeAllWithRotateRevokesTheCache: with track_tokens off, the reuse cache's
+// tokens are gathered before the rotation, which empties the cache.
+func TestRevokeAllWithRotateRevokesTheCache(t *testing.T) {
+	t.Parallel()
+	e := newRotationEnv(t, nil)
+	e.mustRequest(t, logical.CreateOperation, "roles/shared", map[string]any{"token_reuse": true})
+	shared := e.mustRequest(t, logical.ReadOperation, "token/shared", nil).Data["access_token"].(string)
+	resp := e.mustRequest(t, logical.UpdateOperation, "tokens/revoke-all", map[string]any{"rotate": true})
+	if resp.Data["complete"] != true || resp.Data["rotated_at"] == nil || !e.emu.Revoked(shared) {
+		t.Fatalf("revoke-all with rotate: complete %v, rotated %v, the cached token revoked %t",
+			resp.Data["complete"], resp.Data["rotated_at"] != nil, e.emu.Revoked(shared))
+	}
+}
+
+// TestFreezeWriteThatLanded: a freeze whose storage write is reported failed but
+// landed (a storage that timed out after committing) freezes reads, as storage says
+// and every other node would, not as this instance's memory said before.
+func TestFreezeWriteThatLanded(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	e.configure(t)
+	e.mustRequest(t, logical.ReadOperation, "token", nil) // memory now says: not frozen
+	landed := &landedFailStorage{Storage: e.storage, prefix: incidentsPrefix}
+	_, err := e.b.HandleRequest(t.Context(), &logical.Request{
+		Operation: logical.UpdateOperation, Path: "tokens/revoke-all", Storage: landed, MountPoint: "cyberark/",
+	})
+	if err == nil || !landed.failed {
+		t.Fatalf("revoke-all whose freeze write fails: %v; want an error", err)
+	}
+	resp, err := e.request(t, logical.ReadOperation, "token", nil)
+	if statusOf(resp, err) != http.StatusLocked {
+		t.Fatalf("a read after a freeze write that landed: status %d; want 423", statusOf(resp, err))
+	}
+}
+
+// landedFailStorage stores the first Put under prefix and reports it failed.
+type landedFailStorage struct {
+	logical.Storage
+	prefix string
+	failed bool
+}
+
+func (s *landedFailStorage) Put(ctx context.Context, e *logical.StorageEntry) error {
+	if s.failed || !strings.HasPrefix(e.Key, s.prefix) {
+		return s.Storage.Put(ctx, e)
+	}
+	s.failed = true
+	if err := s.Storage.Put(ctx, e); err != nil {
+		return err
+	}
+	return errInjected
 }
