@@ -129,6 +129,7 @@ type history struct {
 	// password, or, in one history in four, a managed client, which its manager resets
 	// (managedTarget).
 	target
+	incidentModel
 	// managedSeen is how many of the tenant's requests checkManaged has looked at, and
 	// mgmtSeen how many password calls (Stats.ManagementRequests) it had seen then.
 	managedSeen int
@@ -226,6 +227,7 @@ func newHistory(seed uint64, n int) (*history, error) {
 		h.period = []time.Duration{time.Hour, 6 * time.Hour, 20 * time.Minute}[h.rng.IntN(3)]
 		data["rotation_period"] = int(h.period.Seconds())
 	}
+	h.setupIncidents(data)
 	if _, err := h.call(logical.CreateOperation, h.path, data); err != nil {
 		h.close()
 		return nil, err
@@ -235,6 +237,10 @@ func newHistory(seed uint64, n int) (*history, error) {
 			h.close()
 			return nil, err
 		}
+	}
+	if err := h.writeSharedRole(); err != nil {
+		h.close()
+		return nil, err
 	}
 	h.emu.Reset()
 	return h, nil
@@ -395,6 +401,8 @@ func (h *history) step() error {
 		{2, h.leaderChange},
 		{5, h.leaseEnd},
 		{3, h.outage},
+		{4, h.revokeAllEvent},
+		{3, h.unfreezeEvent},
 	}
 	total := 0
 	for _, e := range events {
@@ -416,9 +424,13 @@ func (h *history) reads() error {
 	codes := make([]string, 0, n)
 	for range n {
 		start := time.Now()
-		resp, err := h.call(logical.ReadOperation, h.tokenPath, nil)
+		resp, err := h.call(logical.ReadOperation, h.readPath(), nil)
 		if d := time.Since(start); d > modelReadBound {
 			return fmt.Errorf("a token read took %s, over its bound of %s", d, modelReadBound)
+		}
+		if err := h.sawRead(resp, err); err != nil {
+			h.logf("a token read: %s %s", errorCode(err), shortErr(err))
+			return err
 		}
 		codes = append(codes, errorCode(err))
 		if err == nil && resp.Secret != nil {
@@ -576,6 +588,9 @@ func (h *history) expireHeld() {
 
 func (h *history) crash() error {
 	step := []string{"stored_pending", "tenant_changed"}[h.rng.IntN(2)]
+	if h.incidents && h.rng.IntN(3) == 0 {
+		return h.crashInIncident(step)
+	}
 	b, c := h.b, h.cred()
 	b.afterRotationStep = func(s string) {
 		if s == step {
@@ -806,22 +821,29 @@ func shortErr(err error) string {
 type modelStorage struct {
 	logical.Storage
 	mu        sync.Mutex
+	skipPuts  int
 	failPuts  int
 	committed bool
 }
 
-func (f *modelStorage) arm(n int, committed bool) {
+func (f *modelStorage) arm(n int, committed bool) { f.armAfter(0, n, committed) }
+
+// armAfter lets skip Puts through, then fails the next n.
+func (f *modelStorage) armAfter(skip, n int, committed bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.failPuts, f.committed = n, committed
+	f.skipPuts, f.failPuts, f.committed = skip, n, committed
 }
 
 func (f *modelStorage) disarm() { f.arm(0, false) }
 
 func (f *modelStorage) Put(ctx context.Context, e *logical.StorageEntry) error {
 	f.mu.Lock()
-	fail, committed := f.failPuts > 0, f.committed
-	if fail {
+	fail, committed := f.failPuts > 0 && f.skipPuts == 0, f.committed
+	switch {
+	case f.failPuts > 0 && f.skipPuts > 0:
+		f.skipPuts--
+	case fail:
 		f.failPuts--
 	}
 	f.mu.Unlock()
