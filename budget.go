@@ -167,6 +167,9 @@ type gate struct {
 	// dirty: a refusal is counted in memory that storage does not hold yet. No call
 	// is let through until it does, since a restart would forget it.
 	dirty bool
+	// version counts the refusals added in memory, so that a store knows whether what
+	// it wrote is still the latest.
+	version uint64
 
 	// persist serialises writes of the record, outside mu.
 	persist sync.Mutex
@@ -298,11 +301,10 @@ func (t *ticket) done(ctx context.Context, s logical.Storage, l loginLimits, err
 	refused = errors.As(err, &te) && te.CredentialsRefused()
 	g.mu.Lock()
 	g.inflight--
-	var rec loginRecord
 	if refused {
 		g.rec.add(now, te.Error(), l)
-		rec = g.rec
-		rec.Refusals = append([]time.Time(nil), g.rec.Refusals...)
+		g.version++
+		g.dirty = g.dirty || persist
 	}
 	inWindow = g.rec.inWindow(now, l.window)
 	close(g.wake)
@@ -314,7 +316,7 @@ func (t *ticket) done(ctx context.Context, s logical.Storage, l loginLimits, err
 	// A storage hiccup must not lose a refusal: a few tries now, and the next call
 	// tries again before it goes out.
 	for try := range storeTries {
-		serr := g.store(ctx, s, rec)
+		serr := g.store(ctx, s)
 		if serr == nil {
 			break
 		}
@@ -323,43 +325,46 @@ func (t *ticket) done(ctx context.Context, s logical.Storage, l loginLimits, err
 			time.Sleep(time.Duration(try+1) * 50 * time.Millisecond)
 		}
 	}
-	if len(storeErrs) == storeTries {
-		g.mu.Lock()
-		g.dirty = true
-		g.mu.Unlock()
-	}
 	return refused, inWindow, storeErrs
 }
 
-// store writes the record. If the write fails, the count in memory still holds this
-// node back.
-func (g *gate) store(ctx context.Context, s logical.Storage, rec loginRecord) error {
+// store writes the record as it is when the write begins, not as it was when the
+// caller's refusal was counted: concurrent refusals (revoke-all's workers, reads in
+// parallel) reach this lock in any order, and a copy taken earlier could overwrite a
+// later count with a smaller one, which a restart would then believe. dirty is
+// cleared only if no refusal was counted during the write. If the write fails, the
+// count in memory still holds this node back.
+func (g *gate) store(ctx context.Context, s logical.Storage) error {
 	g.persist.Lock()
 	defer g.persist.Unlock()
+	g.mu.Lock()
+	rec, version := g.rec, g.version
+	rec.Refusals = append([]time.Time(nil), g.rec.Refusals...)
+	g.mu.Unlock()
 	entry, err := logical.StorageEntryJSON(g.key, rec)
 	if err != nil {
 		return err
 	}
-	return s.Put(context.WithoutCancel(ctx), entry)
+	if err := s.Put(context.WithoutCancel(ctx), entry); err != nil {
+		return err
+	}
+	g.mu.Lock()
+	if g.version == version {
+		g.dirty = false
+	}
+	g.mu.Unlock()
+	return nil
 }
 
 // flush stores a count that an earlier refusal could not.
 func (g *gate) flush(ctx context.Context, s logical.Storage) error {
 	g.mu.Lock()
-	if !g.dirty {
-		g.mu.Unlock()
+	dirty := g.dirty
+	g.mu.Unlock()
+	if !dirty {
 		return nil
 	}
-	rec := g.rec
-	rec.Refusals = append([]time.Time(nil), g.rec.Refusals...)
-	g.mu.Unlock()
-	if err := g.store(ctx, s, rec); err != nil {
-		return err
-	}
-	g.mu.Lock()
-	g.dirty = false
-	g.mu.Unlock()
-	return nil
+	return g.store(ctx, s)
 }
 
 // reset forgets every refusal: an operator is writing a secret the tenant accepted.

@@ -3,8 +3,10 @@ package cyberark
 import (
 	"context"
 	"errors"
+	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -362,4 +364,59 @@ func (s *barrierStorage) Get(ctx context.Context, key string) (*logical.StorageE
 		}
 	}
 	return s.Storage.Get(ctx, key)
+}
+
+// Refusals counted at once, as revoke-all's workers or parallel reads have them, each
+// stored by its own call, the first store failing once and tried again later: storage
+// ends with every refusal, so that a restart does not forget a failed login. (A copy
+// of the count taken at the refusal and written on the retry, after the others had
+// stored theirs, overwrote a newer count with an older one: the model test found it.)
+func TestGateStoresTheLatestCount(t *testing.T) {
+	t.Parallel()
+	const n = 20
+	g := newGate("failed-logins/test")
+	s := &failOnceStorage{Storage: &logical.InmemStorage{}}
+	l := loginLimits{max: n + 1, window: time.Hour, wait: 10 * time.Second}
+	refused := &client.Error{StatusCode: http.StatusUnauthorized, Code: "invalid_client"}
+	var tickets []*ticket
+	for range n {
+		tk, err := g.acquire(t.Context(), s, l, callOwner, 0, time.Now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tickets = append(tickets, tk)
+	}
+	var wg sync.WaitGroup
+	for _, tk := range tickets {
+		wg.Go(func() {
+			if _, _, errs := tk.done(t.Context(), s, l, refused, time.Now(), true); len(errs) == storeTries {
+				t.Errorf("storing the count: %v", errs)
+			}
+		})
+	}
+	wg.Wait()
+	entry, err := s.Get(t.Context(), g.key)
+	if err != nil || entry == nil {
+		t.Fatalf("the stored count: %v, %v", entry, err)
+	}
+	var rec loginRecord
+	if err := entry.DecodeJSON(&rec); err != nil {
+		t.Fatal(err)
+	}
+	if rec.Total != n || len(rec.Refusals) != n {
+		t.Errorf("storage holds %d refusals (total %d) after %d: the last write was not the latest count", len(rec.Refusals), rec.Total, n)
+	}
+}
+
+// failOnceStorage fails its first Put, as a storage that timed out.
+type failOnceStorage struct {
+	logical.Storage
+	failed atomic.Bool
+}
+
+func (s *failOnceStorage) Put(ctx context.Context, e *logical.StorageEntry) error {
+	if s.failed.CompareAndSwap(false, true) {
+		return errInjected
+	}
+	return s.Storage.Put(ctx, e)
 }
