@@ -94,8 +94,15 @@ func (h *history) frozenStored() (bool, error) {
 	return inc != nil, err
 }
 
-// sawRead checks one token read against the switch and notes what it handed out.
+// sawRead checks one token read: it never hands out a token the tenant has revoked
+// (after tokens/revoke, revoke-all or a lease's end); in an incident history, it obeys
+// the switch, and what it handed out is noted.
 func (h *history) sawRead(resp *logical.Response, err error) error {
+	if err == nil && resp != nil {
+		if tok, _ := resp.Data["access_token"].(string); tok != "" && h.emu.Revoked(tok) {
+			return errors.New("REVOKED TOKEN HANDED OUT: a read handed out a token the tenant has revoked")
+		}
+	}
 	if !h.incidents {
 		return nil
 	}
@@ -207,6 +214,21 @@ func (h *history) revokeAllEvent() error {
 		if n := h.leftValid(); n > 0 {
 			return fmt.Errorf("TOKENS LEFT VALID: revoke-all answered complete, but %d tokens the engine handed out are neither revoked nor expired", n)
 		}
+	}
+	return nil
+}
+
+// revokeOneEvent: the security team revokes one handed-out token (tokens/revoke), which
+// needs its record.
+func (h *history) revokeOneEvent() error {
+	if !h.tracking || len(h.handed) == 0 {
+		return h.reads()
+	}
+	t := h.handed[h.rng.IntN(len(h.handed))]
+	_, err := h.call(logical.UpdateOperation, "tokens/revoke", map[string]any{"token": t.token})
+	h.logf("tokens/revoke of a handed-out token: %s %s", errorCode(err), shortErr(err))
+	if err == nil && h.clock.Now().Before(t.expiry) && !h.emu.Revoked(t.token) {
+		return errors.New("REVOKE NOT DONE: tokens/revoke succeeded, but the tenant still honours the token")
 	}
 	return nil
 }

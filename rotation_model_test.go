@@ -403,6 +403,7 @@ func (h *history) step() error {
 		{3, h.outage},
 		{4, h.revokeAllEvent},
 		{3, h.unfreezeEvent},
+		{2, h.revokeOneEvent},
 	}
 	total := 0
 	for _, e := range events {
