@@ -48,7 +48,7 @@ type incident struct {
 	// list does not mean that nothing is left valid.
 	Gathered bool `json:"gathered,omitempty"`
 	Revoked  int  `json:"revoked"`
-	Expired   int       `json:"expired"`
+	Expired  int  `json:"expired"`
 }
 
 // revokeTarget is a token to revoke, with where it may be revoked: the service user
