@@ -167,6 +167,15 @@ var errorClasses = []errorClass{
 			_, _ = e.request(t, logical.UpdateOperation, "tokens/revoke-all", nil)
 			return e.request(t, logical.UpdateOperation, "tokens/unfreeze", nil)
 		}},
+	{section: "Incident response (`tokens/`)", status: 409, shape: `client "default": no run of tokens/revoke-all has got as far as gathering the tokens of its reuse cache …`,
+		about: "Every `tokens/revoke-all` run so far stopped before its gather step (its answer says why: a storage failure), so tokens only the reuse cache knows are on no list yet. Fix: run `tokens/revoke-all` again; or `tokens/unfreeze force=true` to leave them valid until they expire.",
+		env:   withoutRotation, send: func(t *testing.T, e *testEnv) (*logical.Response, error) {
+			e.mustRequest(t, logical.CreateOperation, "roles/shared", map[string]any{"token_reuse": true})
+			e.mustRequest(t, logical.ReadOperation, "token/shared", nil)
+			fs := newFaultStorage(e.storage, storageFault{op: "Put", prefix: incidentTokensPrefix, nth: 1})
+			_, _ = e.b.HandleRequest(t.Context(), &logical.Request{Operation: logical.UpdateOperation, Path: "tokens/revoke-all", Storage: fs, MountPoint: "cyberark/"})
+			return e.request(t, logical.UpdateOperation, "tokens/unfreeze", nil)
+		}},
 	{section: "Incident response (`tokens/`)", status: 404, shape: "no record of this token: …",
 		about: "`tokens/lookup` and `tokens/revoke` know only tokens handed out by a client with `track_tokens=true`, until their record is pruned after expiry. Fix: trace it through the audit log with `sys/audit-hash` ([runbook](incident-response.md#without-tracking-the-audit-log)); revoke its lease, or run `tokens/revoke-all`.",
 		env:   withoutRotation, op: logical.UpdateOperation, path: "tokens/lookup", data: map[string]any{"token": "not-a-token-the-engine-tracked"}},
