@@ -104,18 +104,25 @@ func TestRevokeAllBreaksGlass(t *testing.T) {
 	assertBadRequest(t, resp, err, "client")
 }
 
+// untrackedSharedToken is an engine with track_tokens off and a role with token_reuse,
+// and the token a read of it handed out, which only the reuse cache knows.
+func untrackedSharedToken(t *testing.T) (*testEnv, string) {
+	t.Helper()
+	e := newTestEnv(t)
+	data := e.configData()
+	data["scopes"] = "read"
+	e.mustRequest(t, logical.CreateOperation, "config", data)
+	e.mustRequest(t, logical.CreateOperation, "roles/shared", map[string]any{"token_reuse": true})
+	return e, e.mustRequest(t, logical.ReadOperation, "token/shared", nil).Data["access_token"].(string)
+}
+
 // TestRevokeAllFinishesAfterAKill: a run the tenant fails half-way keeps what it found,
 // the client stays frozen across a restart of the plugin (which forgets the reuse
 // cache), unfreeze refuses while tokens are pending, and a second run revokes the
 // cached token the first one found.
 func TestRevokeAllFinishesAfterAKill(t *testing.T) {
 	t.Parallel()
-	e := newTestEnv(t)
-	data := e.configData()
-	data["scopes"] = "read"
-	e.mustRequest(t, logical.CreateOperation, "config", data) // track_tokens off
-	e.mustRequest(t, logical.CreateOperation, "roles/shared", map[string]any{"token_reuse": true})
-	shared := e.mustRequest(t, logical.ReadOperation, "token/shared", nil).Data["access_token"].(string)
+	e, shared := untrackedSharedToken(t)
 
 	e.emu.AddFaults(emulator.Fault{Endpoint: "revoke", Status: http.StatusServiceUnavailable})
 	resp, err := e.request(t, logical.UpdateOperation, "tokens/revoke-all", nil)
@@ -275,12 +282,7 @@ func TestUnfreezeOnAnotherNode(t *testing.T) {
 // a run has gathered them, and the next run gathers and revokes them.
 func TestUnfreezeWaitsForTheGather(t *testing.T) {
 	t.Parallel()
-	e := newTestEnv(t)
-	data := e.configData()
-	data["scopes"] = "read"
-	e.mustRequest(t, logical.CreateOperation, "config", data) // track_tokens off
-	e.mustRequest(t, logical.CreateOperation, "roles/shared", map[string]any{"token_reuse": true})
-	shared := e.mustRequest(t, logical.ReadOperation, "token/shared", nil).Data["access_token"].(string)
+	e, shared := untrackedSharedToken(t)
 
 	fs := newFaultStorage(e.storage, storageFault{op: "Put", prefix: incidentTokensPrefix, nth: 1})
 	resp, err := e.b.HandleRequest(t.Context(), &logical.Request{
