@@ -215,7 +215,7 @@ func NewClient(addr, token string, tweaks ...func(*api.Config)) (*api.Client, er
 func FreePortPair(ctx context.Context) (int, error) {
 	lo, hi := portRange()
 	for range 500 {
-		port := lo + mrand.IntN(hi-lo)
+		port := lo + mrand.IntN(hi-lo) //nolint:gosec // a test port, nothing secret
 		if portPairFree(ctx, port) {
 			return port, nil
 		}
