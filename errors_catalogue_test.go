@@ -176,6 +176,13 @@ var errorClasses = []errorClass{
 			_, _ = e.b.HandleRequest(t.Context(), &logical.Request{Operation: logical.UpdateOperation, Path: "tokens/revoke-all", Storage: fs, MountPoint: "cyberark/"})
 			return e.request(t, logical.UpdateOperation, "tokens/unfreeze", nil)
 		}},
+	{section: "Incident response (`tokens/`)", status: 409, shape: `client "default" is frozen on this node only: …`,
+		about: "A `tokens/revoke-all` run could not store its freeze (its answer said why), so it revoked nothing, and the node it ran on refuses reads anyway in case the write landed after all. Fix: run `tokens/revoke-all` again; or `tokens/unfreeze force=true` to serve reads without it.",
+		env:   withoutRotation, send: func(t *testing.T, e *testEnv) (*logical.Response, error) {
+			fs := newFaultStorage(e.storage, storageFault{op: "Put", prefix: incidentsPrefix})
+			_, _ = e.b.HandleRequest(t.Context(), &logical.Request{Operation: logical.UpdateOperation, Path: "tokens/revoke-all", Storage: fs, MountPoint: "cyberark/"})
+			return e.request(t, logical.UpdateOperation, "tokens/unfreeze", nil)
+		}},
 	{section: "Incident response (`tokens/`)", status: 404, shape: "no record of this token: …",
 		about: "`tokens/lookup` and `tokens/revoke` know only tokens handed out by a client with `track_tokens=true`, until their record is pruned after expiry. Fix: trace it through the audit log with `sys/audit-hash` ([runbook](incident-response.md#without-tracking-the-audit-log)); revoke its lease, or run `tokens/revoke-all`.",
 		env:   withoutRotation, op: logical.UpdateOperation, path: "tokens/lookup", data: map[string]any{"token": "not-a-token-the-engine-tracked"}},

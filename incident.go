@@ -224,10 +224,11 @@ func (r *incidentRun) freeze(ctx context.Context, req *logical.Request) error {
 	}
 	r.inc.Runs++
 	if err := putIncident(ctx, r.s, r.inc); err != nil {
-		// A write reported failed may still have landed (a storage that timed out
-		// after committing): the next read asks storage, which every node will
-		// believe, instead of this instance's memory.
-		r.c.forgetFrozen()
+		// A write reported failed may have landed, or land later (a storage that
+		// timed out after committing), and a read may be loading the switch from
+		// storage right now: fail closed. This node refuses reads until a run stores
+		// the switch or an unfreeze finds no record and lifts it.
+		r.c.setFrozen(r.inc.Since)
 		return err
 	}
 	r.c.setFrozen(r.inc.Since)
@@ -499,12 +500,28 @@ func (b *backend) unfreeze(ctx context.Context, s logical.Storage, c *credential
 	defer c.incidentMu.Unlock()
 	inc, err := readIncident(ctx, s, c.name)
 	if err != nil || inc == nil {
-		if err == nil {
-			// Storage is the switch: memory that says frozen without a record (a
-			// delete reported failed that landed) would refuse reads for good.
-			c.setFrozen(time.Time{})
+		if err != nil {
+			return nil, 0, err
 		}
-		return nil, 0, err
+		// No record, but this node may be frozen in memory, failing closed after a
+		// freeze or an unfreeze whose write was reported failed. A freeze that was
+		// never stored revoked nothing, so only force lifts it.
+		c.freeze.mu.Lock()
+		defer c.freeze.mu.Unlock()
+		since := c.freeze.since
+		if since.IsZero() || !c.freeze.loaded {
+			c.freeze.loaded, c.freeze.since = true, time.Time{}
+			return nil, 0, nil
+		}
+		if !force {
+			return nil, 0, logical.CodedError(http.StatusConflict, fmt.Sprintf(
+				"client %q is frozen on this node only: a tokens/revoke-all run could not store its freeze (its answer said why) and revoked nothing; run tokens/revoke-all again, or unfreeze with force=true to serve reads without it",
+				c.name))
+		}
+		c.freeze.since = time.Time{}
+		b.Logger().Warn("tokens/unfreeze: token reads allowed again; the client was frozen on this node only, by a run whose freeze was not stored",
+			"client", c.name, "frozen_since", since.UTC())
+		return &incident{Client: c.name, Since: since}, 0, nil
 	}
 	left, err := b.targets(ctx, s, c.name)
 	if err != nil {
@@ -529,7 +546,8 @@ func (b *backend) unfreeze(ctx context.Context, s logical.Storage, c *credential
 		}
 	}
 	if err := s.Delete(ctx, incidentKey(c.name)); err != nil {
-		c.forgetFrozen() // it may have landed: storage decides
+		// Still frozen here, even if the delete landed: the next unfreeze finds no
+		// record and lifts the switch.
 		return nil, 0, fmt.Errorf("deleting the incident record: %w", err)
 	}
 	c.setFrozen(time.Time{})

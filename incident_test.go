@@ -340,6 +340,87 @@ func TestFreezeWriteThatLanded(t *testing.T) {
 	}
 }
 
+// TestFreezeWriteThatFailed: a freeze whose write fails without landing still freezes
+// this node (fail closed: the write may land later); it revoked nothing, so only a
+// forced unfreeze lifts it, and reads are served again.
+func TestFreezeWriteThatFailed(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	e.configure(t)
+	e.mustRequest(t, logical.ReadOperation, "token", nil)
+	fs := newFaultStorage(e.storage, storageFault{op: "Put", prefix: incidentsPrefix})
+	if _, err := e.b.HandleRequest(t.Context(), &logical.Request{
+		Operation: logical.UpdateOperation, Path: "tokens/revoke-all", Storage: fs, MountPoint: "cyberark/",
+	}); err == nil || fs.fired() != 1 {
+		t.Fatalf("revoke-all whose freeze write fails: %v; want an error", err)
+	}
+	resp, err := e.request(t, logical.ReadOperation, "token", nil)
+	if statusOf(resp, err) != http.StatusLocked {
+		t.Fatalf("a read after a freeze write that failed: status %d; want 423 (fail closed)", statusOf(resp, err))
+	}
+	resp, err = e.request(t, logical.UpdateOperation, "tokens/unfreeze", nil)
+	if statusOf(resp, err) != http.StatusConflict || !strings.Contains(err.Error(), "this node only") {
+		t.Fatalf("unforced unfreeze of a freeze that revoked nothing: status %d, %v; want a 409", statusOf(resp, err), err)
+	}
+	e.mustRequest(t, logical.UpdateOperation, "tokens/unfreeze", map[string]any{"force": true})
+	e.mustRequest(t, logical.ReadOperation, "token", nil)
+}
+
+// TestFreezeWhileAReadLoadsTheSwitch: a read that loads the switch from storage before
+// the freeze is stored, and saves what it read after the freeze's write failed (but
+// landed), does not leave the node serving tokens.
+func TestFreezeWhileAReadLoadsTheSwitch(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	e.configure(t)
+	held := &heldGetStorage{Storage: e.storage, prefix: incidentsPrefix, asked: make(chan struct{}), release: make(chan struct{})}
+	var (
+		wg   sync.WaitGroup
+		resp *logical.Response
+		err  error
+	)
+	wg.Go(func() {
+		resp, err = e.b.HandleRequest(t.Context(), &logical.Request{Operation: logical.ReadOperation, Path: "token", Storage: held, MountPoint: "cyberark/"})
+	})
+	<-held.asked
+	landed := &landedFailStorage{Storage: e.storage, prefix: incidentsPrefix}
+	if _, ferr := e.b.HandleRequest(t.Context(), &logical.Request{
+		Operation: logical.UpdateOperation, Path: "tokens/revoke-all", Storage: landed, MountPoint: "cyberark/",
+	}); ferr == nil || !landed.failed {
+		t.Fatalf("revoke-all whose freeze write fails: %v; want an error", ferr)
+	}
+	close(held.release)
+	wg.Wait()
+	if statusOf(resp, err) != http.StatusLocked {
+		// Never the answer itself: it would print the token.
+		t.Errorf("the read that loaded the switch during the freeze: status %d; want 423", statusOf(resp, err))
+	}
+	resp, err = e.request(t, logical.ReadOperation, "token", nil)
+	if statusOf(resp, err) != http.StatusLocked {
+		t.Errorf("a later read: status %d; want 423", statusOf(resp, err))
+	}
+}
+
+// heldGetStorage reads a key under prefix at once, then holds the answer until
+// release, once.
+type heldGetStorage struct {
+	logical.Storage
+	prefix         string
+	once           sync.Once
+	asked, release chan struct{}
+}
+
+func (s *heldGetStorage) Get(ctx context.Context, key string) (*logical.StorageEntry, error) {
+	entry, err := s.Storage.Get(ctx, key)
+	if strings.HasPrefix(key, s.prefix) {
+		s.once.Do(func() {
+			close(s.asked)
+			<-s.release
+		})
+	}
+	return entry, err
+}
+
 // landedFailStorage stores the first Put under prefix and reports it failed.
 type landedFailStorage struct {
 	logical.Storage

@@ -2,12 +2,10 @@ package cyberark
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
 	"runtime"
-	"slices"
 	"time"
 
 	"github.com/hashicorp/vault/sdk/logical"
@@ -20,12 +18,13 @@ import (
 // (token_reuse) puts tokens in the reuse cache, which revoke-all must gather. What the
 // security team relies on is checked after every event:
 //   - the stored incident record is the switch: while it exists no read hands out a
-//     token, and no read is refused as frozen without it;
+//     token, and no read is refused as frozen without it, except on the instance
+//     whose freeze write failed (it fails closed until an unfreeze or a restart);
 //   - once revoke-all answers complete, or an unforced unfreeze succeeds, every token
 //     the engine handed out that has not expired is revoked at the tenant: with
-//     track_tokens, every token; without, every token the reuse cache held when a run
-//     began that got as far as its gather step (tokens the cache let go before that,
-//     on a config write or a restart, are known to no one, as the docs say);
+//     track_tokens, every token; without, every token that left the reuse cache during
+//     a run, whatever the run answered (tokens the cache let go otherwise, on a config
+//     write or a restart, are known to no one, as the docs say);
 //   - the rotation invariants (no secret lost, the failed-login budget) hold through
 //     revocations, which log in with the client's secret.
 
@@ -42,9 +41,12 @@ type incidentModel struct {
 	// sharedPath is the token read of the client's role with token_reuse.
 	sharedPath string
 	handed     []handedToken
-	// cached are the tokens of the reuse cache when a revoke-all began whose gather
-	// step was done, since the last unfreeze.
+	// cached are the tokens that left the reuse cache during a revoke-all, since the
+	// last unfreeze.
 	cached map[string]time.Time
+	// nodeFrozen: a revoke-all's freeze write failed without landing, so the running
+	// instance alone is frozen, failing closed.
+	nodeFrozen bool
 }
 
 // sharedRole is the name of the target's role with token_reuse.
@@ -113,7 +115,9 @@ func (h *history) sawRead(resp *logical.Response, err error) error {
 	switch {
 	case err == nil && frozen:
 		return errors.New("TOKEN IN A FREEZE: a read handed out a token while the client's incident record says it is frozen")
-	case errorCode(err) == "423" && !frozen:
+	case err == nil && h.nodeFrozen:
+		return errors.New("TOKEN AFTER A FAILED FREEZE: a read handed out a token on the instance whose freeze write failed")
+	case errorCode(err) == "423" && !frozen && !h.nodeFrozen:
 		return errors.New("FROZEN WITHOUT AN INCIDENT: a read was refused as frozen, but no incident record exists to unfreeze")
 	case err != nil || resp == nil:
 		return nil
@@ -168,25 +172,9 @@ func (h *history) mustRevoke(tokens map[string]time.Time) {
 	maps.Copy(h.cached, tokens)
 }
 
-// gathered says whether a revoke-all answer reports its gather step done: in the data,
-// or in the raw body of an answer with a status of its own.
-func gathered(resp *logical.Response) bool {
-	if resp == nil {
-		return false
-	}
-	steps, _ := resp.Data["steps"].([]incidentStep)
-	if raw, ok := resp.Data[logical.HTTPRawBody].(string); ok {
-		var body struct {
-			Data struct {
-				Steps []incidentStep `json:"steps"`
-			} `json:"data"`
-		}
-		if json.Unmarshal([]byte(raw), &body) == nil {
-			steps = body.Data.Steps
-		}
-	}
-	return slices.ContainsFunc(steps, func(st incidentStep) bool { return st.Step == "gather" && st.Outcome == "done" })
-}
+// instanceGone: the running instance is replaced (a restart, a leader change), and
+// with it its memory of a freeze that was not stored.
+func (h *history) instanceGone() { h.nodeFrozen = false }
 
 // revokeAllEvent: the security team breaks glass, now and then with a storage write
 // that fails on the way.
@@ -201,11 +189,16 @@ func (h *history) revokeAllEvent() error {
 		// Which write fails: the freeze, the rotation's, an entry or a mark.
 		h.storage.armAfter(h.rng.IntN(4), 1, committed)
 	}
-	cached := h.cacheNow()
+	before := h.cacheNow()
 	resp, err := h.call(logical.UpdateOperation, "tokens/revoke-all", map[string]any{"client": h.name, "rotate": rotate})
 	h.storage.disarm()
-	if gathered(resp) {
-		h.mustRevoke(cached)
+	after := h.cacheNow()
+	maps.DeleteFunc(before, func(tok string, _ time.Time) bool { _, kept := after[tok]; return kept })
+	h.mustRevoke(before)
+	if frozen, ferr := h.frozenStored(); ferr != nil {
+		return ferr
+	} else if !frozen && err != nil {
+		h.nodeFrozen = true
 	}
 	complete := err == nil && resp != nil && resp.Data["complete"] == true
 	h.logf("tokens/revoke-all (rotate %t, a storage write fails %t, committed %t): %d complete %t %s",
@@ -247,13 +240,14 @@ func (h *history) unfreezeEvent() error {
 		}
 	}
 	if err == nil {
-		h.cached = nil
+		h.cached, h.nodeFrozen = nil, false
 	}
 	return nil
 }
 
 // crashInIncident: a revoke-all with rotate whose rotation dies after step; the plugin
-// restarts. Its gather step, before the rotation, was done.
+// restarts. Its gather step, before the rotation, was done: what the cache held is on
+// the list.
 func (h *history) crashInIncident(step string) error {
 	b, c := h.b, h.cred()
 	b.afterRotationStep = func(s string) {

@@ -692,12 +692,14 @@ func (h *history) restart() error {
 	for _, c := range h.b.knownCredentials() {
 		c.sched.stop(time.Second)
 	}
+	h.instanceGone()
 	h.logf("the plugin restarts")
 	return h.start()
 }
 
 func (h *history) leaderChange() error {
 	old := h.b
+	h.instanceGone()
 	h.logf("leader change: a new node mounts the engine; the old one is cleaned up")
 	if err := h.start(); err != nil {
 		return err
