@@ -233,7 +233,16 @@ func (b *backend) invalidate(_ context.Context, key string) {
 	case strings.HasPrefix(key, rolePrefix):
 		b.cache.resetRole(strings.TrimPrefix(key, rolePrefix))
 	case strings.HasPrefix(key, incidentsPrefix):
-		b.credential(strings.TrimPrefix(key, incidentsPrefix)).forgetFrozen()
+		// A freeze or unfreeze on the active node: a performance standby's reuse cache
+		// (it serves reads itself) holds tokens that the incident revoked, or that it
+		// could not reach; none of them is handed out again.
+		name := strings.TrimPrefix(key, incidentsPrefix)
+		b.credential(name).forgetFrozen()
+		b.cache.resetClient(name)
+	case strings.HasPrefix(key, tokensPrefix):
+		// A token's record changed on the active node, as tokens/revoke marks it: a
+		// revoked token must not be handed out again from this node's cache.
+		b.cache.dropSHA(strings.TrimPrefix(key, tokensPrefix))
 	}
 }
 

@@ -309,10 +309,19 @@ func (c *cache) resetAll() {
 
 // dropToken removes a token from the reuse cache wherever it is held: it was revoked.
 func (c *cache) dropToken(accessToken string) {
+	c.dropWhere(func(tok *client.Token) bool { return tok.AccessToken == accessToken })
+}
+
+// dropSHA drops the token whose SHA-256 is sha.
+func (c *cache) dropSHA(sha string) {
+	c.dropWhere(func(tok *client.Token) bool { return tok.SHA256 == sha })
+}
+
+func (c *cache) dropWhere(match func(*client.Token) bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for key, tok := range c.tokens {
-		if tok.AccessToken == accessToken {
+		if match(tok) {
 			delete(c.tokens, key)
 		}
 	}

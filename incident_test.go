@@ -2,6 +2,8 @@ package cyberark
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -437,4 +439,28 @@ func (s *landedFailStorage) Put(ctx context.Context, e *logical.StorageEntry) er
 		return err
 	}
 	return errInjected
+}
+
+// TestStandbyCacheFollowsTheIncident: a node that serves reads from its own reuse cache
+// (a performance standby) drops a token another node revoked (its record changed) and
+// empties the client's cache when another node freezes or unfreezes it, so that no
+// token the incident revoked, or could not reach, is handed out again from there.
+func TestStandbyCacheFollowsTheIncident(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	e.configure(t)
+	e.mustRequest(t, logical.CreateOperation, "roles/shared", map[string]any{"token_reuse": true})
+	shared := func() string { return e.mustRequest(t, logical.ReadOperation, "token/shared", nil).Data["access_token"].(string) }
+	first := shared()
+	sum := sha256.Sum256([]byte(first))
+	e.b.invalidate(t.Context(), tokensPrefix+hex.EncodeToString(sum[:]))
+	second := shared()
+	if second == first {
+		t.Fatal("a token whose record another node changed was handed out again from the cache")
+	}
+	// The incident record changed (here it is gone: an unfreeze, as this node sees it).
+	e.b.invalidate(t.Context(), incidentKey(defaultClient))
+	if shared() == second {
+		t.Error("after another node's unfreeze the cached token was handed out again")
+	}
 }
