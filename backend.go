@@ -222,7 +222,7 @@ func (b *backend) storedCredentials(ctx context.Context, s logical.Storage) ([]*
 }
 
 // invalidate is called when another node (or replication) changed a storage key.
-func (b *backend) invalidate(_ context.Context, key string) {
+func (b *backend) invalidate(ctx context.Context, key string) {
 	switch {
 	case key == configPath:
 		b.cache.resetClient(defaultClient)
@@ -240,9 +240,16 @@ func (b *backend) invalidate(_ context.Context, key string) {
 		b.credential(name).forgetFrozen()
 		b.cache.resetClient(name)
 	case strings.HasPrefix(key, tokensPrefix):
-		// A token's record changed on the active node, as tokens/revoke marks it: a
-		// revoked token must not be handed out again from this node's cache.
-		b.cache.dropSHA(strings.TrimPrefix(key, tokensPrefix))
+		// A token's record changed on the active node. Most changes add readers; one
+		// that marks it revoked (tokens/revoke) means it must not be handed out again
+		// from this node's cache. A record gone or unreadable drops it too.
+		sha := strings.TrimPrefix(key, tokensPrefix)
+		if b.storage != nil {
+			if rec, err := readTokenRecord(ctx, b.storage, sha); err == nil && rec != nil && rec.RevokedAt.IsZero() {
+				return
+			}
+		}
+		b.cache.dropSHA(sha)
 	}
 }
 

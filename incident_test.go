@@ -442,21 +442,32 @@ func (s *landedFailStorage) Put(ctx context.Context, e *logical.StorageEntry) er
 }
 
 // TestStandbyCacheFollowsTheIncident: a node that serves reads from its own reuse cache
-// (a performance standby) drops a token another node revoked (its record changed) and
-// empties the client's cache when another node freezes or unfreezes it, so that no
-// token the incident revoked, or could not reach, is handed out again from there.
+// (a performance standby) drops a token another node marked revoked, keeps one whose
+// record only gained a reader, and empties the client's cache when another node
+// freezes or unfreezes it, so that no token the incident revoked, or could not reach,
+// is handed out again from there.
 func TestStandbyCacheFollowsTheIncident(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t)
-	e.configure(t)
+	e.configureTracked(t)
 	e.mustRequest(t, logical.CreateOperation, "roles/shared", map[string]any{"token_reuse": true})
 	shared := func() string { return e.mustRequest(t, logical.ReadOperation, "token/shared", nil).Data["access_token"].(string) }
 	first := shared()
 	sum := sha256.Sum256([]byte(first))
-	e.b.invalidate(t.Context(), tokensPrefix+hex.EncodeToString(sum[:]))
+	sha := hex.EncodeToString(sum[:])
+	// A record that gained a reader: the token stays cached.
+	e.b.invalidate(t.Context(), tokensPrefix+sha)
+	if shared() != first {
+		t.Fatal("a record's change that is not a revocation dropped the token from the cache")
+	}
+	// Marked revoked, as tokens/revoke on the active node does.
+	if err := e.b.markRevoked(t.Context(), e.storage, sha); err != nil {
+		t.Fatal(err)
+	}
+	e.b.invalidate(t.Context(), tokensPrefix+sha)
 	second := shared()
 	if second == first {
-		t.Fatal("a token whose record another node changed was handed out again from the cache")
+		t.Fatal("a token another node revoked was handed out again from the cache")
 	}
 	// The incident record changed (here it is gone: an unfreeze, as this node sees it).
 	e.b.invalidate(t.Context(), incidentKey(defaultClient))
