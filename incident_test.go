@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -474,4 +475,83 @@ func TestStandbyCacheFollowsTheIncident(t *testing.T) {
 	if shared() == second {
 		t.Error("after another node's unfreeze the cached token was handed out again")
 	}
+}
+
+// TestRevokeAllUnderReads: readers of an own and a shared role run throughout, while
+// revoke-all and unfreeze take turns. However their calls interleave, every token a
+// reader received before a run answered complete is revoked at the tenant by then
+// (track_tokens), and no reader receives a token between a run's answer and the next
+// unfreeze.
+func TestRevokeAllUnderReads(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	e.configureTracked(t)
+	e.mustRequest(t, logical.CreateOperation, "roles/shared", map[string]any{"token_reuse": true})
+	var (
+		mu       sync.Mutex
+		received []string
+		frozen   bool // between a complete run's answer and the next unfreeze
+		late     int  // tokens received while frozen
+		refused  int
+	)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range 6 {
+		path := []string{"token", "token/shared"}[i%2]
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				resp, err := e.request(t, logical.ReadOperation, path, nil)
+				mu.Lock()
+				switch {
+				case err == nil && resp != nil && !resp.IsError():
+					received = append(received, resp.Data["access_token"].(string))
+					if frozen {
+						late++
+					}
+				case statusOf(resp, err) == http.StatusLocked:
+					refused++
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	for range 5 {
+		time.Sleep(30 * time.Millisecond)
+		resp := e.mustRequest(t, logical.UpdateOperation, "tokens/revoke-all", nil)
+		mu.Lock()
+		frozen = true
+		got := slices.Clone(received)
+		mu.Unlock()
+		if resp.Data["complete"] != true {
+			t.Fatalf("revoke-all: complete %v, pending %v", resp.Data["complete"], resp.Data["pending"])
+		}
+		valid := 0
+		for _, tok := range got {
+			if !e.emu.Revoked(tok) {
+				valid++
+			}
+		}
+		if valid > 0 {
+			t.Errorf("%d of the %d tokens received before a complete run are still valid at the tenant", valid, len(got))
+		}
+		time.Sleep(20 * time.Millisecond)
+		mu.Lock()
+		frozen = false
+		mu.Unlock()
+		e.mustRequest(t, logical.UpdateOperation, "tokens/unfreeze", nil)
+	}
+	close(stop)
+	wg.Wait()
+	if late > 0 {
+		t.Errorf("%d tokens were received while the client was frozen", late)
+	}
+	if len(received) == 0 || refused == 0 {
+		t.Errorf("the readers received %d tokens and %d refusals: the test did not interleave", len(received), refused)
+	}
+	t.Logf("%d tokens received, %d reads refused as frozen, over 5 incidents", len(received), refused)
 }

@@ -209,7 +209,13 @@ func (b *backend) readToken(ctx context.Context, req *logical.Request, name stri
 			// the token, so it never leaves. (The switch is in memory unless another
 			// node changed it meanwhile.)
 			b.cache.dropToken(tok.AccessToken)
-			b.revokeRefused(ctx, req.Storage, v, tok)
+			if b.revokeRefused(ctx, req.Storage, v, tok) && v.config.TrackTokens {
+				// Its record, written before this check, would otherwise keep the
+				// incident's list open (an unforced unfreeze refuses while it is).
+				if err := b.markRevoked(ctx, req.Storage, tok.SHA256); err != nil {
+					b.Logger().Warn("a token revoked at the freeze could not be marked revoked on its record; the next tokens/revoke-all run marks it", "error", err)
+				}
+			}
 			return nil, cmp.Or(err, frozenError(c.name, since))
 		}
 		return b.tokenLease(v, plan, tok)

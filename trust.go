@@ -164,15 +164,17 @@ func (b *backend) checkGranted(ctx context.Context, s logical.Storage, v *view, 
 
 // revokeRefused revokes a token the engine will not hand out, at once, through the
 // credential's gate like any revocation.
-func (b *backend) revokeRefused(ctx context.Context, s logical.Storage, v *view, tok *client.Token) {
+func (b *backend) revokeRefused(ctx context.Context, s logical.Storage, v *view, tok *client.Token) (revoked bool) {
 	if !v.config.revokes() {
 		b.Logger().Warn("a token the engine refused to hand out cannot be revoked (no revocation endpoint); it stays valid until it expires", "expires_at", tok.Expiry.UTC())
-		return
+		return false
 	}
 	c := b.credential(v.name)
 	if err := c.revoke(ctx, s, v, c.gate.epochNow(), tok.AccessToken); err != nil {
 		b.Logger().Error("could not revoke a token the engine refused to hand out; it stays valid until it expires", "expires_at", tok.Expiry.UTC(), "error", err)
+		return false
 	}
+	return true
 }
 
 const (
