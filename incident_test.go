@@ -452,7 +452,9 @@ func TestStandbyCacheFollowsTheIncident(t *testing.T) {
 	e := newTestEnv(t)
 	e.configureTracked(t)
 	e.mustRequest(t, logical.CreateOperation, "roles/shared", map[string]any{"token_reuse": true})
-	shared := func() string { return e.mustRequest(t, logical.ReadOperation, "token/shared", nil).Data["access_token"].(string) }
+	shared := func() string {
+		return e.mustRequest(t, logical.ReadOperation, "token/shared", nil).Data["access_token"].(string)
+	}
 	first := shared()
 	sum := sha256.Sum256([]byte(first))
 	sha := hex.EncodeToString(sum[:])
