@@ -34,6 +34,8 @@ const (
 	// revokeWorkers bounds the revocations in flight at the tenant. The failed-login
 	// gate bounds them further, to the refusals the budget has left.
 	revokeWorkers = 8
+	// drainLimit bounds the wait for the token reads that began before the freeze.
+	drainLimit = time.Minute
 )
 
 // incident is a client's frozen state and what its runs did.
@@ -101,6 +103,50 @@ func (c *credential) frozenSince(ctx context.Context, s logical.Storage) (time.T
 	return c.freeze.since, nil
 }
 
+// inflight counts calls in progress, and lets one wait until none is.
+type inflight struct {
+	mu   sync.Mutex
+	n    int
+	idle chan struct{} // closed when n drops to 0; nil until a waiter needs one
+}
+
+func (f *inflight) enter() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.n++
+}
+
+func (f *inflight) leave() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.n--
+	if f.n == 0 && f.idle != nil {
+		close(f.idle)
+		f.idle = nil
+	}
+}
+
+// wait returns once no call is in progress, or with how many still are when ctx ends.
+func (f *inflight) wait(ctx context.Context) (left int) {
+	for {
+		f.mu.Lock()
+		if f.n == 0 {
+			f.mu.Unlock()
+			return 0
+		}
+		if f.idle == nil {
+			f.idle = make(chan struct{})
+		}
+		idle, n := f.idle, f.n
+		f.mu.Unlock()
+		select {
+		case <-idle:
+		case <-ctx.Done():
+			return n
+		}
+	}
+}
+
 func (c *credential) setFrozen(since time.Time) {
 	c.freeze.mu.Lock()
 	defer c.freeze.mu.Unlock()
@@ -166,6 +212,9 @@ type incidentRun struct {
 	failure error
 	// left is how many tokens this run could not revoke.
 	left int
+	// undrained is how many token reads that began before the freeze had not ended
+	// when the list was made.
+	undrained int
 }
 
 func (r *incidentRun) report(step, outcome, format string, args ...any) {
@@ -199,6 +248,7 @@ func (b *backend) revokeAll(ctx context.Context, req *logical.Request, c *creden
 	if err := r.freeze(ctx, req); err != nil {
 		return nil, err
 	}
+	r.drain(ctx)
 	if err := r.gather(ctx); err != nil {
 		return nil, err
 	}
@@ -209,6 +259,12 @@ func (b *backend) revokeAll(ctx context.Context, req *logical.Request, c *creden
 		if err := r.revoke(ctx); err != nil {
 			return nil, err
 		}
+	}
+	if r.undrained > 0 {
+		// Reported last, so that what could be revoked was.
+		r.fail("drain", logical.CodedError(http.StatusServiceUnavailable, fmt.Sprintf(
+			"%d token reads of client %q that began before the freeze were still in progress after %s, so a token one of them hands out may be on no list; run tokens/revoke-all again",
+			r.undrained, r.c.name, drainLimit)))
 	}
 	if err := putIncident(ctx, s, r.inc); err != nil {
 		return nil, err
@@ -239,6 +295,15 @@ func (r *incidentRun) freeze(ctx context.Context, req *logical.Request) error {
 	r.report("freeze", outcome, "token reads of client %q refused since %s, until tokens/unfreeze (run %d of this incident)",
 		r.c.name, r.inc.Since.UTC().Format(time.RFC3339), r.inc.Runs)
 	return nil
+}
+
+// drain waits for the client's token reads that began before the freeze. Each either
+// hands its token out before it ends, with a record or in the reuse cache, or sees the
+// freeze and revokes it: the list made after this holds whatever they handed out.
+func (r *incidentRun) drain(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, drainLimit)
+	defer cancel()
+	r.undrained = r.c.reads.wait(ctx)
 }
 
 // rotate changes the client's secret once per incident: a run after a rotation that

@@ -167,13 +167,14 @@ func TestFreezeCatchesAGrantInFlight(t *testing.T) {
 	e := newTestEnv(t)
 	e.configure(t)
 	e.emu.AddFaults(emulator.Fault{Endpoint: "token", Delay: 2 * time.Second, Times: 1})
+	before := e.emu.Stats().TokenRequests // the config write's verification
 	var (
 		wg   sync.WaitGroup
 		resp *logical.Response
 		err  error
 	)
 	wg.Go(func() { resp, err = e.request(t, logical.ReadOperation, "token", nil) })
-	for e.emu.Stats().TokenRequests == 0 {
+	for e.emu.Stats().TokenRequests == before {
 		time.Sleep(5 * time.Millisecond)
 	}
 	e.mustRequest(t, logical.UpdateOperation, "tokens/revoke-all", nil)
@@ -182,8 +183,9 @@ func TestFreezeCatchesAGrantInFlight(t *testing.T) {
 		// Never the answer itself: it would print the token.
 		t.Fatalf("a read whose grant was in flight at the freeze: status %d, %v; want 423", statusOf(resp, err), err)
 	}
+	// The config write's verification grant, then the read's.
 	issued := e.emu.Issued()
-	if len(issued) != 1 || !e.emu.Revoked(issued[0]) {
+	if len(issued) != 2 || !e.emu.Revoked(issued[1]) {
 		t.Errorf("the grant in flight was not revoked (%d issued)", len(issued))
 	}
 }
@@ -556,4 +558,36 @@ func TestRevokeAllUnderReads(t *testing.T) {
 		t.Errorf("the readers received %d tokens and %d refusals: the test did not interleave", len(received), refused)
 	}
 	t.Logf("%d tokens received, %d reads refused as frozen, over 5 incidents", len(received), refused)
+}
+
+// TestRevokeAllWaitsForReadsInFlight: revoke-all waits for a read whose grant was at the
+// tenant when it froze the client, so that when it answers complete the read has
+// revoked its token and marked its record, and an unforced unfreeze succeeds at once.
+func TestRevokeAllWaitsForReadsInFlight(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	e.configureTracked(t)
+	e.emu.AddFaults(emulator.Fault{Endpoint: "token", Delay: time.Second, Times: 1})
+	before := e.emu.Stats().TokenRequests // the config write's verification
+	done := make(chan int, 1)
+	go func() {
+		resp, err := e.request(t, logical.ReadOperation, "token", nil)
+		done <- statusOf(resp, err)
+	}()
+	for e.emu.Stats().TokenRequests == before {
+		time.Sleep(5 * time.Millisecond)
+	}
+	resp := e.mustRequest(t, logical.UpdateOperation, "tokens/revoke-all", nil)
+	select {
+	case status := <-done:
+		if status != http.StatusLocked {
+			t.Errorf("the read in flight at the freeze: status %d, want 423", status)
+		}
+	default:
+		t.Fatal("revoke-all answered before the read in flight at its freeze had ended")
+	}
+	if resp.Data["complete"] != true {
+		t.Errorf("revoke-all: complete %v", resp.Data["complete"])
+	}
+	e.mustRequest(t, logical.UpdateOperation, "tokens/unfreeze", nil)
 }

@@ -176,52 +176,69 @@ func (b *backend) readToken(ctx context.Context, req *logical.Request, name stri
 		case name != "" && !v.config.allowsRole(v.name, name):
 			return logical.ErrorResponse("client: client %q does not allow role %q (its allowed_roles: [%s])", v.name, name, strings.Join(v.config.AllowedRoles, " ")), nil
 		}
-		if since, err := c.frozenSince(ctx, req.Storage); err != nil || !since.IsZero() {
-			return nil, cmp.Or(err, frozenError(c.name, since))
-		}
-		if v.others, err = b.cache.appProtected(ctx, appKey(v.config.TenantURL, appFor(v.config, v.role)), func(ctx context.Context) (map[string][]string, error) {
-			return b.grantScopes(ctx, req.Storage)
-		}); err != nil {
-			return nil, err
-		}
-		who, err := b.readerIdentity(req, v.role)
-		if err != nil {
-			return nil, err
-		}
-		plan, resp := newTokenPlan(v, name, asked, who)
-		if resp != nil {
-			return resp, nil
-		}
-		reader := readerOf(req, b.now())
-		tok, err := b.token(ctx, req.Storage, c, v, plan, epoch, reader)
-		var coded logical.HTTPCodedError
-		switch {
-		case errors.Is(err, errStaleView):
+		// Counted from before its first look at the freeze to its answer, so that
+		// revoke-all, which freezes and then waits for the reads in flight, lists or
+		// sees revoked every token a read could still hand out.
+		c.reads.enter()
+		resp, retry, err := b.readWith(ctx, req, c, v, name, asked, epoch)
+		c.reads.leave()
+		if retry {
 			continue
-		case errors.Is(err, logical.ErrReadOnly), errors.As(err, &coded):
-			return nil, err
-		case err != nil:
-			b.Logger().Error("token request failed", "role", name, "app_id", plan.appID, "error", err)
-			return nil, tenantFailure("getting a token", err)
 		}
-		if since, err := c.frozenSince(ctx, req.Storage); err != nil || !since.IsZero() {
-			// Frozen while this grant was at the tenant: revoke-all may not have seen
-			// the token, so it never leaves. (The switch is in memory unless another
-			// node changed it meanwhile.)
-			b.cache.dropToken(tok.AccessToken)
-			if b.revokeRefused(ctx, req.Storage, v, tok) && v.config.TrackTokens {
-				// Its record, written before this check, would otherwise keep the
-				// incident's list open (an unforced unfreeze refuses while it is).
-				if err := b.markRevoked(ctx, req.Storage, tok.SHA256); err != nil {
-					b.Logger().Warn("a token revoked at the freeze could not be marked revoked on its record; the next tokens/revoke-all run marks it", "error", err)
-				}
-			}
-			return nil, cmp.Or(err, frozenError(c.name, since))
-		}
-		return b.tokenLease(v, plan, tok)
+		return resp, err
 	}
 	return nil, logical.CodedError(http.StatusServiceUnavailable, "the client secret changed during this request more often than it could follow; try again")
 }
+
+// readWith is one try of readToken with its view: the freeze, the plan, the token and
+// its lease. retry says that the secret changed under it and the read starts over.
+func (b *backend) readWith(ctx context.Context, req *logical.Request, c *credential, v *view, name string, asked []string, epoch uint64) (resp *logical.Response, retry bool, err error) {
+	if since, err := c.frozenSince(ctx, req.Storage); err != nil || !since.IsZero() {
+		return nil, false, cmp.Or(err, frozenError(c.name, since))
+	}
+	if v.others, err = b.cache.appProtected(ctx, appKey(v.config.TenantURL, appFor(v.config, v.role)), func(ctx context.Context) (map[string][]string, error) {
+		return b.grantScopes(ctx, req.Storage)
+	}); err != nil {
+		return nil, false, err
+	}
+	who, err := b.readerIdentity(req, v.role)
+	if err != nil {
+		return nil, false, err
+	}
+	plan, resp := newTokenPlan(v, name, asked, who)
+	if resp != nil {
+		return resp, false, nil
+	}
+	reader := readerOf(req, b.now())
+	tok, err := b.token(ctx, req.Storage, c, v, plan, epoch, reader)
+	var coded logical.HTTPCodedError
+	switch {
+	case errors.Is(err, errStaleView):
+		return nil, true, nil
+	case errors.Is(err, logical.ErrReadOnly), errors.As(err, &coded):
+		return nil, false, err
+	case err != nil:
+		b.Logger().Error("token request failed", "role", name, "app_id", plan.appID, "error", err)
+		return nil, false, tenantFailure("getting a token", err)
+	}
+	if since, err := c.frozenSince(ctx, req.Storage); err != nil || !since.IsZero() {
+		// Frozen while this grant was at the tenant: revoke-all may not have seen
+		// the token, so it never leaves. (The switch is in memory unless another
+		// node changed it meanwhile.)
+		b.cache.dropToken(tok.AccessToken)
+		if b.revokeRefused(ctx, req.Storage, v, tok) && v.config.TrackTokens {
+			// Its record, written before this check, would otherwise keep the
+			// incident's list open (an unforced unfreeze refuses while it is).
+			if err := b.markRevoked(ctx, req.Storage, tok.SHA256); err != nil {
+				b.Logger().Warn("a token revoked at the freeze could not be marked revoked on its record; the next tokens/revoke-all run marks it", "error", err)
+			}
+		}
+		return nil, false, cmp.Or(err, frozenError(c.name, since))
+	}
+	resp, err = b.tokenLease(v, plan, tok)
+	return resp, false, err
+}
+
 
 // token gets the plan's token: from the reuse cache or a grant shared with concurrent
 // readers for a role with token_reuse, else a grant of its own.

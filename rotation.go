@@ -187,6 +187,8 @@ type credential struct {
 	// tokens/unfreeze (incident.go).
 	freeze     freezeState
 	incidentMu sync.Mutex
+	// reads counts the token reads in flight, which revoke-all waits for.
+	reads inflight
 }
 
 func newCredential(b *backend, name, key string) *credential {
