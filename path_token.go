@@ -239,7 +239,6 @@ func (b *backend) readWith(ctx context.Context, req *logical.Request, c *credent
 	return resp, false, err
 }
 
-
 // token gets the plan's token: from the reuse cache or a grant shared with concurrent
 // readers for a role with token_reuse, else a grant of its own.
 func (b *backend) token(ctx context.Context, s logical.Storage, c *credential, v *view, plan *tokenPlan, epoch uint64, reader tokenReader) (*client.Token, error) {
