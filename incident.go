@@ -34,8 +34,10 @@ const (
 	// revokeWorkers bounds the revocations in flight at the tenant. The failed-login
 	// gate bounds them further, to the refusals the budget has left.
 	revokeWorkers = 8
-	// drainLimit bounds the wait for the token reads that began before the freeze.
-	drainLimit = time.Minute
+	// drainLimit bounds the wait for the token reads that began before the freeze:
+	// well within the minute a Vault client waits for the answer, and Vault's 90 s
+	// for the request, so that the revocations and the answer still fit.
+	drainLimit = 20 * time.Second
 )
 
 // incident is a client's frozen state and what its runs did.
@@ -78,71 +80,102 @@ type freezeState struct {
 	mu     sync.Mutex
 	loaded bool
 	since  time.Time // zero: not frozen
+	// gen moves whenever the switch is set or forgotten, so that a load from storage
+	// that began before is not saved over what came after.
+	gen uint64
 }
 
 // frozenSince says since when the client's token reads are frozen, zero if they are not.
 func (c *credential) frozenSince(ctx context.Context, s logical.Storage) (time.Time, error) {
-	c.freeze.mu.Lock()
-	loaded, since := c.freeze.loaded, c.freeze.since
-	c.freeze.mu.Unlock()
-	if loaded {
-		return since, nil
-	}
-	inc, err := readIncident(ctx, s, c.name)
-	if err != nil {
-		return time.Time{}, err
-	}
-	c.freeze.mu.Lock()
-	defer c.freeze.mu.Unlock()
-	if !c.freeze.loaded {
-		c.freeze.loaded, c.freeze.since = true, time.Time{}
-		if inc != nil {
-			c.freeze.since = inc.Since
+	for {
+		c.freeze.mu.Lock()
+		loaded, since, gen := c.freeze.loaded, c.freeze.since, c.freeze.gen
+		c.freeze.mu.Unlock()
+		if loaded {
+			return since, nil
 		}
+		inc, err := readIncident(ctx, s, c.name)
+		if err != nil {
+			return time.Time{}, err
+		}
+		c.freeze.mu.Lock()
+		if c.freeze.gen == gen {
+			// Nothing set or forgot the switch during the load: what it read stands.
+			c.freeze.loaded, c.freeze.since = true, time.Time{}
+			if inc != nil {
+				c.freeze.since = inc.Since
+			}
+			c.freeze.mu.Unlock()
+			return c.freeze.since, nil
+		}
+		c.freeze.mu.Unlock() // changed meanwhile: look again
 	}
-	return c.freeze.since, nil
 }
 
-// inflight counts calls in progress, and lets one wait until none is.
+// inflight counts calls in progress by the epoch they began in, and lets one wait for
+// those that began before a moment (its mark) while later ones come and go.
 type inflight struct {
-	mu   sync.Mutex
-	n    int
-	idle chan struct{} // closed when n drops to 0; nil until a waiter needs one
+	mu     sync.Mutex
+	epoch  uint64
+	counts map[uint64]int
+	wake   chan struct{} // closed when a call ends; nil until a waiter needs one
 }
 
-func (f *inflight) enter() {
+// enter counts a call and returns what leave needs.
+func (f *inflight) enter() uint64 {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.n++
+	if f.counts == nil {
+		f.counts = map[uint64]int{}
+	}
+	f.counts[f.epoch]++
+	return f.epoch
 }
 
-func (f *inflight) leave() {
+func (f *inflight) leave(epoch uint64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.n--
-	if f.n == 0 && f.idle != nil {
-		close(f.idle)
-		f.idle = nil
+	if f.counts[epoch]--; f.counts[epoch] == 0 {
+		delete(f.counts, epoch)
+	}
+	if f.wake != nil {
+		close(f.wake)
+		f.wake = nil
 	}
 }
 
-// wait returns once no call is in progress, or with how many still are when ctx ends.
-func (f *inflight) wait(ctx context.Context) (left int) {
+// mark starts a new epoch: calls that enter from now on are not waited for.
+func (f *inflight) mark() uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.epoch++
+	return f.epoch
+}
+
+// wait returns once no call that began before mark is in progress, or with how many
+// still are when ctx ends.
+func (f *inflight) wait(ctx context.Context, mark uint64) (left int) {
 	for {
 		f.mu.Lock()
-		if f.n == 0 {
+		left = 0
+		for epoch, n := range f.counts {
+			if epoch < mark {
+				left += n
+			}
+		}
+		if left == 0 {
 			f.mu.Unlock()
 			return 0
 		}
-		if f.idle == nil {
-			f.idle = make(chan struct{})
+		if f.wake == nil {
+			f.wake = make(chan struct{})
 		}
-		idle, n := f.idle, f.n
+		wake := f.wake
 		f.mu.Unlock()
 		select {
-		case <-idle:
+		case <-wake:
 		case <-ctx.Done():
-			return n
+			return left
 		}
 	}
 }
@@ -151,6 +184,7 @@ func (c *credential) setFrozen(since time.Time) {
 	c.freeze.mu.Lock()
 	defer c.freeze.mu.Unlock()
 	c.freeze.loaded, c.freeze.since = true, since
+	c.freeze.gen++
 }
 
 // forgetFrozen drops the switch from memory: another node wrote it.
@@ -158,6 +192,7 @@ func (c *credential) forgetFrozen() {
 	c.freeze.mu.Lock()
 	defer c.freeze.mu.Unlock()
 	c.freeze.loaded = false
+	c.freeze.gen++
 }
 
 // frozenError is the answer to a read of a frozen client: a 4xx, since a Vault client
@@ -303,7 +338,7 @@ func (r *incidentRun) freeze(ctx context.Context, req *logical.Request) error {
 func (r *incidentRun) drain(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, drainLimit)
 	defer cancel()
-	r.undrained = r.c.reads.wait(ctx)
+	r.undrained = r.c.reads.wait(ctx, r.c.reads.mark())
 }
 
 // rotate changes the client's secret once per incident: a run after a rotation that
@@ -576,6 +611,7 @@ func (b *backend) unfreeze(ctx context.Context, s logical.Storage, c *credential
 		since := c.freeze.since
 		if since.IsZero() || !c.freeze.loaded {
 			c.freeze.loaded, c.freeze.since = true, time.Time{}
+			c.freeze.gen++
 			return nil, 0, nil
 		}
 		if !force {
@@ -584,6 +620,7 @@ func (b *backend) unfreeze(ctx context.Context, s logical.Storage, c *credential
 				c.name))
 		}
 		c.freeze.since = time.Time{}
+		c.freeze.gen++
 		b.Logger().Warn("tokens/unfreeze: token reads allowed again; the client was frozen on this node only, by a run whose freeze was not stored",
 			"client", c.name, "frozen_since", since.UTC())
 		return &incident{Client: c.name, Since: since}, 0, nil

@@ -484,8 +484,8 @@ func TestStandbyCacheFollowsTheIncident(t *testing.T) {
 // TestRevokeAllUnderReads: readers of an own and a shared role run throughout, while
 // revoke-all and unfreeze take turns. However their calls interleave, every token a
 // reader received before a run answered complete is revoked at the tenant by then
-// (track_tokens), and no reader receives a token between a run's answer and the next
-// unfreeze.
+// (track_tokens), and no read begun between a run's answer and the next unfreeze
+// receives a token.
 func TestRevokeAllUnderReads(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t)
@@ -494,8 +494,9 @@ func TestRevokeAllUnderReads(t *testing.T) {
 	var (
 		mu       sync.Mutex
 		received []string
-		frozen   bool // between a complete run's answer and the next unfreeze
-		late     int  // tokens received while frozen
+		frozen   bool // from a complete run's answer until just before the next unfreeze
+		cycle    int  // counts the answers
+		late     int  // tokens received by reads that began and ended within one frozen span
 		refused  int
 	)
 	stop := make(chan struct{})
@@ -509,12 +510,16 @@ func TestRevokeAllUnderReads(t *testing.T) {
 					return
 				default:
 				}
+				mu.Lock()
+				frozenAtStart, cycleAtStart := frozen, cycle
+				mu.Unlock()
 				resp, err := e.request(t, logical.ReadOperation, path, nil)
 				mu.Lock()
 				switch {
 				case err == nil && resp != nil && !resp.IsError():
 					received = append(received, resp.Data["access_token"].(string))
-					if frozen {
+					// Begun after the answer and ended before the unfreeze was sent.
+					if frozenAtStart && frozen && cycle == cycleAtStart {
 						late++
 					}
 				case statusOf(resp, err) == http.StatusLocked:
@@ -529,6 +534,7 @@ func TestRevokeAllUnderReads(t *testing.T) {
 		resp := e.mustRequest(t, logical.UpdateOperation, "tokens/revoke-all", nil)
 		mu.Lock()
 		frozen = true
+		cycle++
 		got := slices.Clone(received)
 		mu.Unlock()
 		if resp.Data["complete"] != true {
@@ -590,4 +596,61 @@ func TestRevokeAllWaitsForReadsInFlight(t *testing.T) {
 		t.Errorf("revoke-all: complete %v", resp.Data["complete"])
 	}
 	e.mustRequest(t, logical.UpdateOperation, "tokens/unfreeze", nil)
+}
+
+// TestWithheldTokenStaysListed: a read that found its client frozen after it got a
+// token from the reuse cache (which another reader had it from before the freeze)
+// revokes it; when the tenant fails that revocation, the token stays in the cache, so
+// revoke-all gathers and revokes it instead of answering complete without it.
+func TestWithheldTokenStaysListed(t *testing.T) {
+	t.Parallel()
+	e, shared := untrackedSharedToken(t)
+	v, err := e.b.cache.view(t.Context(), e.storage, "", "shared", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := e.b.cache.heldTokens(defaultClient)
+	if len(held) != 1 {
+		t.Fatalf("%d tokens in the reuse cache, want the shared one", len(held))
+	}
+	e.emu.AddFaults(emulator.Fault{Endpoint: "revoke", Status: http.StatusServiceUnavailable})
+	e.b.withholdToken(t.Context(), e.storage, v, held[0].tok)
+	e.emu.ClearFaults()
+	if e.emu.Revoked(shared) {
+		t.Fatal("the fault let the revocation through")
+	}
+	resp := e.mustRequest(t, logical.UpdateOperation, "tokens/revoke-all", nil)
+	if resp.Data["complete"] != true || !e.emu.Revoked(shared) {
+		t.Errorf("revoke-all after a withheld token's failed revocation: complete %v, the token revoked at the tenant %t",
+			resp.Data["complete"], e.emu.Revoked(shared))
+	}
+}
+
+// TestInvalidateDuringALoadOfTheSwitch: a read loading the switch from storage when
+// another node's freeze arrives (its record written, then Invalidate) does not save
+// the "not frozen" it read before: it looks again, and refuses.
+func TestInvalidateDuringALoadOfTheSwitch(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	e.configure(t)
+	held := &heldGetStorage{Storage: e.storage, prefix: incidentsPrefix, asked: make(chan struct{}), release: make(chan struct{})}
+	var (
+		wg   sync.WaitGroup
+		resp *logical.Response
+		err  error
+	)
+	wg.Go(func() {
+		resp, err = e.b.HandleRequest(t.Context(), &logical.Request{Operation: logical.ReadOperation, Path: "token", Storage: held, MountPoint: "cyberark/"})
+	})
+	<-held.asked
+	if perr := putIncident(t.Context(), e.storage, &incident{Client: defaultClient, Since: time.Now()}); perr != nil {
+		t.Fatal(perr)
+	}
+	e.b.invalidate(t.Context(), incidentKey(defaultClient))
+	close(held.release)
+	wg.Wait()
+	if statusOf(resp, err) != http.StatusLocked {
+		// Never the answer itself: it would print the token.
+		t.Errorf("a read that loaded the switch across another node's freeze: status %d; want 423", statusOf(resp, err))
+	}
 }

@@ -179,9 +179,10 @@ func (b *backend) readToken(ctx context.Context, req *logical.Request, name stri
 		// Counted from before its first look at the freeze to its answer, so that
 		// revoke-all, which freezes and then waits for the reads in flight, lists or
 		// sees revoked every token a read could still hand out.
-		c.reads.enter()
-		resp, retry, err := b.readWith(ctx, req, c, v, name, asked, epoch)
-		c.reads.leave()
+		resp, retry, err := func() (*logical.Response, bool, error) {
+			defer c.reads.leave(c.reads.enter())
+			return b.readWith(ctx, req, c, v, name, asked, epoch)
+		}()
 		if retry {
 			continue
 		}
@@ -225,18 +226,29 @@ func (b *backend) readWith(ctx context.Context, req *logical.Request, c *credent
 		// Frozen while this grant was at the tenant: revoke-all may not have seen
 		// the token, so it never leaves. (The switch is in memory unless another
 		// node changed it meanwhile.)
-		b.cache.dropToken(tok.AccessToken)
-		if b.revokeRefused(ctx, req.Storage, v, tok) && v.config.TrackTokens {
-			// Its record, written before this check, would otherwise keep the
-			// incident's list open (an unforced unfreeze refuses while it is).
-			if err := b.markRevoked(ctx, req.Storage, tok.SHA256); err != nil {
-				b.Logger().Warn("a token revoked at the freeze could not be marked revoked on its record; the next tokens/revoke-all run marks it", "error", err)
-			}
-		}
+		b.withholdToken(ctx, req.Storage, v, tok)
 		return nil, false, cmp.Or(err, frozenError(c.name, since))
 	}
 	resp, err = b.tokenLease(v, plan, tok)
 	return resp, false, err
+}
+
+// withholdToken revokes a token a read got but does not hand out, since its client
+// froze meanwhile. A token the tenant did not take the revocation of stays in the
+// reuse cache: another reader may have had it from there before the freeze, and
+// revoke-all gathers the cache once this read has ended.
+func (b *backend) withholdToken(ctx context.Context, s logical.Storage, v *view, tok *client.Token) {
+	if !b.revokeRefused(ctx, s, v, tok) {
+		return
+	}
+	b.cache.dropToken(tok.AccessToken)
+	if v.config.TrackTokens {
+		// Its record, written before the token reached this read, is marked, which
+		// saves revoke-all a second revocation.
+		if err := b.markRevoked(ctx, s, tok.SHA256); err != nil {
+			b.Logger().Warn("a token revoked at the freeze could not be marked revoked on its record; the next tokens/revoke-all run marks it", "error", err)
+		}
+	}
 }
 
 // token gets the plan's token: from the reuse cache or a grant shared with concurrent
