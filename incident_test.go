@@ -378,24 +378,15 @@ func TestFreezeWhileAReadLoadsTheSwitch(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t)
 	e.configure(t)
-	held := &heldGetStorage{Storage: e.storage, prefix: incidentsPrefix, asked: make(chan struct{}), release: make(chan struct{})}
-	var (
-		wg   sync.WaitGroup
-		resp *logical.Response
-		err  error
-	)
-	wg.Go(func() {
-		resp, err = e.b.HandleRequest(t.Context(), &logical.Request{Operation: logical.ReadOperation, Path: "token", Storage: held, MountPoint: "cyberark/"})
-	})
-	<-held.asked
+	release, answer := readHeldAtTheSwitch(t, e)
 	landed := &landedFailStorage{Storage: e.storage, prefix: incidentsPrefix}
 	if _, ferr := e.b.HandleRequest(t.Context(), &logical.Request{
 		Operation: logical.UpdateOperation, Path: "tokens/revoke-all", Storage: landed, MountPoint: "cyberark/",
 	}); ferr == nil || !landed.failed {
 		t.Fatalf("revoke-all whose freeze write fails: %v; want an error", ferr)
 	}
-	close(held.release)
-	wg.Wait()
+	release()
+	resp, err := answer()
 	if statusOf(resp, err) != http.StatusLocked {
 		// Never the answer itself: it would print the token.
 		t.Errorf("the read that loaded the switch during the freeze: status %d; want 423", statusOf(resp, err))
@@ -404,6 +395,25 @@ func TestFreezeWhileAReadLoadsTheSwitch(t *testing.T) {
 	if statusOf(resp, err) != http.StatusLocked {
 		t.Errorf("a later read: status %d; want 423", statusOf(resp, err))
 	}
+}
+
+// readHeldAtTheSwitch starts a token read whose first load of the freeze switch from
+// storage has read it but is held before it answers. It returns once the read is held:
+// release lets it go on, and answer waits for its result.
+func readHeldAtTheSwitch(t *testing.T, e *testEnv) (release func(), answer func() (*logical.Response, error)) {
+	t.Helper()
+	held := &heldGetStorage{Storage: e.storage, prefix: incidentsPrefix, asked: make(chan struct{}), release: make(chan struct{})}
+	var (
+		resp *logical.Response
+		err  error
+	)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		resp, err = e.b.HandleRequest(t.Context(), &logical.Request{Operation: logical.ReadOperation, Path: "token", Storage: held, MountPoint: "cyberark/"})
+	}()
+	<-held.asked
+	return func() { close(held.release) }, func() (*logical.Response, error) { <-done; return resp, err }
 }
 
 // heldGetStorage reads a key under prefix at once, then holds the answer until
@@ -633,23 +643,13 @@ func TestInvalidateDuringALoadOfTheSwitch(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t)
 	e.configure(t)
-	held := &heldGetStorage{Storage: e.storage, prefix: incidentsPrefix, asked: make(chan struct{}), release: make(chan struct{})}
-	var (
-		wg   sync.WaitGroup
-		resp *logical.Response
-		err  error
-	)
-	wg.Go(func() {
-		resp, err = e.b.HandleRequest(t.Context(), &logical.Request{Operation: logical.ReadOperation, Path: "token", Storage: held, MountPoint: "cyberark/"})
-	})
-	<-held.asked
+	release, answer := readHeldAtTheSwitch(t, e)
 	if perr := putIncident(t.Context(), e.storage, &incident{Client: defaultClient, Since: time.Now()}); perr != nil {
 		t.Fatal(perr)
 	}
 	e.b.invalidate(t.Context(), incidentKey(defaultClient))
-	close(held.release)
-	wg.Wait()
-	if statusOf(resp, err) != http.StatusLocked {
+	release()
+	if resp, err := answer(); statusOf(resp, err) != http.StatusLocked {
 		// Never the answer itself: it would print the token.
 		t.Errorf("a read that loaded the switch across another node's freeze: status %d; want 423", statusOf(resp, err))
 	}
