@@ -112,12 +112,13 @@ func (c *credential) frozenSince(ctx context.Context, s logical.Storage) (time.T
 	}
 }
 
-// inflight counts calls in progress by the epoch they began in, and lets one wait for
-// those that began before a moment (its mark) while later ones come and go.
+// inflight counts calls in progress, and lets one wait for those that began before a
+// moment (a mark) while later ones come and go.
 type inflight struct {
 	mu     sync.Mutex
-	epoch  uint64
-	counts map[uint64]int
+	epoch  uint64        // moves at each mark
+	before int           // calls in progress that entered before the last mark
+	since  int           // calls in progress that entered after it
 	wake   chan struct{} // closed when a call ends; nil until a waiter needs one
 }
 
@@ -125,18 +126,17 @@ type inflight struct {
 func (f *inflight) enter() uint64 {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.counts == nil {
-		f.counts = map[uint64]int{}
-	}
-	f.counts[f.epoch]++
+	f.since++
 	return f.epoch
 }
 
 func (f *inflight) leave(epoch uint64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.counts[epoch]--; f.counts[epoch] == 0 {
-		delete(f.counts, epoch)
+	if epoch == f.epoch {
+		f.since--
+	} else {
+		f.before--
 	}
 	if f.wake != nil {
 		close(f.wake)
@@ -144,25 +144,17 @@ func (f *inflight) leave(epoch uint64) {
 	}
 }
 
-// mark starts a new epoch: calls that enter from now on are not waited for.
-func (f *inflight) mark() uint64 {
+// waitBefore marks this moment and returns once no call that entered before it is in
+// progress, or with how many still are when ctx ends.
+func (f *inflight) waitBefore(ctx context.Context) (left int) {
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	f.epoch++
-	return f.epoch
-}
-
-// wait returns once no call that began before mark is in progress, or with how many
-// still are when ctx ends.
-func (f *inflight) wait(ctx context.Context, mark uint64) (left int) {
+	f.before += f.since
+	f.since = 0
+	f.mu.Unlock()
 	for {
 		f.mu.Lock()
-		left = 0
-		for epoch, n := range f.counts {
-			if epoch < mark {
-				left += n
-			}
-		}
+		left = f.before
 		if left == 0 {
 			f.mu.Unlock()
 			return 0
@@ -185,6 +177,16 @@ func (c *credential) setFrozen(since time.Time) {
 	defer c.freeze.mu.Unlock()
 	c.freeze.loaded, c.freeze.since = true, since
 	c.freeze.gen++
+}
+
+// frozenInMemory is the switch as this instance holds it, without asking storage.
+func (c *credential) frozenInMemory() time.Time {
+	c.freeze.mu.Lock()
+	defer c.freeze.mu.Unlock()
+	if !c.freeze.loaded {
+		return time.Time{}
+	}
+	return c.freeze.since
 }
 
 // forgetFrozen drops the switch from memory: another node wrote it.
@@ -314,15 +316,15 @@ func (r *incidentRun) freeze(ctx context.Context, req *logical.Request) error {
 		r.inc = &incident{Client: r.c.name, Since: r.b.now(), RequestID: req.ID}
 	}
 	r.inc.Runs++
-	if err := putIncident(ctx, r.s, r.inc); err != nil {
-		// A write reported failed may have landed, or land later (a storage that
-		// timed out after committing), and a read may be loading the switch from
-		// storage right now: fail closed. This node refuses reads until a run stores
-		// the switch or an unfreeze finds no record and lifts it.
-		r.c.setFrozen(r.inc.Since)
+	err := putIncident(ctx, r.s, r.inc)
+	// Set in memory even if the write is reported failed: it may have landed, or
+	// land later (a storage that timed out after committing), and a read may be
+	// loading the switch from storage right now. Fail closed: this node refuses reads
+	// until a run stores the switch or an unfreeze finds no record and lifts it.
+	r.c.setFrozen(r.inc.Since)
+	if err != nil {
 		return err
 	}
-	r.c.setFrozen(r.inc.Since)
 	outcome := "done"
 	if r.inc.Runs > 1 {
 		outcome = "skipped"
@@ -338,7 +340,7 @@ func (r *incidentRun) freeze(ctx context.Context, req *logical.Request) error {
 func (r *incidentRun) drain(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, drainLimit)
 	defer cancel()
-	r.undrained = r.c.reads.wait(ctx, r.c.reads.mark())
+	r.undrained = r.c.reads.waitBefore(ctx)
 }
 
 // rotate changes the client's secret once per incident: a run after a rotation that
@@ -606,21 +608,16 @@ func (b *backend) unfreeze(ctx context.Context, s logical.Storage, c *credential
 		// No record, but this node may be frozen in memory, failing closed after a
 		// freeze or an unfreeze whose write was reported failed. A freeze that was
 		// never stored revoked nothing, so only force lifts it.
-		c.freeze.mu.Lock()
-		defer c.freeze.mu.Unlock()
-		since := c.freeze.since
-		if since.IsZero() || !c.freeze.loaded {
-			c.freeze.loaded, c.freeze.since = true, time.Time{}
-			c.freeze.gen++
-			return nil, 0, nil
-		}
-		if !force {
+		since := c.frozenInMemory()
+		if !since.IsZero() && !force {
 			return nil, 0, logical.CodedError(http.StatusConflict, fmt.Sprintf(
 				"client %q is frozen on this node only: a tokens/revoke-all run could not store its freeze (its answer said why) and revoked nothing; run tokens/revoke-all again, or unfreeze with force=true to serve reads without it",
 				c.name))
 		}
-		c.freeze.since = time.Time{}
-		c.freeze.gen++
+		c.setFrozen(time.Time{}) // as storage says
+		if since.IsZero() {
+			return nil, 0, nil
+		}
 		b.Logger().Warn("tokens/unfreeze: token reads allowed again; the client was frozen on this node only, by a run whose freeze was not stored",
 			"client", c.name, "frozen_since", since.UTC())
 		return &incident{Client: c.name, Since: since}, 0, nil
