@@ -645,8 +645,10 @@ func (b *backend) unfreeze(ctx context.Context, s logical.Storage, c *credential
 		}
 	}
 	if err := s.Delete(ctx, incidentKey(c.name)); err != nil {
-		// Still frozen here, even if the delete landed: the next unfreeze finds no
-		// record and lifts the switch.
+		// The delete may have landed. This unfreeze passed its checks, so storage
+		// decides: the next read loads the switch. (Kept frozen in memory, the node
+		// would need force=true to lift a freeze that did revoke everything.)
+		c.forgetFrozen()
 		return nil, 0, fmt.Errorf("deleting the incident record: %w", err)
 	}
 	c.setFrozen(time.Time{})

@@ -654,3 +654,41 @@ func TestInvalidateDuringALoadOfTheSwitch(t *testing.T) {
 		t.Errorf("a read that loaded the switch across another node's freeze: status %d; want 423", statusOf(resp, err))
 	}
 }
+
+// TestUnfreezeDeleteThatLanded: an unfreeze that passed its checks and whose delete of
+// the incident record is reported failed but landed: storage decides, so reads are
+// served, and a second unfreeze answers that the client is not frozen, not a 409 that
+// would claim the freeze revoked nothing.
+func TestUnfreezeDeleteThatLanded(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	e.configure(t)
+	e.mustRequest(t, logical.UpdateOperation, "tokens/revoke-all", nil)
+	landed := &landedDeleteStorage{Storage: e.storage, prefix: incidentsPrefix}
+	if _, err := e.b.HandleRequest(t.Context(), &logical.Request{
+		Operation: logical.UpdateOperation, Path: "tokens/unfreeze", Storage: landed, MountPoint: "cyberark/",
+	}); err == nil {
+		t.Fatal("unfreeze whose delete fails: no error")
+	}
+	e.mustRequest(t, logical.ReadOperation, "token", nil)
+	resp, err := e.request(t, logical.UpdateOperation, "tokens/unfreeze", nil)
+	assertBadRequest(t, resp, err, "client")
+}
+
+// landedDeleteStorage deletes the first key under prefix and reports it failed.
+type landedDeleteStorage struct {
+	logical.Storage
+	prefix string
+	failed bool
+}
+
+func (s *landedDeleteStorage) Delete(ctx context.Context, key string) error {
+	if s.failed || !strings.HasPrefix(key, s.prefix) {
+		return s.Storage.Delete(ctx, key)
+	}
+	s.failed = true
+	if err := s.Storage.Delete(ctx, key); err != nil {
+		return err
+	}
+	return errInjected
+}
