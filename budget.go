@@ -316,7 +316,7 @@ func (t *ticket) done(ctx context.Context, s logical.Storage, l loginLimits, err
 	// A storage hiccup must not lose a refusal: a few tries now, and the next call
 	// tries again before it goes out.
 	for try := range storeTries {
-		serr := g.store(ctx, s)
+		serr := g.flush(ctx, s)
 		if serr == nil {
 			break
 		}
@@ -328,16 +328,28 @@ func (t *ticket) done(ctx context.Context, s logical.Storage, l loginLimits, err
 	return refused, inWindow, storeErrs
 }
 
-// store writes the record as it is when the write begins, not as it was when the
-// caller's refusal was counted: concurrent refusals (revoke-all's workers, reads in
-// parallel) reach this lock in any order, and a copy taken earlier could overwrite a
-// later count with a smaller one, which a restart would then believe. dirty is
-// cleared only if no refusal was counted during the write. If the write fails, the
-// count in memory still holds this node back.
-func (g *gate) store(ctx context.Context, s logical.Storage) error {
+// flush stores the count when memory holds refusals storage does not. It writes the
+// record as it is when the write begins, not as it was when a caller's refusal was
+// counted: concurrent refusals (revoke-all's workers, reads in parallel) reach the
+// write lock in any order, and a copy taken earlier could overwrite a later count with
+// a smaller one, which a restart would then believe. A caller that finds the count
+// already stored by another writes nothing. dirty is cleared only if no refusal was
+// counted during the write; if the write fails, the count in memory still holds this
+// node back.
+func (g *gate) flush(ctx context.Context, s logical.Storage) error {
+	g.mu.Lock()
+	dirty := g.dirty
+	g.mu.Unlock()
+	if !dirty { // every token read passes here: no write lock unless needed
+		return nil
+	}
 	g.persist.Lock()
 	defer g.persist.Unlock()
 	g.mu.Lock()
+	if !g.dirty {
+		g.mu.Unlock()
+		return nil
+	}
 	rec, version := g.rec, g.version
 	rec.Refusals = append([]time.Time(nil), g.rec.Refusals...)
 	g.mu.Unlock()
@@ -354,17 +366,6 @@ func (g *gate) store(ctx context.Context, s logical.Storage) error {
 	}
 	g.mu.Unlock()
 	return nil
-}
-
-// flush stores a count that an earlier refusal could not.
-func (g *gate) flush(ctx context.Context, s logical.Storage) error {
-	g.mu.Lock()
-	dirty := g.dirty
-	g.mu.Unlock()
-	if !dirty {
-		return nil
-	}
-	return g.store(ctx, s)
 }
 
 // reset forgets every refusal: an operator is writing a secret the tenant accepted.
