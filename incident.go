@@ -101,12 +101,13 @@ func (c *credential) frozenSince(ctx context.Context, s logical.Storage) (time.T
 		c.freeze.mu.Lock()
 		if c.freeze.gen == gen {
 			// Nothing set or forgot the switch during the load: what it read stands.
-			c.freeze.loaded, c.freeze.since = true, time.Time{}
+			since = time.Time{}
 			if inc != nil {
-				c.freeze.since = inc.Since
+				since = inc.Since
 			}
+			c.freeze.loaded, c.freeze.since = true, since
 			c.freeze.mu.Unlock()
-			return c.freeze.since, nil
+			return since, nil
 		}
 		c.freeze.mu.Unlock() // changed meanwhile: look again
 	}

@@ -692,3 +692,47 @@ func (s *landedDeleteStorage) Delete(ctx context.Context, key string) error {
 	}
 	return errInjected
 }
+
+// TestSwitchLoadsUnderSwitching: reads that load the switch from storage while another
+// goroutine sets and forgets it. Under -race this failed while a load returned the
+// switch from memory after releasing its lock (a race the e2e load run reported).
+func TestSwitchLoadsUnderSwitching(t *testing.T) {
+	t.Parallel()
+	s := &logical.InmemStorage{}
+	since := time.Now().UTC().Truncate(time.Second)
+	if err := putIncident(t.Context(), s, &incident{Client: "c", Since: since}); err != nil {
+		t.Fatal(err)
+	}
+	c := newCredential(nil, "c", clientStorageKey("c"))
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				got, err := c.frozenSince(t.Context(), s)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if !got.Equal(since) {
+					t.Errorf("frozen since %v; want %v (storage and every set agree)", got, since)
+					return
+				}
+			}
+		})
+	}
+	for i := range 2000 {
+		if i%2 == 0 {
+			c.forgetFrozen()
+		} else {
+			c.setFrozen(since)
+		}
+	}
+	close(stop)
+	wg.Wait()
+}
