@@ -124,19 +124,22 @@ var errStaleView = errors.New("the stored secret changed during the request")
 
 // budgetSpentError is the answer to a call that the budget does not allow. It names
 // how often and since when the tenant refused, and what ends it.
+// It holds values, not the gate's record, whose refusals later refusals rewrite in place.
 type budgetSpentError struct {
-	rec    loginRecord
-	limits loginLimits
-	next   time.Time
+	total      int
+	since      time.Time
+	lastAnswer string
+	limits     loginLimits
+	next       time.Time
 }
 
 func (e *budgetSpentError) Error() string {
-	answer := e.rec.LastAnswer
+	answer := e.lastAnswer
 	if answer == "" {
 		answer = "a refusal"
 	}
 	return fmt.Sprintf("the tenant refused the engine's stored credentials %d times since %s (last: %s). To keep the service user from being locked out, the engine makes no login attempt with them until %s (max_failed_logins=%d per failed_login_window=%s). Write the secret the tenant accepts to the config's client_secret, or wait until then for the next attempt",
-		e.rec.Total, e.rec.Since.UTC().Format(time.RFC3339), answer, e.next.UTC().Format(time.RFC3339), e.limits.max, e.limits.window)
+		e.total, e.since.UTC().Format(time.RFC3339), answer, e.next.UTC().Format(time.RFC3339), e.limits.max, e.limits.window)
 }
 
 // Code makes the answer a 400: the engine's state refuses the request, and a Vault
@@ -164,6 +167,9 @@ type gate struct {
 	wake   chan struct{}
 	rec    loginRecord
 	loaded bool
+	// loads moves at each invalidation, so that a load from storage that began before
+	// one is not kept over what the other node wrote.
+	loads uint64
 	// dirty: a refusal is counted in memory that storage does not hold yet. No call
 	// is let through until it does, since a restart would forget it.
 	dirty bool
@@ -191,33 +197,39 @@ func (g *gate) invalidate() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.loaded = false
+	g.loads++
 }
 
 // load reads the record from storage once; it is kept in memory after that, and the
 // Invalidate hook drops it when another node writes it.
 func (g *gate) load(ctx context.Context, s logical.Storage) error {
-	g.mu.Lock()
-	loaded := g.loaded
-	g.mu.Unlock()
-	if loaded {
-		return nil
-	}
-	var rec loginRecord
-	entry, err := s.Get(ctx, g.key)
-	if err != nil {
-		return fmt.Errorf("reading the failed-login count: %w", err)
-	}
-	if entry != nil {
-		if err := entry.DecodeJSON(&rec); err != nil {
-			return fmt.Errorf("decoding the failed-login count: %w", err)
+	for {
+		g.mu.Lock()
+		loaded, loads := g.loaded, g.loads
+		g.mu.Unlock()
+		if loaded {
+			return nil
 		}
+		var rec loginRecord
+		entry, err := s.Get(ctx, g.key)
+		if err != nil {
+			return fmt.Errorf("reading the failed-login count: %w", err)
+		}
+		if entry != nil {
+			if err := entry.DecodeJSON(&rec); err != nil {
+				return fmt.Errorf("decoding the failed-login count: %w", err)
+			}
+		}
+		g.mu.Lock()
+		if g.loaded || g.loads == loads {
+			if !g.loaded {
+				g.rec, g.loaded = rec, true
+			}
+			g.mu.Unlock()
+			return nil
+		}
+		g.mu.Unlock() // another node wrote it during the read: read it again
 	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if !g.loaded {
-		g.rec, g.loaded = rec, true
-	}
-	return nil
 }
 
 // ticket is one call let through the gate; done must be called with its outcome.
@@ -268,7 +280,7 @@ func (g *gate) acquire(ctx context.Context, s logical.Storage, l loginLimits, ki
 			t := now()
 			used := g.rec.inWindow(t, l.window)
 			if used >= l.max {
-				err := &budgetSpentError{rec: g.rec, limits: l, next: g.rec.freeAt(l)}
+				err := &budgetSpentError{total: g.rec.Total, since: g.rec.Since, lastAnswer: g.rec.LastAnswer, limits: l, next: g.rec.freeAt(l)}
 				g.mu.Unlock()
 				return nil, err
 			}

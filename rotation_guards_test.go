@@ -420,3 +420,42 @@ func (s *failOnceStorage) Put(ctx context.Context, e *logical.StorageEntry) erro
 	}
 	return s.Storage.Put(ctx, e)
 }
+
+// TestGateLoadAcrossAnotherNodesWrite: a node loading the failed-login count while
+// another node stores a newer one (its Invalidate arriving during the load) ends with
+// the newer count, not the one its load read before. Kept, the older count would let
+// this node make more failed logins than the budget allows.
+func TestGateLoadAcrossAnotherNodesWrite(t *testing.T) {
+	t.Parallel()
+	g := newGate("failed-logins/test")
+	inner := &logical.InmemStorage{}
+	held := &heldGetStorage{Storage: inner, prefix: g.key, asked: make(chan struct{}), release: make(chan struct{})}
+	loaded := make(chan error, 1)
+	go func() { loaded <- g.load(t.Context(), held) }()
+	<-held.asked // the load has read storage: nothing yet
+
+	var rec loginRecord
+	now := time.Now()
+	for i := range 3 {
+		rec.add(now.Add(time.Duration(i)*time.Second), "invalid_client", loginLimits{max: 3, window: time.Hour})
+	}
+	entry, err := logical.StorageEntryJSON(g.key, rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := inner.Put(t.Context(), entry); err != nil {
+		t.Fatal(err)
+	}
+	g.invalidate()
+	close(held.release)
+	if err := <-loaded; err != nil {
+		t.Fatal(err)
+	}
+	got, err := g.status(t.Context(), inner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Total != 3 {
+		t.Errorf("the gate holds %d refusals after another node stored 3 during its load", got.Total)
+	}
+}
