@@ -244,7 +244,11 @@ func (b *backend) keys(ctx context.Context, cfg *cyberarkConfig, tc *client.Clie
 	case set != nil && now.Sub(set.at) < keysRetryAfter && (set.missing != "" || refresh):
 		return set
 	}
-	v, _, _ := k.flight.Do(keysURL, func() (any, error) {
+	// The fetch is shared and its result kept for keysRetryAfter, so it must not end
+	// with the first caller's request: a caller that gives up waits no longer, and the
+	// fetch goes on for the others.
+	ch := k.flight.DoChan(keysURL, func() (any, error) {
+		ctx := context.WithoutCancel(ctx)
 		fetched := &keySet{at: now}
 		body, err := tc.FetchPublic(ctx, keysURL)
 		if err != nil && cfg.JWKSURL == "" {
@@ -270,7 +274,12 @@ func (b *backend) keys(ctx context.Context, cfg *cyberarkConfig, tc *client.Clie
 		k.mu.Unlock()
 		return fetched, nil
 	})
-	return v.(*keySet)
+	select {
+	case res := <-ch:
+		return res.Val.(*keySet)
+	case <-ctx.Done():
+		return &keySet{at: now, missing: "the request ended while the signing keys were fetched: " + ctx.Err().Error()}
+	}
 }
 
 // verifyToken checks a granted token before it leaves: a JWT's signature against the

@@ -1,6 +1,7 @@
 package cyberark
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -341,5 +342,28 @@ func BenchmarkTokenCheck(b *testing.B) {
 		if _, err := e.b.verifyToken(b.Context(), v, nil, ct); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestKeyFetchOutlivesItsFirstReader: the signing keys are fetched once for every
+// reader and the result kept for a minute, so the reader whose request started the
+// fetch must not end it. Fetched with that reader's context, a disconnected reader
+// left "context canceled" as the key set, and every read for a minute went unchecked
+// (auto) or was refused (enforce).
+func TestKeyFetchOutlivesItsFirstReader(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	e.configure(t)
+	v, err := e.b.cache.view(t.Context(), e.storage, "", "", "")
+	if err != nil || v.client == nil {
+		t.Fatalf("view: %v", err)
+	}
+	e.b.keyCache = newKeyCache()
+	gone, cancel := context.WithCancel(t.Context())
+	cancel()
+	e.b.keys(gone, v.config, v.client, v.appID(""), false)
+	set := e.b.keys(t.Context(), v.config, v.client, v.appID(""), false)
+	if set.missing != "" || len(set.keys) == 0 {
+		t.Errorf("the next reader's key set: %d keys, missing %q; want the tenant's keys", len(set.keys), set.missing)
 	}
 }
