@@ -297,6 +297,8 @@ func (b *backend) revokeAll(ctx context.Context, req *logical.Request, c *creden
 		if err := r.revoke(ctx); err != nil {
 			return nil, err
 		}
+	} else if targets, err := b.targets(ctx, s, c.name); err == nil {
+		r.left = len(targets) // not revoked after the failed rotation: all still to do
 	}
 	if r.undrained > 0 {
 		// Reported last, so that what could be revoked was.

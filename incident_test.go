@@ -509,36 +509,26 @@ func TestRevokeAllUnderReads(t *testing.T) {
 		late     int  // tokens received by reads that began and ended within one frozen span
 		refused  int
 	)
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for i := range 6 {
+	stop := repeatInGoroutines(t, 6, func(i int) bool {
 		path := []string{"token", "token/shared"}[i%2]
-		wg.Go(func() {
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				mu.Lock()
-				frozenAtStart, cycleAtStart := frozen, cycle
-				mu.Unlock()
-				resp, err := e.request(t, logical.ReadOperation, path, nil)
-				mu.Lock()
-				switch {
-				case err == nil && resp != nil && !resp.IsError():
-					received = append(received, resp.Data["access_token"].(string))
-					// Begun after the answer and ended before the unfreeze was sent.
-					if frozenAtStart && frozen && cycle == cycleAtStart {
-						late++
-					}
-				case statusOf(resp, err) == http.StatusLocked:
-					refused++
-				}
-				mu.Unlock()
+		mu.Lock()
+		frozenAtStart, cycleAtStart := frozen, cycle
+		mu.Unlock()
+		resp, err := e.request(t, logical.ReadOperation, path, nil)
+		mu.Lock()
+		switch {
+		case err == nil && resp != nil && !resp.IsError():
+			received = append(received, resp.Data["access_token"].(string))
+			// Begun after the answer and ended before the unfreeze was sent.
+			if frozenAtStart && frozen && cycle == cycleAtStart {
+				late++
 			}
-		})
-	}
+		case statusOf(resp, err) == http.StatusLocked:
+			refused++
+		}
+		mu.Unlock()
+		return true
+	})
 	for range 5 {
 		time.Sleep(30 * time.Millisecond)
 		resp := e.mustRequest(t, logical.UpdateOperation, "tokens/revoke-all", nil)
@@ -565,8 +555,7 @@ func TestRevokeAllUnderReads(t *testing.T) {
 		mu.Unlock()
 		e.mustRequest(t, logical.UpdateOperation, "tokens/unfreeze", nil)
 	}
-	close(stop)
-	wg.Wait()
+	stop()
 	if late > 0 {
 		t.Errorf("%d tokens were received while the client was frozen", late)
 	}
@@ -704,28 +693,18 @@ func TestSwitchLoadsUnderSwitching(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := newCredential(nil, "c", clientStorageKey("c"))
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Go(func() {
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				got, err := c.frozenSince(t.Context(), s)
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				if !got.Equal(since) {
-					t.Errorf("frozen since %v; want %v (storage and every set agree)", got, since)
-					return
-				}
-			}
-		})
-	}
+	stop := repeatInGoroutines(t, 4, func(int) bool {
+		got, err := c.frozenSince(t.Context(), s)
+		if err != nil {
+			t.Error(err)
+			return false
+		}
+		if !got.Equal(since) {
+			t.Errorf("frozen since %v; want %v (storage and every set agree)", got, since)
+			return false
+		}
+		return true
+	})
 	for i := range 2000 {
 		if i%2 == 0 {
 			c.forgetFrozen()
@@ -733,6 +712,53 @@ func TestSwitchLoadsUnderSwitching(t *testing.T) {
 			c.setFrozen(since)
 		}
 	}
-	close(stop)
-	wg.Wait()
+	stop()
+}
+
+// repeatInGoroutines runs body in n goroutines, each again and again until body says
+// no more or stop is called; stop waits for them. The test's end stops them too, so
+// that a test that fails half-way leaves none running.
+func repeatInGoroutines(t *testing.T, n int, body func(i int) (more bool)) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				if !body(i) {
+					return
+				}
+			}
+		})
+	}
+	var once sync.Once
+	stop = func() { once.Do(func() { close(done); wg.Wait() }) }
+	t.Cleanup(stop)
+	return stop
+}
+
+// TestRevokeAllAfterAFailedRotationReportsItsList: a run whose rotation fails revokes
+// nothing, and its answer counts every token on the list as pending (it answered 0,
+// which read as nothing left to revoke).
+func TestRevokeAllAfterAFailedRotationReportsItsList(t *testing.T) {
+	t.Parallel()
+	e := newRotationEnv(t, nil)
+	e.mustRequest(t, logical.UpdateOperation, "config", map[string]any{"track_tokens": true})
+	tok := e.mustRequest(t, logical.ReadOperation, "token", nil).Data["access_token"].(string)
+	e.emu.AddFaults(emulator.Fault{Endpoint: "change_password", Status: http.StatusBadRequest})
+	resp, err := e.request(t, logical.UpdateOperation, "tokens/revoke-all", map[string]any{"rotate": true})
+	if statusOf(resp, err) < 400 {
+		t.Fatalf("revoke-all with the rotation failing: status %d; want a failure", statusOf(resp, err))
+	}
+	body := rawData(t, resp)
+	if body["complete"] != false || body["pending"] != float64(1) {
+		t.Errorf("answer: complete %v, pending %v; want false and 1", body["complete"], body["pending"])
+	}
+	if e.emu.Revoked(tok) {
+		t.Error("the run revoked a token after its rotation failed")
+	}
 }
