@@ -265,9 +265,9 @@ func (b *backend) token(ctx context.Context, s logical.Storage, c *credential, v
 			return nil, err
 		}
 		if _, err := b.verifyToken(ctx, v, plan.scopes, tok); err != nil {
-			b.revokeRefused(ctx, s, v, tok)
+			fate := refusedFate(b.revokeRefused(ctx, s, v, tok))
 			b.Logger().Error("a granted token failed its check and was not handed out", "role", plan.role, "app_id", plan.appID, "error", err)
-			return nil, logical.CodedError(http.StatusConflict, fmt.Sprintf("the tenant's token failed a check and was not handed out (it was revoked): %s", err))
+			return nil, logical.CodedError(http.StatusConflict, fmt.Sprintf("the tenant's token failed a check and was not handed out (%s): %s", fate, err))
 		}
 		if v.config.TrackTokens {
 			// Before the token leaves: a token no record names never leaves.

@@ -69,7 +69,7 @@ func (c *cyberarkConfig) deniedScopes() []string {
 
 // rotationScopeRefusal is the 400's reason for a protected scope asked for a workload.
 func rotationScopeRefusal(field, scope string) string {
-	return fmt.Sprintf("%s: %q is a rotation, management or denied scope (rotation_scopes, management_scopes, denied_scopes, of this client or of another on the same application): a token with it may change a password the engine holds, so no token read may ask for it; give workloads scopes that do not allow UserMgmt APIs", field, scope)
+	return fmt.Sprintf("%s: %q is a rotation, management or denied scope (this client's rotation_scopes, management_scopes or denied_scopes, or another client's rotation_scopes or management_scopes at the same application): a token with it may change a password the engine holds, so no token read may ask for it; give workloads scopes that do not allow UserMgmt APIs", field, scope)
 }
 
 // scopeConflicts are the config's own scope problems: a workload scope that is a
@@ -147,8 +147,8 @@ func (b *backend) checkGranted(ctx context.Context, s logical.Storage, v *view, 
 	switch {
 	case isRot:
 		b.count(metricScopeCheck, "result", "rotation_scope")
-		b.revokeRefused(ctx, s, v, tok)
-		return logical.CodedError(http.StatusConflict, fmt.Sprintf("the tenant granted the protected scope %q (asked for [%s]; rotation_scopes, denied_scopes): a token that may change the engine's own password is never handed out; it was revoked. Stop the application from granting it to this client unasked", rot, strings.Join(asked, " ")))
+		fate := refusedFate(b.revokeRefused(ctx, s, v, tok))
+		return logical.CodedError(http.StatusConflict, fmt.Sprintf("the tenant granted the protected scope %q (asked for [%s]; rotation_scopes, denied_scopes): a token that may change the engine's own password is never handed out; %s. Stop the application from granting it to this client unasked", rot, strings.Join(asked, " "), fate))
 	case len(extra) == 0:
 		b.count(metricScopeCheck, "result", "ok")
 		return nil
@@ -157,15 +157,17 @@ func (b *backend) checkGranted(ctx context.Context, s logical.Storage, v *view, 
 		return nil
 	default:
 		b.count(metricScopeCheck, "result", "wider_refused")
-		b.revokeRefused(ctx, s, v, tok)
-		return logical.CodedError(http.StatusConflict, fmt.Sprintf("the tenant granted scopes beyond those asked for: [%s] (asked for [%s]); the token was revoked and not handed out. Fix the application's scope settings at the tenant, or set verify_scope=warn to hand such tokens out with a warning", strings.Join(extra, " "), strings.Join(asked, " ")))
+		fate := refusedFate(b.revokeRefused(ctx, s, v, tok))
+		return logical.CodedError(http.StatusConflict, fmt.Sprintf("the tenant granted scopes beyond those asked for: [%s] (asked for [%s]); the token was not handed out, and %s. Fix the application's scope settings at the tenant, or set verify_scope=warn to hand such tokens out with a warning", strings.Join(extra, " "), strings.Join(asked, " "), fate))
 	}
 }
 
 // revokeRefused revokes a token the engine will not hand out, at once, through the
-// credential's gate like any revocation.
+// credential's gate like any revocation. It does so wherever the tenant has a
+// revocation endpoint: revoke_tokens=false is about lease ends, and a token the engine
+// refused is never in a lease.
 func (b *backend) revokeRefused(ctx context.Context, s logical.Storage, v *view, tok *client.Token) (revoked bool) {
-	if !v.config.revokes() {
+	if v.config.revokeEndpoint(v.appID("")) == "" {
 		b.Logger().Warn("a token the engine refused to hand out cannot be revoked (no revocation endpoint); it stays valid until it expires", "expires_at", tok.Expiry.UTC())
 		return false
 	}
@@ -175,6 +177,14 @@ func (b *backend) revokeRefused(ctx context.Context, s logical.Storage, v *view,
 		return false
 	}
 	return true
+}
+
+// refusedFate says what became of a refused token, for the refusal's message.
+func refusedFate(revoked bool) string {
+	if revoked {
+		return "it was revoked"
+	}
+	return "it could not be revoked and stays valid until it expires (the log says why)"
 }
 
 const (

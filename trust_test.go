@@ -367,3 +367,41 @@ func TestKeyFetchOutlivesItsFirstReader(t *testing.T) {
 		t.Errorf("the next reader's key set: %d keys, missing %q; want the tenant's keys", len(set.keys), set.missing)
 	}
 }
+
+// TestRefusedTokenRevokedWhateverLeasesDo: a token the engine refuses is revoked
+// wherever the tenant has a revocation endpoint, revoke_tokens=false included (that
+// setting is about lease ends, and a refused token has no lease), and the refusal says
+// so; where there is no endpoint, the refusal says the token stays valid instead of
+// claiming it was revoked.
+func TestRefusedTokenRevokedWhateverLeasesDo(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		config  func(e *testEnv) map[string]any
+		revoked bool
+		says    string
+	}{
+		{"revoke_tokens=false", func(*testEnv) map[string]any { return map[string]any{"revoke_tokens": false} }, true, "it was revoked"},
+		{"no revocation endpoint", func(e *testEnv) map[string]any {
+			return map[string]any{"token_url": e.url + "/oauth2/token/" + testAppID, "client_secret": testClientSecret}
+		}, false, "could not be revoked and stays valid"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newRotationEnv(t, nil)
+			e.mustRequest(t, logical.UpdateOperation, "config", tc.config(e))
+			if err := e.emu.SetTokenQuirks(testAppID, emulator.TokenQuirks{WidenScope: []string{rotateScope}}); err != nil {
+				t.Fatal(err)
+			}
+			_, err := e.request(t, logical.ReadOperation, "token", nil)
+			issued := e.emu.Issued()
+			last := issued[len(issued)-1]
+			switch {
+			case err == nil || errorCode(err) != "409" || !strings.Contains(err.Error(), tc.says):
+				t.Errorf("the refusal: %v; want a 409 saying %q", err, tc.says)
+			case e.emu.Revoked(last) != tc.revoked:
+				t.Errorf("revoked at the tenant: %v; want %v", e.emu.Revoked(last), tc.revoked)
+			}
+		})
+	}
+}
