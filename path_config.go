@@ -209,7 +209,7 @@ func pathConfig(b *backend) *framework.Path {
 ID and secret. An update that leaves a field out keeps its stored value, so the secret
 alone can be rotated with "vault write <mount>/config client_secret=...". A write that
 changes where the secret or tokens are sent (tenant_url, token_url, revoke_url,
-client_id, client_auth, ca_cert, or app_id when it moves an endpoint) must carry
+jwks_url, client_id, client_auth, ca_cert, or app_id when it moves an endpoint) must carry
 client_secret too: a stored secret is never sent to a new destination. Unless
 verify_connection=false, a write first fetches a token with the new settings and is
 refused, storing nothing, if the tenant refuses. A write of client_secret is the manual
@@ -242,7 +242,7 @@ func configWriteFields() map[string]*framework.FieldSchema {
 		},
 		"client_secret": {
 			Type:         framework.TypeString,
-			Description:  "Password of the service user. Required when the config is created, and in any write that changes where it is sent (tenant_url, token_url, revoke_url, client_id, client_auth, ca_cert, or app_id when it moves an endpoint); never returned by a read.",
+			Description:  "Password of the service user. Required when the config is created, and in any write that changes where it is sent (tenant_url, token_url, revoke_url, jwks_url, client_id, client_auth, ca_cert, or app_id when it moves an endpoint); never returned by a read.",
 			DisplayAttrs: &framework.DisplayAttributes{Sensitive: true},
 		},
 		"scopes": {

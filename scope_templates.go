@@ -185,7 +185,7 @@ func ceilingCovers(ceiling, protected []string) (pattern, scope string, ok bool)
 
 // ceilingRefusal is the 400's reason for a ceiling that covers a protected scope.
 func ceilingRefusal(pattern, scope string) string {
-	return fmt.Sprintf("scope_ceiling: %q matches %q, a rotation, management or denied scope (rotation_scopes, management_scopes, denied_scopes, of this client or of another on the same application): a template could expand to it, and a token with it may change a password the engine holds; narrow the pattern", pattern, scope)
+	return fmt.Sprintf("scope_ceiling: %q matches %q, a rotation, management or denied scope (this client's rotation_scopes, management_scopes or denied_scopes, or another client's rotation_scopes or management_scopes at the same application): a template could expand to it, and a token with it may change a password the engine holds; narrow the pattern", pattern, scope)
 }
 
 // readerIdentity is what a templated role's scopes expand from.

@@ -384,8 +384,8 @@ func TestClientsServeTheirOwnUsers(t *testing.T) {
 	}
 
 	// The clients as the API lists and reads them.
-	if got := listedClients(t, e); !slices.Equal(got, []string{"mgr", "team-a", "team-b"}) && !slices.Equal(got, []string{"default", "mgr", "team-a", "team-b"}) {
-		t.Errorf("LIST clients/ = %v, want mgr, team-a and team-b (and default, which config is)", got)
+	if got := listedClients(t, e); !slices.Equal(got, []string{"mgr", "team-a", "team-b"}) {
+		t.Errorf("LIST clients/ = %v, want mgr, team-a and team-b (the default client is config, not listed)", got)
 	}
 	b := readClientConfig(t, e, "team-b")
 	if b["rotation_method"] != "managed" || b["manager"] != "mgr" || b["pinned_sub"] != tm.b.uuid || b["client_id"] != tm.b.id {

@@ -109,6 +109,10 @@ func TestIncidentResponse(t *testing.T) {
 		t.Errorf("tokens/lookup reader %v, want entity %s, accessor %s, request %s", r, alice.entityID, alice.accessor, leaked.RequestID)
 	}
 	noSecretsIn(t, e, "the tokens/lookup answer", look)
+	// What it could reach: the runbook's next step, under the team's policy.
+	if role, err := sec.client.Logical().ReadWithContext(e.ctx, mountPath+"/roles/app"); err != nil || role == nil || role.Data["effective_scopes"] == nil {
+		t.Errorf("the security team reading the leaked token's role: %v", err)
+	}
 	// A compromised Vault token: what it read, by its accessor.
 	byAccessor := e.mustWriteAs(sec.client, "tokens/lookup", map[string]any{"token_accessor": alice.accessor})
 	if got, _ := byAccessor.Data["tokens"].([]any); len(got) != 1 || got[0].(map[string]any)["token_sha256"] != look.Data["token_sha256"] {

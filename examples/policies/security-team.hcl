@@ -47,6 +47,11 @@ path "identity/entity/id/*" {
   capabilities = ["read"]
 }
 
+# What a leaked token could reach: a role's effective_scopes. Roles hold no secret.
+path "cyberark/roles/*" {
+  capabilities = ["read"]
+}
+
 # Revoking token leases: one (vault lease revoke <lease_id>), or a role's
 # (vault lease revoke -prefix cyberark/token/<role>, which Vault guards with sudo).
 path "sys/leases/revoke" {
@@ -57,5 +62,6 @@ path "sys/leases/revoke-prefix/cyberark/token/*" {
   capabilities = ["update", "sudo"]
 }
 
-# Not granted: cyberark/config and cyberark/clients/* (the config admin's), and token
+# Not granted: cyberark/config and cyberark/clients/* (the config admin's), role
+# writes, tuning the mount (sys/mounts/cyberark/tune, the Vault admin's), and token
 # reads. revoke-all with rotate=true rotates the client's secret without config access.
