@@ -582,19 +582,28 @@ func TestRevokeAllWaitsForReadsInFlight(t *testing.T) {
 	for e.emu.Stats().TokenRequests == before {
 		time.Sleep(5 * time.Millisecond)
 	}
+	issued := len(e.emu.Issued())
 	resp := e.mustRequest(t, logical.UpdateOperation, "tokens/revoke-all", nil)
-	select {
-	case status := <-done:
-		if status != http.StatusLocked {
-			t.Errorf("the read in flight at the freeze: status %d, want 423", status)
-		}
-	default:
-		t.Fatal("revoke-all answered before the read in flight at its freeze had ended")
+	// The read's own token: issued, and revoked, by the time revoke-all answers. (The
+	// read's answer itself may reach this goroutine a moment after: the read counts as
+	// ended once its handler returns.)
+	if got := e.emu.Issued(); len(got) != issued+1 {
+		t.Fatal("revoke-all answered before the read in flight at its freeze had got its token")
+	} else if !e.emu.Revoked(got[issued]) {
+		t.Error("revoke-all answered before the read in flight at its freeze had revoked its token")
 	}
 	if resp.Data["complete"] != true {
 		t.Errorf("revoke-all: complete %v", resp.Data["complete"])
 	}
 	e.mustRequest(t, logical.UpdateOperation, "tokens/unfreeze", nil)
+	select {
+	case status := <-done:
+		if status != http.StatusLocked {
+			t.Errorf("the read in flight at the freeze: status %d, want 423", status)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("the read in flight at the freeze has not answered")
+	}
 }
 
 // TestWithheldTokenStaysListed: a read that found its client frozen after it got a
