@@ -127,6 +127,9 @@ type backend struct {
 	promRegistry *prometheus.Registry
 	// now is the engine's one clock, handed to every tenant client; tests move it.
 	now func() time.Time
+	// drainLimit is how long tokens/revoke-all waits for reads begun before its
+	// freeze (defaultDrainLimit; tests shorten it).
+	drainLimit time.Duration
 }
 
 func newBackend() *backend {
@@ -144,6 +147,7 @@ func newBackend() *backend {
 		keyCache:       newKeyCache(),
 		creds:          make(map[string]*credential),
 		now:            time.Now,
+		drainLimit:     defaultDrainLimit,
 	}
 	b.cache = newCache(b.newTenantClient)
 	b.root = b.credential(defaultClient)

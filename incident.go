@@ -34,10 +34,10 @@ const (
 	// revokeWorkers bounds the revocations in flight at the tenant. The failed-login
 	// gate bounds them further, to the refusals the budget has left.
 	revokeWorkers = 8
-	// drainLimit bounds the wait for the token reads that began before the freeze:
-	// well within the minute a Vault client waits for the answer, and Vault's 90 s
-	// for the request, so that the revocations and the answer still fit.
-	drainLimit = 20 * time.Second
+	// defaultDrainLimit bounds the wait for the token reads that began before the
+	// freeze: well within the minute a Vault client waits for the answer, and Vault's
+	// 90 s for the request, so that the revocations and the answer still fit.
+	defaultDrainLimit = 20 * time.Second
 )
 
 // incident is a client's frozen state and what its runs did.
@@ -173,6 +173,13 @@ func (f *inflight) waitBefore(ctx context.Context) (left int) {
 	}
 }
 
+// beforeMark is how many calls that entered before the last mark are still in progress.
+func (f *inflight) beforeMark() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.before
+}
+
 func (c *credential) setFrozen(since time.Time) {
 	c.freeze.mu.Lock()
 	defer c.freeze.mu.Unlock()
@@ -304,7 +311,7 @@ func (b *backend) revokeAll(ctx context.Context, req *logical.Request, c *creden
 		// Reported last, so that what could be revoked was.
 		r.fail("drain", logical.CodedError(http.StatusServiceUnavailable, fmt.Sprintf(
 			"%d token reads of client %q that began before the freeze were still in progress after %s, so a token one of them hands out may be on no list; run tokens/revoke-all again",
-			r.undrained, r.c.name, drainLimit)))
+			r.undrained, r.c.name, r.b.drainLimit)))
 	}
 	if err := putIncident(ctx, s, r.inc); err != nil {
 		return nil, err
@@ -341,7 +348,7 @@ func (r *incidentRun) freeze(ctx context.Context, req *logical.Request) error {
 // hands its token out before it ends, with a record or in the reuse cache, or sees the
 // freeze and revokes it: the list made after this holds whatever they handed out.
 func (r *incidentRun) drain(ctx context.Context) {
-	ctx, cancel := context.WithTimeout(ctx, drainLimit)
+	ctx, cancel := context.WithTimeout(ctx, r.b.drainLimit)
 	defer cancel()
 	r.undrained = r.c.reads.waitBefore(ctx)
 }
@@ -633,6 +640,13 @@ func (b *backend) unfreeze(ctx context.Context, s logical.Storage, c *credential
 		return nil, 0, logical.CodedError(http.StatusConflict, fmt.Sprintf(
 			"client %q: no run of tokens/revoke-all has got as far as gathering the tokens of its reuse cache (the run's answer says what stopped it), so tokens may be left that no list holds; run tokens/revoke-all again, or unfreeze with force=true to leave them valid until they expire",
 			c.name))
+	}
+	if n := c.reads.beforeMark(); n > 0 && !force {
+		// Such a read may still get a token, and would hand it out once unfrozen; once
+		// it ends frozen, it has withheld and revoked it.
+		return nil, 0, logical.CodedError(http.StatusConflict, fmt.Sprintf(
+			"client %q: %d token reads that began before the last tokens/revoke-all run are still in progress, and a token one of them gets would be handed out once unfrozen; unfreeze again once they end (each ends within the client's total_timeout), or with force=true",
+			c.name, n))
 	}
 	if len(left) > 0 && !force {
 		latest := slices.MaxFunc(left, func(a, b revokeTarget) int { return a.ExpiresAt.Compare(b.ExpiresAt) })

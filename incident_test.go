@@ -771,3 +771,41 @@ func TestRevokeAllAfterAFailedRotationReportsItsList(t *testing.T) {
 		t.Error("the run revoked a token after its rotation failed")
 	}
 }
+
+// TestUnfreezeWaitsForReadsFromBeforeTheFreeze: a read that began before the freeze and
+// outlived the drain may still get a token. An unforced unfreeze refuses while it is in
+// progress (once unfrozen, the read would hand its token out), and succeeds once the
+// read has ended frozen, withholding and revoking its token.
+func TestUnfreezeWaitsForReadsFromBeforeTheFreeze(t *testing.T) {
+	t.Parallel()
+	e := newTestEnv(t)
+	e.configure(t)
+	e.emu.AddFaults(emulator.Fault{Endpoint: "token", Delay: 1500 * time.Millisecond, Times: 1})
+	before := e.emu.Stats().TokenRequests
+	done := make(chan int, 1)
+	go func() {
+		resp, err := e.request(t, logical.ReadOperation, "token", nil)
+		done <- statusOf(resp, err)
+	}()
+	for e.emu.Stats().TokenRequests == before {
+		time.Sleep(5 * time.Millisecond)
+	}
+	// A run whose drain gives up on the read.
+	e.b.drainLimit = 200 * time.Millisecond
+	resp, err := e.request(t, logical.UpdateOperation, "tokens/revoke-all", nil)
+	if statusOf(resp, err) != http.StatusServiceUnavailable {
+		t.Fatalf("revoke-all whose drain ran out: status %d, %v; want 503", statusOf(resp, err), err)
+	}
+	resp, err = e.request(t, logical.UpdateOperation, "tokens/unfreeze", nil)
+	if statusOf(resp, err) != http.StatusConflict || !strings.Contains(err.Error(), "still in progress") {
+		t.Fatalf("unfreeze with a read from before the freeze in progress: status %d, %v; want a 409", statusOf(resp, err), err)
+	}
+	if status := <-done; status != http.StatusLocked {
+		t.Errorf("the read from before the freeze: status %d; want 423", status)
+	}
+	e.mustRequest(t, logical.UpdateOperation, "tokens/unfreeze", nil)
+	issued := e.emu.Issued()
+	if !e.emu.Revoked(issued[len(issued)-1]) {
+		t.Error("the read's token is valid at the tenant")
+	}
+}
