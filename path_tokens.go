@@ -340,5 +340,32 @@ func (b *backend) lookupByAccessor(ctx context.Context, s logical.Storage, acces
 	if capped > 0 {
 		resp.AddWarning(fmt.Sprintf("%d shared tokens had more readers than the %d kept per token; this accessor may have read them too: tokens/revoke-all covers them", capped, maxTrackedReaders))
 	}
+	// An empty list must not read as "it read nothing" where nothing was recorded.
+	untracked, err := b.untrackedClients(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	if len(untracked) > 0 {
+		resp.AddWarning(fmt.Sprintf("clients %v do not track tokens (track_tokens=false), so tokens they handed out are not listed here; find what this accessor read through the audit log", untracked))
+	}
 	return resp, nil
+}
+
+// untrackedClients are the configured clients with track_tokens off.
+func (b *backend) untrackedClients(ctx context.Context, s logical.Storage) ([]string, error) {
+	creds, err := b.storedCredentials(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, c := range creds {
+		cfg, err := c.load(ctx, s)
+		if err != nil {
+			return nil, err
+		}
+		if cfg != nil && !cfg.TrackTokens {
+			out = append(out, c.name)
+		}
+	}
+	return out, nil
 }

@@ -44,8 +44,13 @@ func TestTrackedTokenLookupAndRevoke(t *testing.T) {
 	if got := byBob.Data["tokens"].([]map[string]any); len(got) != 1 || got[0]["token_sha256"] != sha {
 		t.Errorf("lookup by bob's accessor: %v", got)
 	}
-	if none := e.mustRequest(t, logical.UpdateOperation, "tokens/lookup", map[string]any{"token_accessor": "acc-mallory"}); len(none.Data["tokens"].([]map[string]any)) != 0 {
-		t.Errorf("lookup by an accessor that read nothing: %v", none.Data["tokens"])
+	if none := e.mustRequest(t, logical.UpdateOperation, "tokens/lookup", map[string]any{"token_accessor": "acc-mallory"}); len(none.Data["tokens"].([]map[string]any)) != 0 || len(none.Warnings) != 0 {
+		t.Errorf("lookup by an accessor that read nothing, every client tracked: %v, warnings %v", none.Data["tokens"], none.Warnings)
+	}
+	// A client that does not track: an empty list says nothing of what it handed out.
+	e.mustRequest(t, logical.CreateOperation, "clients/quiet", e.configData())
+	if none := e.mustRequest(t, logical.UpdateOperation, "tokens/lookup", map[string]any{"token_accessor": "acc-mallory"}); !strings.Contains(strings.Join(none.Warnings, " "), "[quiet]") {
+		t.Errorf("lookup by accessor with client quiet untracked: warnings %v, want one naming it", none.Warnings)
 	}
 	if err := e.b.flushTracked(t.Context(), e.storage); err != nil {
 		t.Fatal(err)
