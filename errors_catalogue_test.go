@@ -179,17 +179,7 @@ var errorClasses = []errorClass{
 	{section: "Incident response (`tokens/`)", status: 409, shape: `client "default": 1 token reads that began before the last tokens/revoke-all run are still in progress, …`,
 		about: "The last `tokens/revoke-all` run gave up waiting for some token reads that began before its freeze (it answered 503). Such a read may still get a token, and would hand it out if the client were unfrozen; once it ends while the client is frozen, it has withheld and revoked its token. Fix: unfreeze again when they have ended (each ends within the client's `total_timeout`); or `tokens/unfreeze force=true`.",
 		env:   withoutRotation, send: func(t *testing.T, e *testEnv) (*logical.Response, error) {
-			e.emu.AddFaults(emulator.Fault{Endpoint: "token", Delay: time.Second, Times: 1})
-			before := e.emu.Stats().TokenRequests
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				_, _ = e.request(t, logical.ReadOperation, "token", nil)
-			}()
-			t.Cleanup(func() { <-done })
-			for e.emu.Stats().TokenRequests == before {
-				time.Sleep(5 * time.Millisecond)
-			}
+			readHeldAtTheTenant(t, e, time.Second)
 			e.b.drainLimit = 100 * time.Millisecond
 			_, _ = e.request(t, logical.UpdateOperation, "tokens/revoke-all", nil)
 			return e.request(t, logical.UpdateOperation, "tokens/unfreeze", nil)

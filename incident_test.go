@@ -572,16 +572,7 @@ func TestRevokeAllWaitsForReadsInFlight(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t)
 	e.configureTracked(t)
-	e.emu.AddFaults(emulator.Fault{Endpoint: "token", Delay: time.Second, Times: 1})
-	before := e.emu.Stats().TokenRequests // the config write's verification
-	done := make(chan int, 1)
-	go func() {
-		resp, err := e.request(t, logical.ReadOperation, "token", nil)
-		done <- statusOf(resp, err)
-	}()
-	for e.emu.Stats().TokenRequests == before {
-		time.Sleep(5 * time.Millisecond)
-	}
+	done := readHeldAtTheTenant(t, e, time.Second)
 	issued := len(e.emu.Issued())
 	resp := e.mustRequest(t, logical.UpdateOperation, "tokens/revoke-all", nil)
 	// The read's own token: issued, and revoked, by the time revoke-all answers. (The
@@ -780,16 +771,7 @@ func TestUnfreezeWaitsForReadsFromBeforeTheFreeze(t *testing.T) {
 	t.Parallel()
 	e := newTestEnv(t)
 	e.configure(t)
-	e.emu.AddFaults(emulator.Fault{Endpoint: "token", Delay: 1500 * time.Millisecond, Times: 1})
-	before := e.emu.Stats().TokenRequests
-	done := make(chan int, 1)
-	go func() {
-		resp, err := e.request(t, logical.ReadOperation, "token", nil)
-		done <- statusOf(resp, err)
-	}()
-	for e.emu.Stats().TokenRequests == before {
-		time.Sleep(5 * time.Millisecond)
-	}
+	done := readHeldAtTheTenant(t, e, 1500*time.Millisecond)
 	// A run whose drain gives up on the read.
 	e.b.drainLimit = 200 * time.Millisecond
 	resp, err := e.request(t, logical.UpdateOperation, "tokens/revoke-all", nil)
@@ -808,4 +790,25 @@ func TestUnfreezeWaitsForReadsFromBeforeTheFreeze(t *testing.T) {
 	if !e.emu.Revoked(issued[len(issued)-1]) {
 		t.Error("the read's token is valid at the tenant")
 	}
+}
+
+// readHeldAtTheTenant starts a read of token whose grant the tenant holds for delay, and
+// returns once the grant is at the tenant; the read's status arrives on the channel.
+// The test's end waits for the read.
+func readHeldAtTheTenant(t *testing.T, e *testEnv, delay time.Duration) <-chan int {
+	t.Helper()
+	e.emu.AddFaults(emulator.Fault{Endpoint: "token", Delay: delay, Times: 1})
+	before := e.emu.Stats().TokenRequests // the config write's verification
+	done := make(chan int, 1)
+	ended := make(chan struct{})
+	go func() {
+		defer close(ended)
+		resp, err := e.request(t, logical.ReadOperation, "token", nil)
+		done <- statusOf(resp, err)
+	}()
+	t.Cleanup(func() { <-ended })
+	for e.emu.Stats().TokenRequests == before {
+		time.Sleep(5 * time.Millisecond)
+	}
+	return done
 }
