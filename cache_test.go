@@ -8,8 +8,9 @@ import (
 	"github.com/hashicorp/vault/sdk/logical"
 )
 
-// blockingStorage holds every Get of key until release is closed, so a test can land a
-// write while a reader is between its storage read and its cache fill.
+// blockingStorage reads key at the first Get of it, then holds the answer until release
+// is closed, so a test can land a write while a reader is between its storage read and
+// what it does with it.
 type blockingStorage struct {
 	logical.Storage
 	key     string

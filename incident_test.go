@@ -1,7 +1,6 @@
 package cyberark
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -332,11 +331,11 @@ func TestFreezeWriteThatLanded(t *testing.T) {
 	e := newTestEnv(t)
 	e.configure(t)
 	e.mustRequest(t, logical.ReadOperation, "token", nil) // memory now says: not frozen
-	landed := &landedFailStorage{Storage: e.storage, prefix: incidentsPrefix}
+	landed := newFaultStorage(e.storage, storageFault{op: "Put", prefix: incidentsPrefix, nth: 1, landed: true})
 	_, err := e.b.HandleRequest(t.Context(), &logical.Request{
 		Operation: logical.UpdateOperation, Path: "tokens/revoke-all", Storage: landed, MountPoint: "cyberark/",
 	})
-	if err == nil || !landed.failed {
+	if err == nil || landed.fired() != 1 {
 		t.Fatalf("revoke-all whose freeze write fails: %v; want an error", err)
 	}
 	resp, err := e.request(t, logical.ReadOperation, "token", nil)
@@ -379,10 +378,10 @@ func TestFreezeWhileAReadLoadsTheSwitch(t *testing.T) {
 	e := newTestEnv(t)
 	e.configure(t)
 	release, answer := readHeldAtTheSwitch(t, e)
-	landed := &landedFailStorage{Storage: e.storage, prefix: incidentsPrefix}
+	landed := newFaultStorage(e.storage, storageFault{op: "Put", prefix: incidentsPrefix, nth: 1, landed: true})
 	if _, ferr := e.b.HandleRequest(t.Context(), &logical.Request{
 		Operation: logical.UpdateOperation, Path: "tokens/revoke-all", Storage: landed, MountPoint: "cyberark/",
-	}); ferr == nil || !landed.failed {
+	}); ferr == nil || landed.fired() != 1 {
 		t.Fatalf("revoke-all whose freeze write fails: %v; want an error", ferr)
 	}
 	release()
@@ -402,7 +401,7 @@ func TestFreezeWhileAReadLoadsTheSwitch(t *testing.T) {
 // release lets it go on, and answer waits for its result.
 func readHeldAtTheSwitch(t *testing.T, e *testEnv) (release func(), answer func() (*logical.Response, error)) {
 	t.Helper()
-	held := &heldGetStorage{Storage: e.storage, prefix: incidentsPrefix, asked: make(chan struct{}), release: make(chan struct{})}
+	held := &blockingStorage{Storage: e.storage, key: incidentKey(defaultClient), reached: make(chan struct{}), release: make(chan struct{})}
 	var (
 		resp *logical.Response
 		err  error
@@ -412,46 +411,8 @@ func readHeldAtTheSwitch(t *testing.T, e *testEnv) (release func(), answer func(
 		defer close(done)
 		resp, err = e.b.HandleRequest(t.Context(), &logical.Request{Operation: logical.ReadOperation, Path: "token", Storage: held, MountPoint: "cyberark/"})
 	}()
-	<-held.asked
+	<-held.reached
 	return func() { close(held.release) }, func() (*logical.Response, error) { <-done; return resp, err }
-}
-
-// heldGetStorage reads a key under prefix at once, then holds the answer until
-// release, once.
-type heldGetStorage struct {
-	logical.Storage
-	prefix         string
-	once           sync.Once
-	asked, release chan struct{}
-}
-
-func (s *heldGetStorage) Get(ctx context.Context, key string) (*logical.StorageEntry, error) {
-	entry, err := s.Storage.Get(ctx, key)
-	if strings.HasPrefix(key, s.prefix) {
-		s.once.Do(func() {
-			close(s.asked)
-			<-s.release
-		})
-	}
-	return entry, err
-}
-
-// landedFailStorage stores the first Put under prefix and reports it failed.
-type landedFailStorage struct {
-	logical.Storage
-	prefix string
-	failed bool
-}
-
-func (s *landedFailStorage) Put(ctx context.Context, e *logical.StorageEntry) error {
-	if s.failed || !strings.HasPrefix(e.Key, s.prefix) {
-		return s.Storage.Put(ctx, e)
-	}
-	s.failed = true
-	if err := s.Storage.Put(ctx, e); err != nil {
-		return err
-	}
-	return errInjected
 }
 
 // TestStandbyCacheFollowsTheIncident: a node that serves reads from its own reuse cache
@@ -653,33 +614,15 @@ func TestUnfreezeDeleteThatLanded(t *testing.T) {
 	e := newTestEnv(t)
 	e.configure(t)
 	e.mustRequest(t, logical.UpdateOperation, "tokens/revoke-all", nil)
-	landed := &landedDeleteStorage{Storage: e.storage, prefix: incidentsPrefix}
+	landed := newFaultStorage(e.storage, storageFault{op: "Delete", prefix: incidentsPrefix, nth: 1, landed: true})
 	if _, err := e.b.HandleRequest(t.Context(), &logical.Request{
 		Operation: logical.UpdateOperation, Path: "tokens/unfreeze", Storage: landed, MountPoint: "cyberark/",
-	}); err == nil {
+	}); err == nil || landed.fired() != 1 {
 		t.Fatal("unfreeze whose delete fails: no error")
 	}
 	e.mustRequest(t, logical.ReadOperation, "token", nil)
 	resp, err := e.request(t, logical.UpdateOperation, "tokens/unfreeze", nil)
 	assertBadRequest(t, resp, err, "client")
-}
-
-// landedDeleteStorage deletes the first key under prefix and reports it failed.
-type landedDeleteStorage struct {
-	logical.Storage
-	prefix string
-	failed bool
-}
-
-func (s *landedDeleteStorage) Delete(ctx context.Context, key string) error {
-	if s.failed || !strings.HasPrefix(key, s.prefix) {
-		return s.Storage.Delete(ctx, key)
-	}
-	s.failed = true
-	if err := s.Storage.Delete(ctx, key); err != nil {
-		return err
-	}
-	return errInjected
 }
 
 // TestSwitchLoadsUnderSwitching: reads that load the switch from storage while another

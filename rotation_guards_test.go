@@ -429,10 +429,10 @@ func TestGateLoadAcrossAnotherNodesWrite(t *testing.T) {
 	t.Parallel()
 	g := newGate("failed-logins/test")
 	inner := &logical.InmemStorage{}
-	held := &heldGetStorage{Storage: inner, prefix: g.key, asked: make(chan struct{}), release: make(chan struct{})}
+	held := &blockingStorage{Storage: inner, key: g.key, reached: make(chan struct{}), release: make(chan struct{})}
 	loaded := make(chan error, 1)
 	go func() { loaded <- g.load(t.Context(), held) }()
-	<-held.asked // the load has read storage: nothing yet
+	<-held.reached // the load has read storage: nothing yet
 
 	var rec loginRecord
 	now := time.Now()

@@ -35,11 +35,13 @@ type faultStorage struct {
 }
 
 // storageFault fails the nth call (1-based; 0 for every call) of op (Get, Put, List or
-// Delete) on a key that starts with prefix.
+// Delete) on a key that starts with prefix. With landed, a Put or Delete is made
+// before it is reported failed, as by a storage that timed out after committing.
 type storageFault struct {
 	op     string
 	prefix string
 	nth    int
+	landed bool
 
 	seen, fired int
 }
@@ -54,8 +56,9 @@ func newFaultStorage(s logical.Storage, faults ...storageFault) *faultStorage {
 	return fs
 }
 
-// call records a call and says whether it fails.
-func (s *faultStorage) call(op, key string) error {
+// call records a call and says whether it fails, and if so whether it is made all the
+// same.
+func (s *faultStorage) call(op, key string) (landed bool, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.calls = append(s.calls, op+" "+key)
@@ -66,38 +69,40 @@ func (s *faultStorage) call(op, key string) error {
 		f.seen++
 		if f.nth == 0 || f.seen == f.nth {
 			f.fired++
-			return fmt.Errorf("%s %s: %w", op, key, errInjected)
+			return f.landed, fmt.Errorf("%s %s: %w", op, key, errInjected)
 		}
 	}
-	return nil
+	return false, nil
 }
 
 func (s *faultStorage) Get(ctx context.Context, key string) (*logical.StorageEntry, error) {
-	if err := s.call("Get", key); err != nil {
+	if _, err := s.call("Get", key); err != nil {
 		return nil, err
 	}
 	return s.Storage.Get(ctx, key)
 }
 
 func (s *faultStorage) Put(ctx context.Context, entry *logical.StorageEntry) error {
-	if err := s.call("Put", entry.Key); err != nil {
+	landed, err := s.call("Put", entry.Key)
+	if err != nil && !landed {
 		return err
 	}
-	return s.Storage.Put(ctx, entry)
+	return cmp.Or(s.Storage.Put(ctx, entry), err)
 }
 
 func (s *faultStorage) List(ctx context.Context, prefix string) ([]string, error) {
-	if err := s.call("List", prefix); err != nil {
+	if _, err := s.call("List", prefix); err != nil {
 		return nil, err
 	}
 	return s.Storage.List(ctx, prefix)
 }
 
 func (s *faultStorage) Delete(ctx context.Context, key string) error {
-	if err := s.call("Delete", key); err != nil {
+	landed, err := s.call("Delete", key)
+	if err != nil && !landed {
 		return err
 	}
-	return s.Storage.Delete(ctx, key)
+	return cmp.Or(s.Storage.Delete(ctx, key), err)
 }
 
 // recorded is every call so far.
